@@ -1,0 +1,248 @@
+"""The job-store contract every backend implements, and the factory that picks one.
+
+The worker, the API and the CLI import only this module: the memory and the
+Redis store are interchangeable behind it and pass one conformance suite.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from backend.workers.models import (
+    Claim,
+    Completion,
+    Job,
+    JobError,
+    JobPage,
+    JobSpec,
+    JobState,
+    MetricsSnapshot,
+    StoreHealth,
+    WorkerInfo,
+)
+
+if TYPE_CHECKING:
+    from backend.config import Settings
+
+
+class JobStoreError(Exception):
+    """Base of every error a store raises on purpose."""
+
+
+class JobNotFoundError(JobStoreError, LookupError):
+    """No job with that id (or it has expired after its retention)."""
+
+
+class IllegalTransitionError(JobStoreError):
+    """The job is not in a state from which the asked transition is legal."""
+
+    def __init__(self, job_id: str, state: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id}: it is {state}")
+        self.job_id, self.state, self.action = job_id, state, action
+
+
+class StaleClaimError(JobStoreError):
+    """The claim token is no longer current: the lease expired and the job moved on."""
+
+
+class StoreUnavailableError(JobStoreError):
+    """The store cannot be reached (Redis down, network cut)."""
+
+
+class StoreFullError(JobStoreError):
+    """Redis refused a write because it is out of memory (maxmemory with noeviction)."""
+
+
+class JobStore(ABC):
+    """Durable job storage. Every method that changes a job is one atomic step.
+
+    Clock: every time a store records or compares is its own (the Redis
+    server's `TIME`), never the caller's.
+    """
+
+    backend: str = "abstract"
+
+    # -- producers -----------------------------------------------------------
+
+    @abstractmethod
+    async def enqueue(self, spec: JobSpec) -> Job:
+        """Store a new job (`enqueued`, or `scheduled` when due later).
+
+        With an `id` or `unique_key` that names a live job, returns that job
+        unchanged instead of making a second one: safe to repeat.
+        Raises InvalidJobError, StoreFullError, StoreUnavailableError.
+        """
+
+    @abstractmethod
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[Job]:
+        """`enqueue` for many specs, batched; results in the same order."""
+
+    # -- reading -------------------------------------------------------------
+
+    @abstractmethod
+    async def get(self, job_id: str, queue: str | None = None) -> Job | None:
+        """The job, or None. Without `queue`, every known queue is searched."""
+
+    @abstractmethod
+    async def list_jobs(
+        self,
+        queue: str | None = None,
+        state: JobState | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """A page of jobs, newest first (by the time they entered their state when
+        `state` is given, else by creation), and the cursor of the next page."""
+
+    @abstractmethod
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """queue -> state -> number of jobs, every state present (zeros included)."""
+
+    @abstractmethod
+    async def queues(self) -> list[str]:
+        """Every queue that has ever had a job, sorted."""
+
+    # -- workers' side ---------------------------------------------------------
+
+    @abstractmethod
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[Job]:
+        """Claim up to `limit` ready jobs (priority first, then FIFO): each becomes
+        `running`, attempts += 1, with a fresh `token` and a lease until now+lease.
+
+        Before claiming, due scheduled jobs are promoted and expired leases
+        recovered, so a claim needs no separate housekeeping call.
+        """
+
+    @abstractmethod
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until a job may be ready on one of `queues`, or `timeout` passes.
+
+        Wakes at once on enqueue (no polling); returns early, never late, so
+        the caller simply claims again.
+        """
+
+    @abstractmethod
+    async def next_wakeup(self, queues: Sequence[str]) -> float | None:
+        """Seconds until the earliest scheduled job or lease deadline, or None."""
+
+    @abstractmethod
+    async def finish(self, completions: Sequence[Completion]) -> list[JobState | None]:
+        """Report finished runs, batched. Success → `done`; error → `retry_scheduled`
+        (now + retry_delay, or the job's backoff) while attempts remain and it is
+        retryable, else `failed`. Each result is the new state, or None when the
+        claim was stale (the job was re-claimed or cancelled: nothing changed)."""
+
+    async def complete(self, claim: Claim, result: object = None, duration: float = 0.0) -> JobState:
+        """`running` → `done`. Raises StaleClaimError when the token is not current."""
+        (state,) = await self.finish([Completion(claim, duration, result=result)])
+        if state is None:
+            raise StaleClaimError(f"claim on job {claim.job_id} is no longer current")
+        return state
+
+    async def fail(
+        self,
+        claim: Claim,
+        error: JobError,
+        *,
+        duration: float = 0.0,
+        retryable: bool = True,
+        retry_delay: float | None = None,
+    ) -> JobState:
+        """Report a failed run (see `finish`). Raises StaleClaimError."""
+        item = Completion(claim, duration, error=error, retryable=retryable, retry_delay=retry_delay)
+        (state,) = await self.finish([item])
+        if state is None:
+            raise StaleClaimError(f"claim on job {claim.job_id} is no longer current")
+        return state
+
+    @abstractmethod
+    async def extend(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
+        """Push the leases of `claims` to now + lease. Returns the claims that are
+        no longer current (their handlers should stop)."""
+
+    @abstractmethod
+    async def release(self, claims: Sequence[Claim]) -> int:
+        """Give running jobs back (worker shutdown): `enqueued` again, the attempt
+        not counted. Stale claims are skipped. Returns how many were released."""
+
+    @abstractmethod
+    async def recover(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
+        """Treat running jobs whose lease expired as failed runs (error
+        `LeaseExpired`): retry with backoff or `failed`. Returns how many."""
+
+    @abstractmethod
+    async def promote(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
+        """Move due `scheduled`/`retry_scheduled` jobs to `enqueued`. Returns how many."""
+
+    # -- operators -------------------------------------------------------------
+
+    @abstractmethod
+    async def cancel(self, job_id: str, queue: str | None = None) -> Job:
+        """`enqueued`/`scheduled`/`retry_scheduled` → `cancelled`.
+        Raises JobNotFoundError or IllegalTransitionError."""
+
+    @abstractmethod
+    async def retry(self, job_id: str, queue: str | None = None) -> Job:
+        """`failed`/`cancelled` → `enqueued` with attempts reset to 0.
+        Raises JobNotFoundError or IllegalTransitionError."""
+
+    @abstractmethod
+    async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000) -> int:
+        """Delete terminal jobs that finished more than `older_than` seconds ago."""
+
+    # -- worker registry -------------------------------------------------------
+
+    @abstractmethod
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Add a worker to the registry (its heartbeat starts now)."""
+
+    @abstractmethod
+    async def heartbeat(
+        self, worker_id: str, claims: Sequence[Claim], lease_seconds: float
+    ) -> list[Claim]:
+        """Record a heartbeat and extend the leases of `claims` in one step.
+        Returns the claims that are no longer current. Re-registers the worker
+        if its entry vanished (e.g. Redis lost its data)."""
+
+    @abstractmethod
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Remove a worker from the registry."""
+
+    @abstractmethod
+    async def list_workers(self, stale_after: float | None = None) -> list[WorkerInfo]:
+        """Registered workers with their heartbeat age; entries older than
+        `stale_after` seconds are dropped from the registry and not returned."""
+
+    # -- observability -----------------------------------------------------------
+
+    @abstractmethod
+    async def metrics(self) -> MetricsSnapshot:
+        """Counters, histogram buckets, job counts and heartbeat ages, in a
+        number of round trips independent of the number of jobs."""
+
+    @abstractmethod
+    async def health(self) -> StoreHealth:
+        """Ping, server version and maxmemory-policy. Never raises."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def create_job_store(settings: Settings) -> JobStore:
+    """Build the store that `settings.job_store` names."""
+    if settings.job_store == "redis":
+        from backend.workers.redis_job_store import RedisJobStore
+
+        return RedisJobStore.from_url(
+            settings.redis_url,
+            prefix=settings.prefix,
+            retention_seconds=settings.retention_seconds,
+        )
+    from backend.workers.memory_job_store import MemoryJobStore
+
+    return MemoryJobStore(retention_seconds=settings.retention_seconds)

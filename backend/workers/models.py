@@ -1,0 +1,350 @@
+"""The job record, its states, and the JSON codec shared by every store.
+
+Payloads are JSON only: a queue that unpickles what it finds in Redis lets
+anyone who can write to Redis run code in every worker.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+JSON = Any  # what orjson can encode: dict, list, str, int, float, bool, None
+
+
+class JobState(StrEnum):
+    SCHEDULED = "scheduled"
+    ENQUEUED = "enqueued"
+    RUNNING = "running"
+    RETRY_SCHEDULED = "retry_scheduled"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+WAITING_STATES = frozenset({JobState.SCHEDULED, JobState.RETRY_SCHEDULED})
+CANCELLABLE_STATES = frozenset({JobState.ENQUEUED, JobState.SCHEDULED, JobState.RETRY_SCHEDULED})
+RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.CANCELLED})
+ALL_STATES = tuple(JobState)
+
+
+class RunOutcome(StrEnum):
+    """How one run of a handler ended, as counted by `bagbot_job_run_total`."""
+
+    DONE = "done"
+    RETRY = "retry"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+# Upper bounds (seconds) of the run-duration histogram; +Inf is implied.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TIMEOUT = 300.0
+MAX_PRIORITY = 1000
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class InvalidJobError(ValueError):
+    """A job spec that can never be stored: bad name, id, queue, or non-JSON payload."""
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def validate_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _ID_RE.match(job_id):
+        raise InvalidJobError(f"invalid job id {job_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
+    return job_id
+
+
+def validate_queue(queue: str) -> str:
+    if not isinstance(queue, str) or not _QUEUE_RE.match(queue):
+        raise InvalidJobError(f"invalid queue name {queue!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+    return queue
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidJobError(f"invalid handler name {name!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter and a cap: delay = min(cap, base * 2**(attempt-1)) * (1 - jitter*r)."""
+
+    base: float = 1.0
+    cap: float = 300.0
+    jitter: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.cap < 0 or not 0 <= self.jitter <= 1:
+            raise InvalidJobError(f"invalid backoff {self}: base, cap >= 0 and 0 <= jitter <= 1")
+
+    def bounds(self, attempt: int) -> tuple[float, float]:
+        """The smallest and largest delay after failed attempt number `attempt` (1-based)."""
+        full = min(self.cap, self.base * 2.0 ** max(0, attempt - 1))
+        return full * (1.0 - self.jitter), full
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        low, high = self.bounds(attempt)
+        r = (rng or random).random()
+        return high - (high - low) * r
+
+
+@dataclass(slots=True)
+class JobError:
+    """The last error of a job: exception type, message and a trimmed traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> JobError | None:
+        if not data:
+            return None
+        return cls(str(data.get("type", "")), str(data.get("message", "")), str(data.get("traceback", "")))
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, tb: str = "", limit: int = 4000) -> JobError:
+        return cls(type(exc).__name__, str(exc)[:limit], tb[-limit:])
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """What a caller asks for: validated before it reaches a store."""
+
+    name: str
+    args: list[JSON] = field(default_factory=list)
+    kwargs: dict[str, JSON] = field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE
+    id: str | None = None
+    delay: float | None = None  # seconds from now, on the store's clock
+    run_at: float | None = None  # epoch seconds; ignored when delay is given
+    priority: int = 0  # higher runs first
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float | None = None  # None: the handler's or the worker's default
+    backoff: Backoff = field(default_factory=Backoff)
+    unique_key: str | None = None
+
+    def validate(self) -> JobSpec:
+        validate_name(self.name)
+        validate_queue(self.queue)
+        if self.id is not None:
+            validate_job_id(self.id)
+        if not isinstance(self.args, list):
+            raise InvalidJobError("args must be a JSON list")
+        if not isinstance(self.kwargs, dict):
+            raise InvalidJobError("kwargs must be a JSON object")
+        check_json("args", self.args)
+        check_json("kwargs", self.kwargs)
+        if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
+            raise InvalidJobError(f"priority must be within ±{MAX_PRIORITY}")
+        if self.max_attempts < 1:
+            raise InvalidJobError("max_attempts must be at least 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise InvalidJobError("timeout must be positive")
+        if self.delay is not None and self.delay < 0:
+            raise InvalidJobError("delay must not be negative")
+        if self.unique_key is not None and not 0 < len(self.unique_key) <= 200:
+            raise InvalidJobError("unique_key must be 1-200 characters")
+        return self
+
+
+def check_json(field_name: str, value: Any) -> bytes:
+    """Encode `value` as JSON, or raise an error that names the offending field."""
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:
+        path = _find_non_json(value, field_name)
+        raise InvalidJobError(f"{path} is not JSON-serializable: {exc}") from None
+
+
+def _find_non_json(value: Any, path: str) -> str:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} key {key!r}"
+            try:
+                orjson.dumps(item)
+            except TypeError:
+                return _find_non_json(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            try:
+                orjson.dumps(item)
+            except TypeError:
+                return _find_non_json(item, f"{path}[{index}]")
+    return path
+
+
+@dataclass(slots=True)
+class Job:
+    """One job as a store holds it. Times are epoch seconds on the store's clock."""
+
+    id: str
+    name: str
+    queue: str = DEFAULT_QUEUE
+    args: list[JSON] = field(default_factory=list)
+    kwargs: dict[str, JSON] = field(default_factory=dict)
+    state: JobState = JobState.ENQUEUED
+    attempts: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    priority: int = 0
+    timeout: float | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    run_at: float | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    token: str | None = None
+    lease_until: float | None = None
+    last_error: JobError | None = None
+    result: JSON = None
+    unique_key: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def to_json(self) -> dict[str, JSON]:
+        """The job as the API shows it (the claim token stays private)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "queue": self.queue,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+            "timeout": self.timeout,
+            "run_at": self.run_at,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "worker": self.worker,
+            "lease_until": self.lease_until,
+            "last_error": self.last_error.to_json() if self.last_error else None,
+            "result": self.result,
+            "unique_key": self.unique_key,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A worker's hold on a running job; `token` fences every later step."""
+
+    queue: str
+    job_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One finished run to report: `error` None means success."""
+
+    claim: Claim
+    duration: float
+    result: JSON = None
+    error: JobError | None = None
+    retryable: bool = True
+    retry_delay: float | None = None  # None: the job's own backoff
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A live worker as the registry shows it."""
+
+    id: str
+    host: str = ""
+    pid: int = 0
+    queues: list[str] = field(default_factory=list)
+    concurrency: int = 1
+    started_at: float = 0.0
+    last_heartbeat: float = 0.0
+    heartbeat_age: float = 0.0
+    running: int = 0
+    version: str = ""
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "queues": self.queues,
+            "concurrency": self.concurrency,
+            "started_at": self.started_at,
+            "last_heartbeat": self.last_heartbeat,
+            "heartbeat_age": self.heartbeat_age,
+            "running": self.running,
+            "version": self.version,
+        }
+
+
+@dataclass(slots=True)
+class JobPage:
+    jobs: list[Job]
+    cursor: str | None  # pass back to get the next page; None at the end
+
+
+@dataclass(slots=True)
+class QueueMetrics:
+    """Counters one queue has accumulated, keyed by handler name."""
+
+    enqueued: dict[str, int] = field(default_factory=dict)
+    runs: dict[tuple[str, str], int] = field(default_factory=dict)  # (name, outcome)
+    retries: dict[str, int] = field(default_factory=dict)
+    # name -> non-cumulative counts per bucket of DURATION_BUCKETS, plus one for +Inf
+    duration_buckets: dict[str, list[int]] = field(default_factory=dict)
+    duration_sum: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class MetricsSnapshot:
+    queues: dict[str, QueueMetrics]
+    counts: dict[str, dict[str, int]]  # queue -> state -> jobs
+    heartbeat_ages: dict[str, float]  # worker id -> seconds since its last heartbeat
+
+
+@dataclass(slots=True)
+class StoreHealth:
+    ok: bool
+    backend: str
+    version: str = ""
+    maxmemory_policy: str = ""
+    used_memory: int = 0
+    detail: str = ""
+
+    @property
+    def policy_ok(self) -> bool:
+        return self.backend != "redis" or self.maxmemory_policy == "noeviction"
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def loads(raw: str | bytes | None) -> Any:
+    return None if raw is None or raw == "" else orjson.loads(raw)
