@@ -203,11 +203,13 @@ class JobStore(ABC):
 
     @abstractmethod
     async def heartbeat(
-        self, worker_id: str, claims: Sequence[Claim], lease_seconds: float
-    ) -> list[Claim]:
-        """Record a heartbeat and extend the leases of `claims` in one step.
-        Returns the claims that are no longer current. Re-registers the worker
-        if its entry vanished (e.g. Redis lost its data)."""
+        self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
+    ) -> tuple[list[Claim], bool]:
+        """Record a heartbeat (upserting `info`, with `running` = len(claims)) and
+        extend the leases of `claims`, in one round trip. Returns the claims that
+        are no longer current (their handlers should stop) and whether the
+        worker's entry had vanished (Redis lost its data, or it was reaped as
+        stale): the entry is re-created either way."""
 
     @abstractmethod
     async def deregister_worker(self, worker_id: str) -> None:
