@@ -231,7 +231,7 @@ class JobStore(ABC):
     async def health(self) -> StoreHealth:
         """Ping, server version and maxmemory-policy. Never raises."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold connections
         """Release connections."""
 
 

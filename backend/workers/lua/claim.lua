@@ -1,0 +1,32 @@
+-- claim.lua: promote due jobs, recover expired leases, then claim up to `limit` ready jobs:
+-- enqueued -> running, attempts += 1, a fresh token, lease until now + lease.
+-- KEYS: see lib.lua.
+-- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease ms  ARGV[4] housekeeping limit  ARGV[5] random seed
+-- Returns a list of HGETALL arrays, one per claimed job.
+local worker, limit, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+promote_due(now, tonumber(ARGV[4]))
+recover_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+local out = {}
+if limit > 0 then
+  local popped = redis.call('ZPOPMIN', K.ready, limit)
+  local lease_until = now + lease_ms
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local jobkey = K.job .. id
+    redis.call('HINCRBY', jobkey, 'attempts', 1)
+    local token = tostring(redis.call('HINCRBY', jobkey, 'claims', 1))
+    redis.call('HSET', jobkey, 'state', 'running', 'started_at', now, 'worker', worker, 'token', token,
+      'lease_until', lease_until, 'state_at', now, 'finished_at', '')
+    redis.call('ZADD', K.running, lease_until, id)
+    move_state(id, 'enqueued', 'running', now)
+    out[#out + 1] = redis.call('HGETALL', jobkey)
+  end
+end
+-- Chain wake-ups while work remains; drop stale tokens once the queue is empty.
+if redis.call('ZCARD', K.ready) > 0 then
+  if redis.call('LLEN', K.wake) == 0 then redis.call('RPUSH', K.wake, 1) end
+else
+  redis.call('DEL', K.wake)
+end
+return out

@@ -1,0 +1,49 @@
+-- enqueue.lua: new jobs -> enqueued (due now) or scheduled (due later). Safe to repeat:
+-- an existing id, or a unique_key held by a live job, returns that job unchanged.
+-- KEYS: see lib.lua.
+-- ARGV[1] queue  ARGV[2] n  then per job 13 fields:
+--   id, name, args json, kwargs json, priority, max_attempts, timeout ('' = none),
+--   backoff base s, backoff cap s, backoff jitter, delay ms (-1 = none), run_at ms (-1 = none), unique_key ('' = none)
+-- Returns per job: {1, id, state, created_ms, run_at_ms} when created, {0, HGETALL of the existing job} when not.
+local queue, n = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+local out = {}
+local woke = false
+for i = 0, n - 1 do
+  local b = 3 + i * 13
+  local id, name, unique_key = ARGV[b], ARGV[b + 1], ARGV[b + 12]
+  local jobkey = K.job .. id
+  local existing = nil
+  if redis.call('EXISTS', jobkey) == 1 then
+    existing = jobkey
+  elseif unique_key ~= '' then
+    local holder = redis.call('HGET', K.unique, unique_key)
+    if holder and redis.call('EXISTS', K.job .. holder) == 1 then existing = K.job .. holder end
+  end
+  if existing then
+    out[#out + 1] = {0, redis.call('HGETALL', existing)}
+  else
+    local delay_ms, run_at_abs = tonumber(ARGV[b + 10]), tonumber(ARGV[b + 11])
+    local run_at = now
+    if delay_ms >= 0 then run_at = now + delay_ms elseif run_at_abs >= 0 then run_at = run_at_abs end
+    local state = 'enqueued'
+    if run_at > now then state = 'scheduled' end
+    redis.call('HSET', jobkey, 'id', id, 'name', name, 'queue', queue, 'args', ARGV[b + 2],
+      'kwargs', ARGV[b + 3], 'priority', ARGV[b + 4], 'max_attempts', ARGV[b + 5], 'timeout', ARGV[b + 6],
+      'bo_base', ARGV[b + 7], 'bo_cap', ARGV[b + 8], 'bo_jitter', ARGV[b + 9], 'unique_key', unique_key,
+      'state', state, 'attempts', 0, 'claims', 0, 'run_at', run_at, 'created_at', now, 'state_at', now)
+    if state == 'enqueued' then
+      push_ready(jobkey, id)
+      woke = true
+    else
+      redis.call('ZADD', K.waiting, run_at, id)
+    end
+    if unique_key ~= '' then redis.call('HSET', K.unique, unique_key, id) end
+    redis.call('ZADD', K.jobs, now, id)
+    move_state(id, nil, state, now)
+    redis.call('HINCRBY', K.stats, 'enq|' .. name, 1)
+    out[#out + 1] = {1, id, state, now, run_at}
+  end
+end
+if woke then wake_one() end
+return out

@@ -1,0 +1,17 @@
+-- extend.lua: push the leases of current claims to now + lease.
+-- KEYS: see lib.lua.
+-- ARGV[1] lease ms  ARGV[2..] pairs of id, token
+-- Returns the ids whose claim is no longer current.
+local lease_until = now_ms() + tonumber(ARGV[1])
+local stale = {}
+for b = 2, #ARGV, 2 do
+  local id, token = ARGV[b], ARGV[b + 1]
+  local f = redis.call('HMGET', K.job .. id, 'state', 'token')
+  if f[1] == 'running' and f[2] == token then
+    redis.call('HSET', K.job .. id, 'lease_until', lease_until)
+    redis.call('ZADD', K.running, 'XX', lease_until, id)
+  else
+    stale[#stale + 1] = id
+  end
+end
+return stale

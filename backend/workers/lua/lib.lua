@@ -1,0 +1,123 @@
+-- lib.lua: helpers prepended to every per-queue script (never called alone).
+-- Every per-queue script receives the same KEYS, built by redis_keys.QueueKeys.script_keys():
+--   KEYS[1] job key prefix   KEYS[2] ready     KEYS[3] waiting   KEYS[4] running   KEYS[5] state index prefix
+--   KEYS[6] jobs index       KEYS[7] unique    KEYS[8] stats     KEYS[9] wake      KEYS[10] seq
+-- All share the hash tag {queue}. Times are milliseconds on the server clock (TIME).
+
+local K = {
+  job = KEYS[1], ready = KEYS[2], waiting = KEYS[3], running = KEYS[4], state = KEYS[5],
+  jobs = KEYS[6], unique = KEYS[7], stats = KEYS[8], wake = KEYS[9], seq = KEYS[10],
+}
+
+-- Upper bounds (s) of the duration histogram; must match models.DURATION_BUCKETS.
+local BUCKETS = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
+local PRIORITY_SPAN = 1099511627776 -- 2^40 enqueue sequence numbers per priority level
+local LEASE_EXPIRED = '{"type":"LeaseExpired","message":"lease expired: its worker stopped heartbeating","traceback":""}'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A cheap per-item pseudo-random number in [0, 1) derived from the caller's seed,
+-- so jitter needs no server-side RNG and replays identically.
+local function rand(seed, i)
+  local x = math.sin(seed * 12.9898 + i * 78.233) * 43758.5453
+  return x - math.floor(x)
+end
+
+local function move_state(id, old, new, now)
+  if old then redis.call('ZREM', K.state .. old, id) end
+  redis.call('ZADD', K.state .. new, now, id)
+end
+
+-- Put a job at the back of its priority level in the ready set.
+local function push_ready(jobkey, id)
+  local seq = redis.call('INCR', K.seq)
+  local priority = tonumber(redis.call('HGET', jobkey, 'priority')) or 0
+  redis.call('HSET', jobkey, 'seq', seq)
+  redis.call('ZADD', K.ready, (1000 - priority) * PRIORITY_SPAN + seq, id)
+end
+
+local function wake_one()
+  if redis.call('LLEN', K.wake) < 8 then redis.call('RPUSH', K.wake, 1) end
+end
+
+local function backoff_ms(jobkey, attempts, r)
+  local f = redis.call('HMGET', jobkey, 'bo_base', 'bo_cap', 'bo_jitter')
+  local base, cap, jitter = tonumber(f[1]) or 1, tonumber(f[2]) or 300, tonumber(f[3]) or 0
+  local full = math.min(cap, base * 2 ^ math.max(0, attempts - 1))
+  return math.floor((full - full * jitter * r) * 1000)
+end
+
+local function release_unique(jobkey, id)
+  local key = redis.call('HGET', jobkey, 'unique_key')
+  if key and key ~= '' and redis.call('HGET', K.unique, key) == id then
+    redis.call('HDEL', K.unique, key)
+  end
+end
+
+local function observe_duration(name, seconds)
+  local slot = #BUCKETS + 1
+  for b = 1, #BUCKETS do
+    if seconds <= BUCKETS[b] then slot = b break end
+  end
+  redis.call('HINCRBY', K.stats, 'dur|' .. name .. '|' .. slot, 1)
+  redis.call('HINCRBYFLOAT', K.stats, 'dursum|' .. name, seconds)
+end
+
+-- running -> retry_scheduled (attempts left and retryable) or failed.
+-- delay_ms < 0 means "use the job's own backoff". outcome nil means retry/failed as it turns out.
+local function fail_running(id, jobkey, err, retryable, delay_ms, now, outcome, r)
+  local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts')
+  local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
+  redis.call('ZREM', K.running, id)
+  if retryable and attempts < max_attempts then
+    if delay_ms < 0 then delay_ms = backoff_ms(jobkey, attempts, r) end
+    local run_at = now + delay_ms
+    redis.call('HSET', jobkey, 'state', 'retry_scheduled', 'run_at', run_at, 'last_error', err,
+      'token', '', 'lease_until', '', 'state_at', now)
+    redis.call('ZADD', K.waiting, run_at, id)
+    redis.call('HINCRBY', K.stats, 'retry|' .. name, 1)
+    redis.call('HINCRBY', K.stats, 'run|' .. name .. '|' .. (outcome or 'retry'), 1)
+    move_state(id, 'running', 'retry_scheduled', now)
+    return 'retry_scheduled'
+  end
+  redis.call('HSET', jobkey, 'state', 'failed', 'finished_at', now, 'last_error', err,
+    'token', '', 'lease_until', '', 'state_at', now)
+  redis.call('HINCRBY', K.stats, 'run|' .. name .. '|' .. (outcome or 'failed'), 1)
+  release_unique(jobkey, id)
+  move_state(id, 'running', 'failed', now)
+  return 'failed'
+end
+
+-- Due scheduled/retry jobs -> enqueued. Returns how many moved.
+local function promote_due(now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', K.waiting, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    local jobkey = K.job .. id
+    redis.call('ZREM', K.waiting, id)
+    local old = redis.call('HGET', jobkey, 'state')
+    if old then
+      redis.call('HSET', jobkey, 'state', 'enqueued', 'state_at', now)
+      push_ready(jobkey, id)
+      move_state(id, old, 'enqueued', now)
+    end
+  end
+  if #ids > 0 then wake_one() end
+  return #ids
+end
+
+-- Running jobs whose lease ran out are failed runs (LeaseExpired). Returns how many.
+local function recover_expired(now, limit, seed)
+  local ids = redis.call('ZRANGEBYSCORE', K.running, '-inf', now, 'LIMIT', 0, limit)
+  for i, id in ipairs(ids) do
+    local jobkey = K.job .. id
+    if redis.call('EXISTS', jobkey) == 1 then
+      fail_running(id, jobkey, LEASE_EXPIRED, true, -1, now, 'expired', rand(seed, i))
+    else
+      redis.call('ZREM', K.running, id)
+    end
+  end
+  return #ids
+end

@@ -1,0 +1,16 @@
+-- purge.lua: delete terminal jobs that finished at least `older_than` ms ago.
+-- KEYS: see lib.lua.  ARGV[1] older_than ms  ARGV[2] limit.  Returns how many.
+local cutoff = now_ms() - tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local purged = 0
+for _, state in ipairs({'done', 'failed', 'cancelled'}) do
+  if purged >= limit then break end
+  local ids = redis.call('ZRANGEBYSCORE', K.state .. state, '-inf', cutoff, 'LIMIT', 0, limit - purged)
+  for _, id in ipairs(ids) do
+    redis.call('DEL', K.job .. id)
+    redis.call('ZREM', K.state .. state, id)
+    redis.call('ZREM', K.jobs, id)
+  end
+  purged = purged + #ids
+end
+return purged

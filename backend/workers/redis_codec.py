@@ -1,0 +1,105 @@
+"""Conversion between Job records and the flat string hashes the Lua scripts keep.
+
+Hash fields hold times in integer milliseconds on the Redis clock; the empty
+string stands for "none". Readers tolerate missing fields so that a job written
+by an older version stays readable while old and new workers run side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from backend.workers.models import Backoff, Job, JobError, JobSpec, JobState, loads
+
+
+def pairs_to_dict(flat: Sequence[Any]) -> dict[str, str]:
+    """HGETALL as a Lua script returns it (a flat list) -> dict."""
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def ms_to_s(raw: str | None) -> float | None:
+    if raw is None or raw == "":
+        return None
+    return float(raw) / 1000.0
+
+
+def s_to_ms(seconds: float) -> int:
+    return round(seconds * 1000.0)
+
+
+def _int(raw: str | None, default: int = 0) -> int:
+    return default if raw is None or raw == "" else int(float(raw))
+
+
+def _float(raw: str | None, default: float) -> float:
+    return default if raw is None or raw == "" else float(raw)
+
+
+def job_from_hash(data: Mapping[str, str]) -> Job:
+    backoff_defaults = Backoff()
+    return Job(
+        id=data["id"],
+        name=data.get("name", ""),
+        queue=data.get("queue", ""),
+        args=loads(data.get("args")) or [],
+        kwargs=loads(data.get("kwargs")) or {},
+        state=JobState(data.get("state", "enqueued")),
+        attempts=_int(data.get("attempts")),
+        max_attempts=_int(data.get("max_attempts"), 1),
+        priority=_int(data.get("priority")),
+        timeout=None if not data.get("timeout") else float(data["timeout"]),
+        backoff=Backoff(
+            _float(data.get("bo_base"), backoff_defaults.base),
+            _float(data.get("bo_cap"), backoff_defaults.cap),
+            _float(data.get("bo_jitter"), backoff_defaults.jitter),
+        ),
+        run_at=ms_to_s(data.get("run_at")),
+        created_at=ms_to_s(data.get("created_at")) or 0.0,
+        started_at=ms_to_s(data.get("started_at")),
+        finished_at=ms_to_s(data.get("finished_at")),
+        worker=data.get("worker") or None,
+        token=data.get("token") or None,
+        lease_until=ms_to_s(data.get("lease_until")),
+        last_error=JobError.from_json(loads(data.get("last_error"))),
+        result=loads(data.get("result")),
+        unique_key=data.get("unique_key") or None,
+    )
+
+
+def spec_to_argv(spec: JobSpec, job_id: str, args_json: bytes, kwargs_json: bytes) -> list[Any]:
+    """The 13 per-job fields enqueue.lua reads."""
+    return [
+        job_id,
+        spec.name,
+        args_json,
+        kwargs_json,
+        spec.priority,
+        spec.max_attempts,
+        "" if spec.timeout is None else repr(float(spec.timeout)),
+        repr(float(spec.backoff.base)),
+        repr(float(spec.backoff.cap)),
+        repr(float(spec.backoff.jitter)),
+        -1 if spec.delay is None else s_to_ms(spec.delay),
+        -1 if spec.run_at is None else s_to_ms(spec.run_at),
+        spec.unique_key or "",
+    ]
+
+
+def new_job(spec: JobSpec, job_id: str, state: str, created_ms: Any, run_at_ms: Any) -> Job:
+    """The record enqueue.lua just wrote, rebuilt without reading it back."""
+    return Job(
+        id=job_id,
+        name=spec.name,
+        queue=spec.queue,
+        args=spec.args,
+        kwargs=spec.kwargs,
+        state=JobState(str(state)),
+        max_attempts=spec.max_attempts,
+        priority=spec.priority,
+        timeout=spec.timeout,
+        backoff=spec.backoff,
+        run_at=float(run_at_ms) / 1000.0,
+        created_at=float(created_ms) / 1000.0,
+        unique_key=spec.unique_key,
+    )

@@ -1,0 +1,533 @@
+"""The Redis job store: argument conversion, script calls and error mapping.
+
+Every state change is one Lua script from `lua/` (one file per transition,
+with `lib.lua` prepended), called by SHA, on the server's clock. Every script
+touches the keys of one queue only (hash tag `{queue}`), so it runs unchanged
+on Redis Cluster. Key names come from `redis_keys.py`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.commands.core import AsyncScript
+
+from backend.config import redact_url
+from backend.workers.job_store import (
+    IllegalTransitionError,
+    JobNotFoundError,
+    JobStore,
+    StoreFullError,
+    StoreUnavailableError,
+)
+from backend.workers.models import (
+    ALL_STATES,
+    DURATION_BUCKETS,
+    Claim,
+    Completion,
+    InvalidJobError,
+    Job,
+    JobPage,
+    JobSpec,
+    JobState,
+    MetricsSnapshot,
+    QueueMetrics,
+    StoreHealth,
+    WorkerInfo,
+    check_json,
+    dumps,
+    loads,
+    new_job_id,
+)
+from backend.workers.redis_codec import job_from_hash, new_job, pairs_to_dict, s_to_ms, spec_to_argv
+from backend.workers.redis_keys import QueueKeys, RedisKeys
+
+QUEUE_SCRIPTS = ("enqueue", "claim", "finish", "extend", "release", "recover", "promote",
+                 "cancel", "retry", "purge")
+REGISTRY_SCRIPTS = ("heartbeat", "workers")
+ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
+HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
+MAX_BLOCK_SECONDS = 5.0  # BLPOP stays well under the client's socket timeout
+
+
+@cache
+def _script_source(name: str) -> str:
+    lua = resources.files("backend.workers").joinpath("lua")
+    body = lua.joinpath(f"{name}.lua").read_text()
+    if name in QUEUE_SCRIPTS:
+        return lua.joinpath("lib.lua").read_text() + "\n" + body
+    return "local unpack = unpack or table.unpack\n" + body
+
+
+class RedisJobStore(JobStore):
+    """JobStore on one Redis server (or cluster slot per queue). Owns its client."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "bagbot",
+        retention_seconds: float = 7 * 24 * 3600.0,
+        url: str = "",
+    ) -> None:
+        self.redis = client
+        self.keys = RedisKeys(prefix)
+        self.retention_seconds = retention_seconds
+        self.safe_url = redact_url(url) if url else "redis"
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(_script_source(name)) for name in QUEUE_SCRIPTS + REGISTRY_SCRIPTS
+        }
+        self._known_queues: set[str] = set()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        prefix: str = "bagbot",
+        retention_seconds: float = 7 * 24 * 3600.0,
+        max_connections: int = 64,
+    ) -> RedisJobStore:
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            max_connections=max_connections,
+            socket_connect_timeout=5,
+            socket_timeout=MAX_BLOCK_SECONDS + 5,
+            health_check_interval=15,
+        )
+        return cls(client, prefix=prefix, retention_seconds=retention_seconds, url=url)
+
+    # -- plumbing ------------------------------------------------------------
+
+    @contextmanager
+    def _mapped_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise StoreUnavailableError(f"Redis at {self.safe_url} is unavailable: {exc}") from exc
+        except redis_errors.ResponseError as exc:
+            if str(exc).startswith("OOM") or "OOM command not allowed" in str(exc):
+                raise StoreFullError(
+                    f"Redis at {self.safe_url} is out of memory (maxmemory reached with noeviction): "
+                    "the job was not stored"
+                ) from exc
+            raise
+
+    async def _run(self, script: str, qkeys: QueueKeys, args: Sequence[Any]) -> Any:
+        with self._mapped_errors():
+            return await self._scripts[script](keys=qkeys.script_keys(), args=list(args))
+
+    async def _note_queue(self, queue: str) -> None:
+        if queue not in self._known_queues:
+            with self._mapped_errors():
+                await self.redis.sadd(self.keys.queues, queue)
+            self._known_queues.add(queue)
+
+    async def _queue_names(self, queues: Sequence[str] | None) -> list[str]:
+        return list(queues) if queues is not None else await self.queues()
+
+    # -- producers -----------------------------------------------------------
+
+    async def enqueue(self, spec: JobSpec) -> Job:
+        (job,) = await self.enqueue_many([spec])
+        return job
+
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[Job]:
+        argv_by_queue: dict[str, list[tuple[int, JobSpec, list[Any]]]] = defaultdict(list)
+        for index, spec in enumerate(specs):
+            spec.validate()
+            job_id = spec.id or new_job_id()
+            row = spec_to_argv(spec, job_id, check_json("args", spec.args), check_json("kwargs", spec.kwargs))
+            argv_by_queue[spec.queue].append((index, spec, row))
+        results: list[Job | None] = [None] * len(specs)
+        for queue, rows in argv_by_queue.items():
+            await self._note_queue(queue)
+            qkeys = self.keys.queue(queue)
+            for start in range(0, len(rows), ENQUEUE_BATCH):
+                chunk = rows[start : start + ENQUEUE_BATCH]
+                argv: list[Any] = [queue, len(chunk)]
+                for _, _, row in chunk:
+                    argv.extend(row)
+                replies = await self._run("enqueue", qkeys, argv)
+                for (index, spec, row), reply in zip(chunk, replies, strict=True):
+                    if int(reply[0]) == 1:
+                        results[index] = new_job(spec, row[0], reply[2], reply[3], reply[4])
+                    else:
+                        results[index] = job_from_hash(pairs_to_dict(reply[1]))
+        return [job for job in results if job is not None]
+
+    # -- reading -------------------------------------------------------------
+
+    async def get(self, job_id: str, queue: str | None = None) -> Job | None:
+        queues = [queue] if queue is not None else await self.queues()
+        if not queues:
+            return None
+        with self._mapped_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in queues:
+                    pipe.hgetall(self.keys.queue(name).job(job_id))
+                replies = await pipe.execute()
+        for reply in replies:
+            if reply:
+                return job_from_hash(reply)
+        return None
+
+    async def _locate(self, job_id: str, queue: str | None) -> str:
+        if queue is not None:
+            return queue
+        job = await self.get(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job {job_id}")
+        return job.queue
+
+    async def list_jobs(
+        self,
+        queue: str | None = None,
+        state: JobState | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        limit = max(1, min(limit, 1000))
+        queues = [queue] if queue is not None else await self.queues()
+        after = _parse_cursor(cursor)
+        found: list[Job] = []
+        for _ in range(20):  # bounded scan when a name filter drops most entries
+            batch = limit * (1 if name is None else 4)
+            entries = await self._index_page(queues, state, after, batch)
+            if not entries:
+                return JobPage(found, None)
+            jobs = await self._load(entries)
+            for (score, job_id, _), job in zip(entries, jobs, strict=True):
+                after = (score, job_id)
+                if job is not None and (name is None or job.name == name):
+                    found.append(job)
+                    if len(found) == limit:
+                        return JobPage(found, _format_cursor(after))
+            if len(entries) < batch:
+                return JobPage(found, None)
+        return JobPage(found, _format_cursor(after) if after else None)
+
+    async def _index_page(
+        self, queues: Sequence[str], state: JobState | None, after: tuple[float, str] | None, count: int
+    ) -> list[tuple[float, str, str]]:
+        """Up to `count` (score, id, queue) entries strictly after `after`, newest first."""
+        top: float | str = "+inf" if after is None else after[0]
+        with self._mapped_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in queues:
+                    qkeys = self.keys.queue(name)
+                    key = qkeys.state(state.value) if state is not None else qkeys.jobs
+                    pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count + 100, withscores=True)
+                replies = await pipe.execute()
+        merged: list[tuple[float, str, str]] = []
+        for name, reply in zip(queues, replies, strict=True):
+            for member, score in reply:
+                if after is None or (float(score), str(member)) < after:
+                    merged.append((float(score), str(member), name))
+        merged.sort(reverse=True)
+        return merged[:count]
+
+    async def _load(self, entries: Sequence[tuple[float, str, str]]) -> list[Job | None]:
+        with self._mapped_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, job_id, name in entries:
+                    pipe.hgetall(self.keys.queue(name).job(job_id))
+                replies = await pipe.execute()
+        return [job_from_hash(reply) if reply else None for reply in replies]
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        queues = await self.queues()
+        with self._mapped_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in queues:
+                    qkeys = self.keys.queue(name)
+                    for state in ALL_STATES:
+                        pipe.zcard(qkeys.state(state.value))
+                replies = await pipe.execute()
+        it = iter(replies)
+        return {name: {state.value: int(next(it)) for state in ALL_STATES} for name in queues}
+
+    async def queues(self) -> list[str]:
+        with self._mapped_errors():
+            members = {str(member) for member in await self.redis.smembers(self.keys.queues)}
+        self._known_queues.update(members)
+        return sorted(members)
+
+    # -- workers' side ---------------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[Job]:
+        claimed: list[Job] = []
+        for queue in queues:
+            wanted = limit - len(claimed)
+            if wanted <= 0:
+                break
+            replies = await self._run(
+                "claim",
+                self.keys.queue(queue),
+                [worker_id, wanted, s_to_ms(lease_seconds), HOUSEKEEPING_LIMIT, random.random()],
+            )
+            claimed.extend(job_from_hash(pairs_to_dict(flat)) for flat in replies)
+        return claimed
+
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        timeout = min(timeout, MAX_BLOCK_SECONDS)
+        if timeout <= 0:
+            return
+        keys = [self.keys.queue(queue).wake for queue in queues]
+        with self._mapped_errors():
+            await self.redis.blpop(keys, timeout=max(timeout, 0.001))
+
+    async def next_wakeup(self, queues: Sequence[str]) -> float | None:
+        with self._mapped_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for queue in queues:
+                    qkeys = self.keys.queue(queue)
+                    pipe.zrange(qkeys.waiting, 0, 0, withscores=True)
+                    pipe.zrange(qkeys.running, 0, 0, withscores=True)
+                replies = await pipe.execute()
+        seconds, micros = replies[0]
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        deadlines = [float(entry[0][1]) for entry in replies[1:] if entry]
+        if not deadlines:
+            return None
+        return max(0.0, (min(deadlines) - now_ms) / 1000.0)
+
+    async def finish(self, completions: Sequence[Completion]) -> list[JobState | None]:
+        by_queue: dict[str, list[tuple[int, Completion]]] = defaultdict(list)
+        for index, item in enumerate(completions):
+            by_queue[item.claim.queue].append((index, item))
+        results: list[JobState | None] = [None] * len(completions)
+        for queue, items in by_queue.items():
+            argv: list[Any] = [random.random(), len(items)]
+            for _, item in items:
+                argv.extend(_completion_argv(item))
+            replies = await self._run("finish", self.keys.queue(queue), argv)
+            for (index, _), reply in zip(items, replies, strict=True):
+                results[index] = JobState(reply) if reply else None
+        return results
+
+    async def extend(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
+        stale: list[Claim] = []
+        for queue, items in _group_claims(claims).items():
+            argv: list[Any] = [s_to_ms(lease_seconds)]
+            for claim in items:
+                argv.extend((claim.job_id, claim.token))
+            lost = set(await self._run("extend", self.keys.queue(queue), argv))
+            stale.extend(claim for claim in items if claim.job_id in lost)
+        return stale
+
+    async def release(self, claims: Sequence[Claim]) -> int:
+        released = 0
+        for queue, items in _group_claims(claims).items():
+            argv: list[Any] = []
+            for claim in items:
+                argv.extend((claim.job_id, claim.token))
+            released += int(await self._run("release", self.keys.queue(queue), argv))
+        return released
+
+    async def recover(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
+        total = 0
+        for queue in await self._queue_names(queues):
+            total += int(await self._run("recover", self.keys.queue(queue), [limit, random.random()]))
+        return total
+
+    async def promote(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
+        total = 0
+        for queue in await self._queue_names(queues):
+            total += int(await self._run("promote", self.keys.queue(queue), [limit]))
+        return total
+
+    # -- operators -------------------------------------------------------------
+
+    async def cancel(self, job_id: str, queue: str | None = None) -> Job:
+        return await self._manual("cancel", job_id, queue)
+
+    async def retry(self, job_id: str, queue: str | None = None) -> Job:
+        return await self._manual("retry", job_id, queue)
+
+    async def _manual(self, action: str, job_id: str, queue: str | None) -> Job:
+        name = await self._locate(job_id, queue)
+        reply = await self._run(action, self.keys.queue(name), [job_id])
+        if reply[0] == "missing":
+            raise JobNotFoundError(f"no job {job_id}")
+        if reply[0] == "illegal":
+            raise IllegalTransitionError(job_id, str(reply[1]), action)
+        return job_from_hash(pairs_to_dict(reply[1]))
+
+    async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000) -> int:
+        total = 0
+        for queue in await self._queue_names(queues):
+            total += int(await self._run("purge", self.keys.queue(queue), [s_to_ms(older_than), limit]))
+        return total
+
+    # -- worker registry -------------------------------------------------------
+
+    async def _upsert_worker(self, info: WorkerInfo, register: bool, running: int) -> Any:
+        fields: list[Any] = [
+            "id", info.id, "host", info.host, "pid", info.pid, "queues", dumps(info.queues),
+            "concurrency", info.concurrency, "version", info.version, "running", running,
+        ]
+        return await self._scripts["heartbeat"](
+            keys=[self.keys.registry, self.keys.worker(info.id)],
+            args=[info.id, "1" if register else "0", *fields],
+        )
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        with self._mapped_errors():
+            await self._upsert_worker(info, True, info.running)
+
+    async def heartbeat(
+        self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
+    ) -> tuple[list[Claim], bool]:
+        with self._mapped_errors():
+            existed, _ = await self._upsert_worker(info, False, len(claims))
+        stale = await self.extend(claims, lease_seconds) if claims else []
+        return stale, int(existed) == 0
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        with self._mapped_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.registry, worker_id)
+                pipe.delete(self.keys.worker(worker_id))
+                await pipe.execute()
+
+    async def list_workers(self, stale_after: float | None = None) -> list[WorkerInfo]:
+        with self._mapped_errors():
+            reply = await self._scripts["workers"](
+                keys=[self.keys.registry, self.keys.worker_prefix],
+                args=[-1 if stale_after is None else s_to_ms(stale_after)],
+            )
+        now_ms = float(reply[0])
+        return sorted((_worker_from_hash(wid, pairs_to_dict(flat), now_ms) for wid, flat in reply[1:]),
+                      key=lambda w: w.id)
+
+    # -- observability -----------------------------------------------------------
+
+    async def metrics(self) -> MetricsSnapshot:
+        queues = await self.queues()
+        with self._mapped_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in queues:
+                    pipe.hgetall(self.keys.queue(name).stats)
+                replies = await pipe.execute()
+        workers = await self.list_workers()
+        return MetricsSnapshot(
+            queues={name: _queue_metrics(stats) for name, stats in zip(queues, replies, strict=True)},
+            counts=await self.counts(),
+            heartbeat_ages={worker.id: worker.heartbeat_age for worker in workers},
+        )
+
+    async def health(self) -> StoreHealth:
+        try:
+            with self._mapped_errors():
+                await self.redis.ping()
+                server, memory = await self._server_info()
+        except Exception as exc:  # health must answer, whatever went wrong
+            return StoreHealth(ok=False, backend=self.backend, detail=str(exc))
+        return StoreHealth(
+            ok=True,
+            backend=self.backend,
+            version=str(server.get("redis_version", "unknown")),
+            maxmemory_policy=str(memory.get("maxmemory_policy", "unknown")),
+            used_memory=int(memory.get("used_memory", 0)),
+        )
+
+    async def _server_info(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """INFO server + memory; servers that refuse INFO (some managed or fake ones) give empty dicts."""
+        try:
+            return await self.redis.info("server"), await self.redis.info("memory")
+        except redis_errors.ResponseError:
+            return {}, {}
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _completion_argv(item: Completion) -> list[Any]:
+    if item.error is None:
+        ok, payload = 1, check_json("result", item.result)
+    else:
+        ok, payload = 0, dumps(item.error.to_json()).encode()
+    delay = -1 if item.retry_delay is None else s_to_ms(item.retry_delay)
+    return [item.claim.job_id, item.claim.token, ok, payload, repr(float(item.duration)),
+            1 if item.retryable else 0, delay]
+
+
+def _group_claims(claims: Iterable[Claim]) -> dict[str, list[Claim]]:
+    grouped: dict[str, list[Claim]] = defaultdict(list)
+    for claim in claims:
+        grouped[claim.queue].append(claim)
+    return grouped
+
+
+def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if not cursor:
+        return None
+    score, sep, job_id = cursor.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return float(score), job_id
+    except ValueError:
+        raise InvalidJobError(f"invalid cursor {cursor!r}") from None
+
+
+def _format_cursor(after: tuple[float, str]) -> str:
+    return f"{after[0]:.0f}:{after[1]}"
+
+
+def _worker_from_hash(worker_id: str, data: dict[str, str], now_ms: float) -> WorkerInfo:
+    last = float(data.get("last_heartbeat") or 0)
+    queues = data.get("queues")
+    return WorkerInfo(
+        id=worker_id,
+        host=data.get("host", ""),
+        pid=int(data.get("pid") or 0),
+        queues=list(_json_list(queues)),
+        concurrency=int(data.get("concurrency") or 0),
+        started_at=float(data.get("started_at") or 0) / 1000.0,
+        last_heartbeat=last / 1000.0,
+        heartbeat_age=max(0.0, (now_ms - last) / 1000.0),
+        running=int(data.get("running") or 0),
+        version=data.get("version", ""),
+    )
+
+
+def _json_list(raw: str | None) -> list[str]:
+    value = loads(raw) if raw else []
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def _queue_metrics(stats: dict[str, str]) -> QueueMetrics:
+    metrics = QueueMetrics()
+    slots = len(DURATION_BUCKETS) + 1
+    for field, raw in stats.items():
+        kind, _, rest = field.partition("|")
+        if kind == "enq":
+            metrics.enqueued[rest] = int(raw)
+        elif kind == "retry":
+            metrics.retries[rest] = int(raw)
+        elif kind == "run":
+            name, _, outcome = rest.rpartition("|")
+            metrics.runs[(name, outcome)] = int(raw)
+        elif kind == "dur":
+            name, _, slot = rest.rpartition("|")
+            buckets = metrics.duration_buckets.setdefault(name, [0] * slots)
+            buckets[min(int(slot), slots) - 1] += int(raw)
+        elif kind == "dursum":
+            metrics.duration_sum[rest] = float(raw)
+    return metrics
+

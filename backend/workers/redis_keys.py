@@ -1,0 +1,82 @@
+"""The only place Redis key names are built.
+
+Layout (PREFIX defaults to "bagbot"; `{queue}` is a hash tag, so every key of
+one queue lives in one Redis Cluster slot and each script touches one slot):
+
+    PREFIX:{queue}:job:<id>      hash    one job (fields: see redis_codec.py)
+    PREFIX:{queue}:ready         zset    enqueued jobs; score = (1000 - priority) * 2**40 + seq
+    PREFIX:{queue}:waiting       zset    scheduled + retry_scheduled jobs; score = run_at (ms)
+    PREFIX:{queue}:running       zset    running jobs; score = lease deadline (ms)
+    PREFIX:{queue}:state:<state> zset    per-state index; score = when the job entered it (ms)
+    PREFIX:{queue}:jobs          zset    every job; score = created_at (ms)
+    PREFIX:{queue}:unique        hash    unique_key -> id of the live job holding it
+    PREFIX:{queue}:stats         hash    metric counters and histogram buckets
+    PREFIX:{queue}:wake          list    wake-up tokens that blocked workers BLPOP
+    PREFIX:{queue}:seq           string  enqueue sequence (FIFO order)
+    PREFIX:queues                set     every queue name ever used
+    PREFIX:{workers}:registry    zset    worker id -> last heartbeat (ms)
+    PREFIX:{workers}:worker:<id> hash    one worker's details
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    job_prefix: str
+    ready: str
+    waiting: str
+    running: str
+    state_prefix: str
+    jobs: str
+    unique: str
+    stats: str
+    wake: str
+    seq: str
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def state(self, state: str) -> str:
+        return self.state_prefix + state
+
+    def script_keys(self) -> list[str]:
+        """KEYS for every per-queue script, in the order lua/lib.lua's queue_keys() reads them."""
+        return [
+            self.job_prefix, self.ready, self.waiting, self.running, self.state_prefix,
+            self.jobs, self.unique, self.stats, self.wake, self.seq,
+        ]
+
+
+class RedisKeys:
+    def __init__(self, prefix: str = "bagbot") -> None:
+        self.prefix = prefix
+        self.queues = f"{prefix}:queues"
+        self.registry = f"{prefix}:{{workers}}:registry"
+        self.worker_prefix = f"{prefix}:{{workers}}:worker:"
+
+    def worker(self, worker_id: str) -> str:
+        return self.worker_prefix + worker_id
+
+    def queue(self, queue: str) -> QueueKeys:
+        return _queue_keys(self.prefix, queue)
+
+
+@lru_cache(maxsize=1024)
+def _queue_keys(prefix: str, queue: str) -> QueueKeys:
+    base = f"{prefix}:{{{queue}}}:"
+    return QueueKeys(
+        job_prefix=base + "job:",
+        ready=base + "ready",
+        waiting=base + "waiting",
+        running=base + "running",
+        state_prefix=base + "state:",
+        jobs=base + "jobs",
+        unique=base + "unique",
+        stats=base + "stats",
+        wake=base + "wake",
+        seq=base + "seq",
+    )
