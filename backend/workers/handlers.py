@@ -1,0 +1,191 @@
+"""Handler registry: the names jobs refer to, and how each handler wants to be run.
+
+A handler is a plain function, async or sync, called with the job's args and
+kwargs. Per-handler policy (attempts, timeout, backoff, errors not worth
+retrying) lives here so the worker can apply it without knowing the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from backend.workers.models import JSON, Backoff, validate_name
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a running handler may want to know about its own job."""
+
+    job_id: str
+    name: str
+    queue: str
+    attempt: int
+    max_attempts: int
+
+
+_current: ContextVar[JobContext | None] = ContextVar("bagbot_current_job", default=None)
+
+
+def current_job() -> JobContext:
+    """The job the calling handler is running (also inside sync handlers' threads).
+
+    Raises LookupError outside a handler, where there is no job to describe.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise LookupError("current_job() called outside a running job")
+    return ctx
+
+
+def set_current_job(ctx: JobContext | None) -> Token[JobContext | None]:
+    """Bind `ctx` for the current task; returns a token for `reset_current_job`."""
+    return _current.set(ctx)
+
+
+def reset_current_job(token: Token[JobContext | None]) -> None:
+    _current.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered callable plus the policy the worker applies to its jobs."""
+
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
+    max_attempts: int | None = None
+    timeout: float | None = None
+    backoff: Backoff | None = None
+    no_retry: tuple[type[BaseException], ...] = ()
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return not (self.no_retry and isinstance(exc, self.no_retry))
+
+
+class HandlerRegistry:
+    """Name -> Handler. Registering the same function again replaces it (module reloads);
+    a different function under a taken name is an error, since jobs would silently change meaning."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    @overload
+    def task(self, name: F, /) -> F: ...
+
+    @overload
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        no_retry: tuple[type[BaseException], ...] = (),
+    ) -> Callable[[F], F]: ...
+
+    def task(
+        self,
+        name: str | F | None = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        no_retry: tuple[type[BaseException], ...] = (),
+    ) -> F | Callable[[F], F]:
+        """Decorator: `@registry.task("emails.send", timeout=30)`, `@registry.task()` or bare
+        `@registry.task` (the function's own name is used)."""
+        if callable(name):
+            return self.task()(name)
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be positive")
+
+        def register(fn: F) -> F:
+            handler_name = validate_name(name or fn.__name__)
+            handler = Handler(
+                name=handler_name,
+                fn=fn,
+                is_async=inspect.iscoroutinefunction(fn),
+                max_attempts=max_attempts,
+                timeout=timeout,
+                backoff=backoff,
+                no_retry=tuple(no_retry),
+            )
+            self.add(handler)
+            return fn
+
+        return register
+
+    def add(self, handler: Handler) -> None:
+        old = self._handlers.get(handler.name)
+        if old is not None and not _same_function(old.fn, handler.fn):
+            raise ValueError(f"handler name {handler.name!r} is already registered to {old.fn!r}")
+        self._handlers[handler.name] = handler
+
+    def get(self, name: str) -> Handler | None:
+        return self._handlers.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._handlers
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    return a is b or (
+        getattr(a, "__module__", None) == getattr(b, "__module__", None)
+        and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None)
+    )
+
+
+default_registry = HandlerRegistry()
+task = default_registry.task
+
+
+# -- built-in diagnostic handlers (DESIGN §7) ----------------------------------------
+
+
+@task("bagbot.noop")
+async def noop(*args: JSON, **kwargs: JSON) -> None:
+    """Does nothing: measures the queue itself."""
+    return None
+
+
+@task("bagbot.echo")
+async def echo(*args: JSON, **kwargs: JSON) -> JSON:
+    """Returns its args (and kwargs, if any): proves payloads round-trip."""
+    if kwargs:
+        return {"args": list(args), "kwargs": kwargs}
+    return list(args)
+
+
+@task("bagbot.sleep")
+async def sleep(seconds: float = 1.0) -> dict[str, float]:
+    """Sleeps: exercises timeouts, shutdown grace and lease extension."""
+    await asyncio.sleep(float(seconds))
+    return {"slept": float(seconds)}
+
+
+class DiagnosticFailure(RuntimeError):
+    """Raised on purpose by `bagbot.fail`."""
+
+
+@task("bagbot.fail")
+async def fail(times: int = 1) -> dict[str, int]:
+    """Raises while the attempt number is <= `times`, then succeeds: exercises retries."""
+    attempt = current_job().attempt
+    if attempt <= int(times):
+        raise DiagnosticFailure(f"bagbot.fail: attempt {attempt} of {int(times)} planned failures")
+    return {"attempt": attempt, "failed_before": int(times)}
