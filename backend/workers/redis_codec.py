@@ -1,6 +1,6 @@
 """Conversion between Job records and the flat string hashes the Lua scripts keep.
 
-Hash fields hold times in integer milliseconds on the Redis clock; the empty
+Hash fields hold times in integer microseconds on the Redis clock; the empty
 string stands for "none". Readers tolerate missing fields so that a job written
 by an older version stays readable while old and new workers run side by side.
 """
@@ -18,14 +18,14 @@ def pairs_to_dict(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
 
-def ms_to_s(raw: str | None) -> float | None:
+def us_to_s(raw: str | None) -> float | None:
     if raw is None or raw == "":
         return None
-    return float(raw) / 1000.0
+    return float(raw) / 1e6
 
 
-def s_to_ms(seconds: float) -> int:
-    return round(seconds * 1000.0)
+def s_to_us(seconds: float) -> int:
+    return round(seconds * 1e6)
 
 
 def _int(raw: str | None, default: int = 0) -> int:
@@ -54,13 +54,13 @@ def job_from_hash(data: Mapping[str, str]) -> Job:
             _float(data.get("bo_cap"), backoff_defaults.cap),
             _float(data.get("bo_jitter"), backoff_defaults.jitter),
         ),
-        run_at=ms_to_s(data.get("run_at")),
-        created_at=ms_to_s(data.get("created_at")) or 0.0,
-        started_at=ms_to_s(data.get("started_at")),
-        finished_at=ms_to_s(data.get("finished_at")),
+        run_at=us_to_s(data.get("run_at")),
+        created_at=us_to_s(data.get("created_at")) or 0.0,
+        started_at=us_to_s(data.get("started_at")),
+        finished_at=us_to_s(data.get("finished_at")),
         worker=data.get("worker") or None,
         token=data.get("token") or None,
-        lease_until=ms_to_s(data.get("lease_until")),
+        lease_until=us_to_s(data.get("lease_until")),
         last_error=JobError.from_json(loads(data.get("last_error"))),
         result=loads(data.get("result")),
         unique_key=data.get("unique_key") or None,
@@ -80,13 +80,13 @@ def spec_to_argv(spec: JobSpec, job_id: str, args_json: bytes, kwargs_json: byte
         repr(float(spec.backoff.base)),
         repr(float(spec.backoff.cap)),
         repr(float(spec.backoff.jitter)),
-        -1 if spec.delay is None else s_to_ms(spec.delay),
-        -1 if spec.run_at is None else s_to_ms(spec.run_at),
+        -1 if spec.delay is None else s_to_us(spec.delay),
+        -1 if spec.run_at is None else s_to_us(spec.run_at),
         spec.unique_key or "",
     ]
 
 
-def new_job(spec: JobSpec, job_id: str, state: str, created_ms: Any, run_at_ms: Any) -> Job:
+def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any) -> Job:
     """The record enqueue.lua just wrote, rebuilt without reading it back."""
     return Job(
         id=job_id,
@@ -99,7 +99,7 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_ms: Any, run_at_ms: 
         priority=spec.priority,
         timeout=spec.timeout,
         backoff=spec.backoff,
-        run_at=float(run_at_ms) / 1000.0,
-        created_at=float(created_ms) / 1000.0,
+        run_at=float(run_at_us) / 1e6,
+        created_at=float(created_us) / 1e6,
         unique_key=spec.unique_key,
     )

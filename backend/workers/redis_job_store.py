@@ -47,7 +47,7 @@ from backend.workers.models import (
     loads,
     new_job_id,
 )
-from backend.workers.redis_codec import job_from_hash, new_job, pairs_to_dict, s_to_ms, spec_to_argv
+from backend.workers.redis_codec import job_from_hash, new_job, pairs_to_dict, s_to_us, spec_to_argv
 from backend.workers.redis_keys import QueueKeys, RedisKeys
 
 QUEUE_SCRIPTS = ("enqueue", "claim", "finish", "extend", "release", "recover", "promote",
@@ -276,7 +276,7 @@ class RedisJobStore(JobStore):
             replies = await self._run(
                 "claim",
                 self.keys.queue(queue),
-                [worker_id, wanted, s_to_ms(lease_seconds), HOUSEKEEPING_LIMIT, random.random()],
+                [worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT, random.random()],
             )
             claimed.extend(job_from_hash(pairs_to_dict(flat)) for flat in replies)
         return claimed
@@ -299,11 +299,11 @@ class RedisJobStore(JobStore):
                     pipe.zrange(qkeys.running, 0, 0, withscores=True)
                 replies = await pipe.execute()
         seconds, micros = replies[0]
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_us = int(seconds) * 1_000_000 + int(micros)
         deadlines = [float(entry[0][1]) for entry in replies[1:] if entry]
         if not deadlines:
             return None
-        return max(0.0, (min(deadlines) - now_ms) / 1000.0)
+        return max(0.0, (min(deadlines) - now_us) / 1e6)
 
     async def finish(self, completions: Sequence[Completion]) -> list[JobState | None]:
         by_queue: dict[str, list[tuple[int, Completion]]] = defaultdict(list)
@@ -322,7 +322,7 @@ class RedisJobStore(JobStore):
     async def extend(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
         stale: list[Claim] = []
         for queue, items in _group_claims(claims).items():
-            argv: list[Any] = [s_to_ms(lease_seconds)]
+            argv: list[Any] = [s_to_us(lease_seconds)]
             for claim in items:
                 argv.extend((claim.job_id, claim.token))
             lost = set(await self._run("extend", self.keys.queue(queue), argv))
@@ -370,7 +370,7 @@ class RedisJobStore(JobStore):
     async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000) -> int:
         total = 0
         for queue in await self._queue_names(queues):
-            total += int(await self._run("purge", self.keys.queue(queue), [s_to_ms(older_than), limit]))
+            total += int(await self._run("purge", self.keys.queue(queue), [s_to_us(older_than), limit]))
         return total
 
     # -- worker registry -------------------------------------------------------
@@ -408,10 +408,10 @@ class RedisJobStore(JobStore):
         with self._mapped_errors():
             reply = await self._scripts["workers"](
                 keys=[self.keys.registry, self.keys.worker_prefix],
-                args=[-1 if stale_after is None else s_to_ms(stale_after)],
+                args=[-1 if stale_after is None else s_to_us(stale_after)],
             )
-        now_ms = float(reply[0])
-        return sorted((_worker_from_hash(wid, pairs_to_dict(flat), now_ms) for wid, flat in reply[1:]),
+        now_us = float(reply[0])
+        return sorted((_worker_from_hash(wid, pairs_to_dict(flat), now_us) for wid, flat in reply[1:]),
                       key=lambda w: w.id)
 
     # -- observability -----------------------------------------------------------
@@ -461,7 +461,7 @@ def _completion_argv(item: Completion) -> list[Any]:
         ok, payload = 1, check_json("result", item.result)
     else:
         ok, payload = 0, dumps(item.error.to_json()).encode()
-    delay = -1 if item.retry_delay is None else s_to_ms(item.retry_delay)
+    delay = -1 if item.retry_delay is None else s_to_us(item.retry_delay)
     return [item.claim.job_id, item.claim.token, ok, payload, repr(float(item.duration)),
             1 if item.retryable else 0, delay]
 
@@ -489,7 +489,7 @@ def _format_cursor(after: tuple[float, str]) -> str:
     return f"{after[0]:.0f}:{after[1]}"
 
 
-def _worker_from_hash(worker_id: str, data: dict[str, str], now_ms: float) -> WorkerInfo:
+def _worker_from_hash(worker_id: str, data: dict[str, str], now_us: float) -> WorkerInfo:
     last = float(data.get("last_heartbeat") or 0)
     queues = data.get("queues")
     return WorkerInfo(
@@ -498,9 +498,9 @@ def _worker_from_hash(worker_id: str, data: dict[str, str], now_ms: float) -> Wo
         pid=int(data.get("pid") or 0),
         queues=list(_json_list(queues)),
         concurrency=int(data.get("concurrency") or 0),
-        started_at=float(data.get("started_at") or 0) / 1000.0,
-        last_heartbeat=last / 1000.0,
-        heartbeat_age=max(0.0, (now_ms - last) / 1000.0),
+        started_at=float(data.get("started_at") or 0) / 1e6,
+        last_heartbeat=last / 1e6,
+        heartbeat_age=max(0.0, (now_us - last) / 1e6),
         running=int(data.get("running") or 0),
         version=data.get("version", ""),
     )

@@ -8,7 +8,7 @@ if not state then return {'missing'} end
 if state ~= 'enqueued' and state ~= 'scheduled' and state ~= 'retry_scheduled' then
   return {'illegal', state}
 end
-local now = now_ms()
+local now = now_us()
 redis.call('ZREM', K.ready, id)
 redis.call('ZREM', K.waiting, id)
 redis.call('HSET', jobkey, 'state', 'cancelled', 'finished_at', now, 'state_at', now)

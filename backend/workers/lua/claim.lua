@@ -1,16 +1,16 @@
 -- claim.lua: promote due jobs, recover expired leases, then claim up to `limit` ready jobs:
 -- enqueued -> running, attempts += 1, a fresh token, lease until now + lease.
 -- KEYS: see lib.lua.
--- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease ms  ARGV[4] housekeeping limit  ARGV[5] random seed
+-- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- Returns a list of HGETALL arrays, one per claimed job.
-local worker, limit, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = now_ms()
+local worker, limit, lease_us = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_us()
 promote_due(now, tonumber(ARGV[4]))
 recover_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
 local out = {}
 if limit > 0 then
   local popped = redis.call('ZPOPMIN', K.ready, limit)
-  local lease_until = now + lease_ms
+  local lease_until = now + lease_us
   for i = 1, #popped, 2 do
     local id = popped[i]
     local jobkey = K.job .. id

@@ -3,10 +3,10 @@
 -- KEYS: see lib.lua.
 -- ARGV[1] queue  ARGV[2] n  then per job 13 fields:
 --   id, name, args json, kwargs json, priority, max_attempts, timeout ('' = none),
---   backoff base s, backoff cap s, backoff jitter, delay ms (-1 = none), run_at ms (-1 = none), unique_key ('' = none)
--- Returns per job: {1, id, state, created_ms, run_at_ms} when created, {0, HGETALL of the existing job} when not.
+--   backoff base s, backoff cap s, backoff jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none)
+-- Returns per job: {1, id, state, created_us, run_at_us} when created, {0, HGETALL of the existing job} when not.
 local queue, n = ARGV[1], tonumber(ARGV[2])
-local now = now_ms()
+local now = now_us()
 local out = {}
 local woke = false
 for i = 0, n - 1 do
@@ -23,9 +23,9 @@ for i = 0, n - 1 do
   if existing then
     out[#out + 1] = {0, redis.call('HGETALL', existing)}
   else
-    local delay_ms, run_at_abs = tonumber(ARGV[b + 10]), tonumber(ARGV[b + 11])
+    local delay_us, run_at_abs = tonumber(ARGV[b + 10]), tonumber(ARGV[b + 11])
     local run_at = now
-    if delay_ms >= 0 then run_at = now + delay_ms elseif run_at_abs >= 0 then run_at = run_at_abs end
+    if delay_us >= 0 then run_at = now + delay_us elseif run_at_abs >= 0 then run_at = run_at_abs end
     local state = 'enqueued'
     if run_at > now then state = 'scheduled' end
     redis.call('HSET', jobkey, 'id', id, 'name', name, 'queue', queue, 'args', ARGV[b + 2],

@@ -1,8 +1,8 @@
 -- extend.lua: push the leases of current claims to now + lease.
 -- KEYS: see lib.lua.
--- ARGV[1] lease ms  ARGV[2..] pairs of id, token
+-- ARGV[1] lease µs  ARGV[2..] pairs of id, token
 -- Returns the ids whose claim is no longer current.
-local lease_until = now_ms() + tonumber(ARGV[1])
+local lease_until = now_us() + tonumber(ARGV[1])
 local stale = {}
 for b = 2, #ARGV, 2 do
   local id, token = ARGV[b], ARGV[b + 1]

@@ -2,10 +2,10 @@
 -- success: running -> done. error: running -> retry_scheduled or failed (see fail_running).
 -- KEYS: see lib.lua.
 -- ARGV[1] random seed  ARGV[2] n  then per run 7 fields:
---   id, token, ok (1|0), result json | error json, duration s, retryable (1|0), retry delay ms (-1 = backoff)
+--   id, token, ok (1|0), result json | error json, duration s, retryable (1|0), retry delay µs (-1 = backoff)
 -- Returns per run the new state, or '' when the claim was stale (nothing changed).
 local seed, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-local now = now_ms()
+local now = now_us()
 local out = {}
 for i = 0, n - 1 do
   local b = 3 + i * 7

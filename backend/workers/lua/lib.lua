@@ -2,7 +2,7 @@
 -- Every per-queue script receives the same KEYS, built by redis_keys.QueueKeys.script_keys():
 --   KEYS[1] job key prefix   KEYS[2] ready     KEYS[3] waiting   KEYS[4] running   KEYS[5] state index prefix
 --   KEYS[6] jobs index       KEYS[7] unique    KEYS[8] stats     KEYS[9] wake      KEYS[10] seq
--- All share the hash tag {queue}. Times are milliseconds on the server clock (TIME).
+-- All share the hash tag {queue}. Times are microseconds on the server clock (TIME).
 
 local K = {
   job = KEYS[1], ready = KEYS[2], waiting = KEYS[3], running = KEYS[4], state = KEYS[5],
@@ -14,9 +14,9 @@ local BUCKETS = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 local PRIORITY_SPAN = 1099511627776 -- 2^40 enqueue sequence numbers per priority level
 local LEASE_EXPIRED = '{"type":"LeaseExpired","message":"lease expired: its worker stopped heartbeating","traceback":""}'
 
-local function now_ms()
+local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
 -- A cheap per-item pseudo-random number in [0, 1) derived from the caller's seed,
@@ -43,11 +43,11 @@ local function wake_one()
   if redis.call('LLEN', K.wake) < 8 then redis.call('RPUSH', K.wake, 1) end
 end
 
-local function backoff_ms(jobkey, attempts, r)
+local function backoff_us(jobkey, attempts, r)
   local f = redis.call('HMGET', jobkey, 'bo_base', 'bo_cap', 'bo_jitter')
   local base, cap, jitter = tonumber(f[1]) or 1, tonumber(f[2]) or 300, tonumber(f[3]) or 0
   local full = math.min(cap, base * 2 ^ math.max(0, attempts - 1))
-  return math.floor((full - full * jitter * r) * 1000)
+  return math.floor((full - full * jitter * r) * 1000000)
 end
 
 local function release_unique(jobkey, id)
@@ -67,14 +67,14 @@ local function observe_duration(name, seconds)
 end
 
 -- running -> retry_scheduled (attempts left and retryable) or failed.
--- delay_ms < 0 means "use the job's own backoff". outcome nil means retry/failed as it turns out.
-local function fail_running(id, jobkey, err, retryable, delay_ms, now, outcome, r)
+-- delay_us < 0 means "use the job's own backoff". outcome nil means retry/failed as it turns out.
+local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, r)
   local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts')
   local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
   redis.call('ZREM', K.running, id)
   if retryable and attempts < max_attempts then
-    if delay_ms < 0 then delay_ms = backoff_ms(jobkey, attempts, r) end
-    local run_at = now + delay_ms
+    if delay_us < 0 then delay_us = backoff_us(jobkey, attempts, r) end
+    local run_at = now + delay_us
     redis.call('HSET', jobkey, 'state', 'retry_scheduled', 'run_at', run_at, 'last_error', err,
       'token', '', 'lease_until', '', 'state_at', now)
     redis.call('ZADD', K.waiting, run_at, id)

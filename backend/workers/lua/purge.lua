@@ -1,6 +1,6 @@
--- purge.lua: delete terminal jobs that finished at least `older_than` ms ago.
--- KEYS: see lib.lua.  ARGV[1] older_than ms  ARGV[2] limit.  Returns how many.
-local cutoff = now_ms() - tonumber(ARGV[1])
+-- purge.lua: delete terminal jobs that finished at least `older_than` µs ago.
+-- KEYS: see lib.lua.  ARGV[1] older_than µs  ARGV[2] limit.  Returns how many.
+local cutoff = now_us() - tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local purged = 0
 for _, state in ipairs({'done', 'failed', 'cancelled'}) do

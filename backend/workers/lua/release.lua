@@ -2,7 +2,7 @@
 -- the attempt not counted, back in its original place in the ready order.
 -- KEYS: see lib.lua.
 -- ARGV pairs of id, token. Returns how many were released.
-local now = now_ms()
+local now = now_us()
 local released = 0
 for b = 1, #ARGV, 2 do
   local id, token = ARGV[b], ARGV[b + 1]

@@ -6,7 +6,7 @@ local jobkey = K.job .. id
 local state = redis.call('HGET', jobkey, 'state')
 if not state then return {'missing'} end
 if state ~= 'failed' and state ~= 'cancelled' then return {'illegal', state} end
-local now = now_ms()
+local now = now_us()
 redis.call('HSET', jobkey, 'state', 'enqueued', 'attempts', 0, 'finished_at', '', 'run_at', now,
   'token', '', 'lease_until', '', 'state_at', now)
 push_ready(jobkey, id)

@@ -1,9 +1,9 @@
 -- workers.lua: list registered workers, reaping those whose last heartbeat is older than stale_after.
 -- KEYS[1] worker registry zset  KEYS[2] worker hash key prefix  (both in the {workers} slot)
--- ARGV[1] stale_after ms (-1 = keep all)
--- Returns {now ms, {id, HGETALL}, ...}.
+-- ARGV[1] stale_after µs (-1 = keep all)
+-- Returns {now µs, {id, HGETALL}, ...}.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local stale_after = tonumber(ARGV[1])
 if stale_after >= 0 then
   local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - stale_after)
