@@ -1,0 +1,454 @@
+"""`bagbot smoke`: the staging guide's post-deployment verification as one run.
+
+It enqueues diagnostic jobs (bagbot.noop, bagbot.echo, bagbot.fail times=1, a
+delayed job it cancels) through a `Client` — a deployed backend's HTTP API or
+the job store directly — waits for live workers to run them, and judges the
+guide's "Validation Checklist" from what the jobs, the worker registry and the
+metrics endpoint show. Nothing is assumed from the client's clock except the
+wait itself; every time compared comes from the same store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from backend.cli_client import Client, JSONDict, OpsError
+from backend.workers.models import TERMINAL_STATES, Backoff
+
+GUIDE_METRICS = (
+    "bagbot_job_enqueue_total",
+    "bagbot_job_run_total",
+    "bagbot_job_run_duration_seconds",
+    "bagbot_retry_scheduled_total",
+    "bagbot_heartbeat_age_seconds",
+)
+
+CHECKLIST = (
+    "Redis service is running and healthy",
+    "Backend service can connect to Redis",
+    "Worker service can connect to Redis",
+    "`/api/metrics` endpoint returns Prometheus metrics",
+    "Redis-backed metrics appear (enqueue, run, retry, heartbeat)",
+    "Worker jobs are claimed exclusively",
+    "Retry scheduling works with correct backoff",
+    "Worker registration/deregistration works",
+    "Heartbeats are being recorded",
+    "No job duplication across multiple workers",
+    # The guide's "Verify Job Store Operations" adds these two:
+    "State transitions (enqueued → running → done, scheduled → cancelled)",
+    "Attempts tracking",
+)
+
+TIME_SLACK = 0.05  # store timestamps are rounded to milliseconds
+RUN_SLACK = 0.5  # the failing handler's own run time sits between its start and its retry's run_at
+
+
+@dataclass(slots=True)
+class Item:
+    label: str
+    ok: bool
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"item": self.label, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class SmokeOptions:
+    queue: str = "default"
+    noop_jobs: int = 10
+    timeout: float = 60.0
+    max_heartbeat_age: float = 30.0
+    poll_interval: float = 0.1
+
+
+@dataclass(slots=True)
+class Observed:
+    """Every state a job was seen in, and the first snapshot in each."""
+
+    first: JSONDict
+    last: JSONDict
+    seen: dict[str, JSONDict] = field(default_factory=dict)
+
+    def see(self, job: JSONDict) -> None:
+        self.last = job
+        self.seen.setdefault(str(job.get("state")), job)
+
+    @property
+    def terminal(self) -> bool:
+        return str(self.last.get("state")) in {s.value for s in TERMINAL_STATES}
+
+
+@dataclass(slots=True)
+class SmokeResult:
+    items: list[Item]
+    run_id: str
+    jobs: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return all(item.ok for item in self.items)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "run_id": self.run_id,
+            "jobs": self.jobs,
+            "items": [i.to_json() for i in self.items],
+        }
+
+
+Progress = Callable[[str], None]
+
+
+async def run_smoke(
+    client: Client, options: SmokeOptions, progress: Progress = lambda _: None
+) -> SmokeResult:
+    """Run every check; collects failures instead of stopping at the first."""
+    run_id = uuid.uuid4().hex[:8]
+    progress("checking the store")
+    ready_ok, ready = await client.ready()
+    workers_before = await _safe_workers(client)
+
+    progress("enqueueing diagnostic jobs")
+    jobs = await _enqueue_all(client, options, run_id)
+    dup_same, unique_same, cancel_ok, cancel_detail = await _duplicates_and_cancel(
+        client, options, run_id, jobs
+    )
+
+    watched = {key: Observed(job, job, {str(job.get("state")): job}) for key, job in jobs.items()}
+    await _wait_terminal(client, watched, options, progress)
+    workers_after = await _safe_workers(client)
+    metrics = await _safe_metrics(client)
+
+    items = [
+        _redis_healthy(ready_ok, ready),
+        _backend_connects(ready_ok, client, ready),
+        _worker_connects(watched, workers_after),
+        _metrics_endpoint(metrics),
+        _metrics_names(metrics),
+        _exclusive(watched),
+        _retry_backoff(watched["fail"]),
+        _registration(workers_after, options),
+        _heartbeats(workers_before, workers_after, options),
+        _no_duplication(watched, dup_same, unique_same),
+        _transitions(watched, cancel_ok, cancel_detail),
+        _attempts(watched),
+    ]
+    return SmokeResult(items, run_id, {key: str(o.last.get("id")) for key, o in watched.items()})
+
+
+# -- driving the jobs ------------------------------------------------------------
+
+
+async def _enqueue_all(client: Client, options: SmokeOptions, run_id: str) -> dict[str, JSONDict]:
+    base = {"queue": options.queue}
+    jobs: dict[str, JSONDict] = {}
+    for index in range(options.noop_jobs):
+        body = {**base, "name": "bagbot.noop", "id": f"smoke-{run_id}-noop-{index}", "max_attempts": 1}
+        jobs[f"noop{index}"] = await client.enqueue(body)
+    echo_args = ["smoke", run_id, 3]
+    jobs["echo"] = await client.enqueue(
+        {**base, "name": "bagbot.echo", "args": echo_args, "id": f"smoke-{run_id}-echo"}
+    )
+    jobs["fail"] = await client.enqueue(
+        {
+            **base,
+            "name": "bagbot.fail",
+            "kwargs": {"times": 1},
+            "max_attempts": 3,
+            "id": f"smoke-{run_id}-fail",
+        }
+    )
+    return jobs
+
+
+async def _duplicates_and_cancel(
+    client: Client, options: SmokeOptions, run_id: str, jobs: dict[str, JSONDict]
+) -> tuple[bool, bool, bool, str]:
+    """Enqueueing again with the same id, or with a unique key a live job holds, must return
+    that job; a job delayed by an hour is `scheduled` and can be cancelled."""
+    base = {"queue": options.queue, "name": "bagbot.noop"}
+    again = await client.enqueue({**base, "id": f"smoke-{run_id}-noop-0"})
+    same_id = again.get("id") == jobs["noop0"].get("id") and again.get("created_at") == jobs["noop0"].get(
+        "created_at"
+    )
+    key = f"smoke-{run_id}"
+    held = await client.enqueue({**base, "delay": 3600, "unique_key": key, "id": f"smoke-{run_id}-held"})
+    twin = await client.enqueue({**base, "unique_key": key, "id": f"smoke-{run_id}-twin"})
+    same_unique = twin.get("id") == held.get("id")
+    if held.get("state") != "scheduled":
+        return same_id, same_unique, False, f"a job delayed by an hour was {held.get('state')}, not scheduled"
+    try:
+        cancelled = await client.cancel(str(held["id"]), options.queue)
+    except OpsError as exc:
+        return same_id, same_unique, False, f"cancel failed: {exc}"
+    if cancelled.get("state") != "cancelled":
+        return same_id, same_unique, False, f"cancel left it {cancelled.get('state')}"
+    return same_id, same_unique, True, "scheduled → cancelled"
+
+
+async def _wait_terminal(
+    client: Client, watched: dict[str, Observed], options: SmokeOptions, progress: Progress
+) -> None:
+    deadline = time.monotonic() + options.timeout
+    while time.monotonic() < deadline:
+        pending = [key for key, obs in watched.items() if not obs.terminal]
+        if not pending:
+            return
+        done = len(watched) - len(pending)
+        progress(f"waiting for workers: {done}/{len(watched)} jobs finished")
+        # concurrently, so a slow link still sees the short retry_scheduled window of bagbot.fail
+        fresh = await asyncio.gather(
+            *(client.get(str(watched[key].first["id"]), options.queue) for key in pending)
+        )
+        for key, job in zip(pending, fresh, strict=True):
+            watched[key].see(job)
+        await asyncio.sleep(options.poll_interval)
+
+
+async def _safe_workers(client: Client) -> list[JSONDict] | str:
+    try:
+        return await client.workers()
+    except OpsError as exc:
+        return str(exc)
+
+
+async def _safe_metrics(client: Client) -> str | OpsError | None:
+    try:
+        return await client.metrics_text()
+    except OpsError as exc:
+        return exc
+
+
+# -- judging ------------------------------------------------------------------------
+
+
+def _redis_healthy(ok: bool, ready: JSONDict) -> Item:
+    label = CHECKLIST[0]
+    policy = _find(ready, "maxmemory_policy")
+    if not ok:
+        return Item(label, False, f"readiness check failed: {_short(ready)}")
+    if policy and policy != "noeviction":
+        return Item(label, False, f"maxmemory-policy is {policy}, not noeviction")
+    version = _find(ready, "version")
+    return Item(label, True, f"answers{f' (version {version})' if version else ''}, policy {policy or 'n/a'}")
+
+
+def _backend_connects(ok: bool, client: Client, ready: JSONDict) -> Item:
+    label = CHECKLIST[1]
+    if not ok:
+        return Item(label, False, f"{client.where} is not ready: {_short(ready)}")
+    return Item(label, True, f"{client.where} is ready and accepted the jobs")
+
+
+def _worker_connects(watched: dict[str, Observed], workers: list[JSONDict] | str) -> Item:
+    label = CHECKLIST[2]
+    ran = {str(o.last.get("worker")) for o in watched.values() if o.last.get("worker")}
+    if not ran:
+        return Item(label, False, "no worker ran any smoke job")
+    live = {str(w.get("id")) for w in workers} if isinstance(workers, list) else set()
+    return Item(label, True, f"jobs ran on {len(ran)} worker(s); {len(ran & live)} of them still registered")
+
+
+def _metrics_endpoint(metrics: str | OpsError | None) -> Item:
+    label = CHECKLIST[3]
+    if metrics is None:
+        return Item(label, True, "not checked without --url (the store's metrics snapshot is used instead)")
+    if isinstance(metrics, OpsError):
+        return Item(label, False, str(metrics))
+    if "# TYPE" not in metrics:
+        return Item(label, False, "200 but not in Prometheus text format")
+    return Item(label, True, f"{len(metrics.splitlines())} lines of Prometheus text")
+
+
+def _metrics_names(metrics: str | OpsError | None) -> Item:
+    label = CHECKLIST[4]
+    if isinstance(metrics, OpsError):
+        return Item(label, False, str(metrics))
+    if metrics is None:
+        return Item(label, True, "not checked without --url")
+    present = {line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE ")}
+    missing = [name for name in GUIDE_METRICS if name not in present]
+    if missing:
+        return Item(label, False, f"missing: {', '.join(missing)}")
+    enqueue_rows = [line for line in metrics.splitlines() if line.startswith("bagbot_job_enqueue_total{")]
+    if not any('name="bagbot.noop"' in line for line in enqueue_rows):
+        return Item(label, False, "bagbot_job_enqueue_total has no sample for bagbot.noop")
+    return Item(label, True, "all five bagbot_* metrics, with samples for the smoke jobs")
+
+
+def _exclusive(watched: dict[str, Observed]) -> Item:
+    label = CHECKLIST[5]
+    noops = [o.last for key, o in watched.items() if key.startswith("noop")]
+    bad = [j for j in noops if j.get("state") != "done" or j.get("attempts") != 1]
+    if bad:
+        shown = ", ".join(f"{j.get('id')}={j.get('state')}/attempts {j.get('attempts')}" for j in bad[:3])
+        return Item(label, False, f"{len(bad)} of {len(noops)} noop jobs not done exactly once: {shown}")
+    workers = {j.get("worker") for j in noops}
+    return Item(
+        label, True, f"{len(noops)} noop jobs each ran once (attempts == 1) on {len(workers)} worker(s)"
+    )
+
+
+def expected_backoff() -> Backoff:
+    """The backoff the worker applies to bagbot.fail: its handler's, else the job default."""
+    try:
+        from backend.workers.handlers import default_registry
+
+        handler = default_registry.get("bagbot.fail")
+    except ImportError:
+        handler = None
+    return handler.backoff if handler is not None and handler.backoff is not None else Backoff()
+
+
+def _retry_backoff(obs: Observed) -> Item:
+    label = CHECKLIST[6]
+    job = obs.last
+    if job.get("state") != "done" or job.get("attempts") != 2:
+        return Item(
+            label, False, f"bagbot.fail times=1 ended {job.get('state')} after {job.get('attempts')} attempts"
+        )
+    waiting = obs.seen.get("retry_scheduled")
+    if waiting is None:
+        return Item(label, False, "the job was never seen in retry_scheduled")
+    run_at, started = _epoch(waiting.get("run_at")), _epoch(waiting.get("started_at"))
+    second_start = _epoch(job.get("started_at"))
+    if run_at is None or started is None:
+        return Item(label, False, f"retry_scheduled without run_at/started_at: {_short(waiting)}")
+    low, high = expected_backoff().bounds(1)
+    delay = run_at - started
+    if not low - TIME_SLACK <= delay <= high + RUN_SLACK:
+        return Item(label, False, f"retry delay {delay:.3f}s outside backoff bounds [{low:.3f}, {high:.3f}]s")
+    if second_start is not None and second_start < run_at - TIME_SLACK:
+        return Item(label, False, f"the retry started {run_at - second_start:.3f}s before its run_at")
+    return Item(
+        label, True, f"retry_scheduled → done, attempts 2, delay {delay:.2f}s within [{low:.2f}, {high:.2f}]s"
+    )
+
+
+def _registration(workers: list[JSONDict] | str, options: SmokeOptions) -> Item:
+    label = CHECKLIST[7]
+    if isinstance(workers, str):
+        return Item(label, False, workers)
+    if not workers:
+        return Item(label, False, "no worker is registered")
+    stale = [w for w in workers if float(w.get("heartbeat_age") or 0) > options.max_heartbeat_age * 4]
+    if stale:
+        ids = ", ".join(str(w.get("id")) for w in stale[:3])
+        return Item(label, False, f"stale entries were not removed: {ids}")
+    return Item(label, True, f"{len(workers)} worker(s) registered, no stale entries")
+
+
+def _heartbeats(before: list[JSONDict] | str, after: list[JSONDict] | str, options: SmokeOptions) -> Item:
+    label = CHECKLIST[8]
+    if isinstance(after, str):
+        return Item(label, False, after)
+    fresh = [w for w in after if float(w.get("heartbeat_age") or 0) <= options.max_heartbeat_age]
+    if not fresh:
+        return Item(label, False, f"no worker heartbeat within {options.max_heartbeat_age:.0f}s")
+    ages = ", ".join(f"{float(w.get('heartbeat_age') or 0):.1f}s" for w in fresh[:5])
+    earlier = (
+        {str(w.get("id")): _epoch(w.get("last_heartbeat")) for w in before}
+        if isinstance(before, list)
+        else {}
+    )
+    advanced = sum(
+        1 for w in fresh if (earlier.get(str(w.get("id"))) or 0.0) < (_epoch(w.get("last_heartbeat")) or 0.0)
+    )
+    return Item(label, True, f"heartbeat ages {ages}; {advanced} advanced during the run")
+
+
+def _no_duplication(watched: dict[str, Observed], same_id: bool, same_unique: bool) -> Item:
+    label = CHECKLIST[9]
+    if not same_id:
+        return Item(label, False, "enqueueing again with the same id made a second job")
+    if not same_unique:
+        return Item(label, False, "a second job was made for a unique key that a live job holds")
+    over = [
+        o.last
+        for o in watched.values()
+        if int(o.last.get("attempts") or 0) > int(o.last.get("max_attempts") or 1)
+    ]
+    if over:
+        return Item(label, False, f"{over[0].get('id')} ran more times than max_attempts")
+    return Item(
+        label, True, "same id / unique key enqueued twice gave one job; every job ran once per attempt"
+    )
+
+
+def _transitions(watched: dict[str, Observed], cancel_ok: bool, cancel_detail: str) -> Item:
+    label = CHECKLIST[10]
+    echo = watched["echo"]
+    first, last = echo.first, echo.last
+    if first.get("state") != "enqueued":
+        return Item(label, False, f"a new job was {first.get('state')}, not enqueued")
+    if last.get("state") != "done":
+        return Item(label, False, f"bagbot.echo ended {last.get('state')}: {_short(last.get('last_error'))}")
+    if last.get("result") != first.get("args"):
+        return Item(
+            label, False, f"bagbot.echo returned {last.get('result')!r}, not its args {first.get('args')!r}"
+        )
+    created, started, finished = (_epoch(last.get(k)) for k in ("created_at", "started_at", "finished_at"))
+    if None in (created, started, finished) or not (created or 0) <= (started or 0) <= (finished or 0):
+        return Item(
+            label, False, f"times out of order: created {created}, started {started}, finished {finished}"
+        )
+    if not cancel_ok:
+        return Item(label, False, cancel_detail)
+    return Item(label, True, f"enqueued → running → done with the result intact; {cancel_detail}")
+
+
+def _attempts(watched: dict[str, Observed]) -> Item:
+    label = CHECKLIST[11]
+    expected = {"echo": 1, "fail": 2, "noop0": 1}
+    wrong = {
+        k: watched[k].last.get("attempts")
+        for k, n in expected.items()
+        if watched[k].last.get("attempts") != n
+    }
+    if wrong:
+        return Item(label, False, f"unexpected attempts: {wrong} (expected {expected})")
+    return Item(label, True, "noop 1, echo 1, fail(times=1) 2")
+
+
+# -- small helpers ---------------------------------------------------------------------
+
+
+def _epoch(value: Any) -> float | None:
+    """Times come as epoch seconds from the store, maybe as ISO strings from an API."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _find(data: Any, key: str) -> str:
+    """A key anywhere in a small nested JSON answer (readiness bodies differ in shape)."""
+    if isinstance(data, dict):
+        if key in data and data[key] not in (None, ""):
+            return str(data[key])
+        for value in data.values():
+            found = _find(value, key)
+            if found:
+                return found
+    return ""
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 160 else text[:157] + "..."
