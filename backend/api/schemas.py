@@ -1,0 +1,144 @@
+"""Pydantic models of the HTTP edge: what the API accepts and returns.
+
+The store speaks dataclasses (models.py); pydantic lives only here, where it
+validates untrusted input and documents the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from backend.workers.models import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PRIORITY, JobSpec
+
+_YEAR = 366 * 24 * 3600.0
+
+
+class EnqueueRequest(BaseModel):
+    """A job to enqueue. `delay` (seconds) or `run_at` (ISO time) schedules it for later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, description="the handler, e.g. bagbot.echo")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    queue: str = Field(DEFAULT_QUEUE, min_length=1, max_length=64)
+    delay: float | None = Field(None, ge=0, le=_YEAR, description="seconds from now")
+    run_at: datetime | None = Field(None, description="ISO 8601 time; without a zone it is UTC")
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=1000)
+    timeout: float | None = Field(None, gt=0, le=_YEAR, description="seconds; default: the handler's")
+    unique_key: str | None = Field(
+        None, min_length=1, max_length=200, description="at most one unfinished job per key and queue"
+    )
+    id: str | None = Field(None, min_length=1, max_length=64, description="your own id: repeats are no-ops")
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> Self:
+        if self.delay is not None and self.run_at is not None:
+            raise ValueError("give delay or run_at, not both")
+        for label, value in (("unique_key", self.unique_key), ("id", self.id)):
+            # Control characters and lone surrogates cannot be stored as text: 422 here, not a 500 later.
+            if value is not None and not value.isprintable():
+                raise ValueError(f"{label} must be printable text")
+        return self
+
+    def to_spec(self) -> JobSpec:
+        run_at: float | None = None
+        if self.run_at is not None:
+            when = self.run_at if self.run_at.tzinfo else self.run_at.replace(tzinfo=UTC)
+            run_at = when.timestamp()
+        return JobSpec(
+            name=self.name,
+            args=self.args,
+            kwargs=self.kwargs,
+            queue=self.queue,
+            id=self.id,
+            delay=self.delay,
+            run_at=run_at,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            timeout=self.timeout,
+            unique_key=self.unique_key,
+        )
+
+
+class JobErrorOut(BaseModel):
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class JobOut(BaseModel):
+    """A job as the API shows it. Times are epoch seconds on the store's clock."""
+
+    id: str
+    name: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    state: str
+    attempts: int
+    max_attempts: int
+    priority: int
+    timeout: float | None
+    run_at: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    worker: str | None
+    lease_until: float | None
+    last_error: JobErrorOut | None
+    result: Any = None
+    unique_key: str | None
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut]
+    cursor: str | None = Field(description="pass back as ?cursor= for the next page; null at the end")
+
+
+class QueueOut(BaseModel):
+    name: str
+    counts: dict[str, int] = Field(description="state -> number of jobs, every state present")
+    total: int
+
+
+class QueuesOut(BaseModel):
+    queues: list[QueueOut]
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: float
+    last_heartbeat: float
+    heartbeat_age: float
+    running: int
+    version: str
+
+
+class WorkersOut(BaseModel):
+    workers: list[WorkerOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadyOut(BaseModel):
+    status: str
+    store: str
+    version: str
+    maxmemory_policy: str
+    policy_ok: bool
+    detail: str = ""
+
+
+class ErrorOut(BaseModel):
+    detail: Any
