@@ -10,10 +10,10 @@ With the memory store, the lifespan also runs a worker inside this event loop
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -23,6 +23,7 @@ from backend.api.limits import BodyLimitMiddleware
 from backend.config import Settings
 from backend.workers.job_store import JobStore, create_job_store
 from backend.workers.models import StoreHealth
+from backend.workers.orchestration import Worker
 
 log = logging.getLogger("bagbot.api")
 
@@ -95,14 +96,10 @@ async def check_store(store: JobStore, settings: Settings) -> StoreHealth:
     return health
 
 
-async def _start_embedded_worker(store: JobStore, settings: Settings) -> Any:
+async def _start_embedded_worker(store: JobStore, settings: Settings) -> Worker:
     """A worker in this event loop: with the memory store no other process could run the jobs."""
-    try:
-        from backend.workers.orchestration import Worker
-    except ImportError:  # TODO(issue 3): drop this guard once backend/workers/orchestration.py lands
-        log.warning("embedded worker unavailable (backend.workers.orchestration not importable): "
-                    "jobs will be stored but not run")
-        return None
+    for module in settings.tasks:  # BAGBOT_TASKS: the app's own handlers register on import
+        importlib.import_module(module)
     worker = Worker(store, settings)
     await worker.start()
     log.info("embedded worker started on queues %s (JOB_STORE=memory)", ", ".join(settings.queues))
