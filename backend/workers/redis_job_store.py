@@ -8,6 +8,7 @@ on Redis Cluster. Key names come from `redis_keys.py`.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -87,6 +88,11 @@ class RedisJobStore(JobStore):
             name: client.register_script(_script_source(name)) for name in QUEUE_SCRIPTS + REGISTRY_SCRIPTS
         }
         self._known_queues: set[str] = set()
+        self._pending_enqueues: dict[str, list[tuple[JobSpec, list[Any], asyncio.Future[Job]]]] = (
+            defaultdict(list)
+        )
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_url(
@@ -94,12 +100,10 @@ class RedisJobStore(JobStore):
         url: str,
         prefix: str = "bagbot",
         retention_seconds: float = 7 * 24 * 3600.0,
-        max_connections: int = 64,
     ) -> RedisJobStore:
         client = aioredis.Redis.from_url(
             url,
             decode_responses=True,
-            max_connections=max_connections,
             socket_connect_timeout=5,
             socket_timeout=MAX_BLOCK_SECONDS + 5,
             health_check_interval=15,
@@ -138,32 +142,65 @@ class RedisJobStore(JobStore):
     # -- producers -----------------------------------------------------------
 
     async def enqueue(self, spec: JobSpec) -> Job:
-        (job,) = await self.enqueue_many([spec])
-        return job
+        """Concurrent calls made in the same event-loop turn share one script call per queue
+        (each job still gets its own atomic create-or-return-existing step inside it)."""
+        row = _enqueue_row(spec)
+        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._pending_enqueues[spec.queue].append((spec, row, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_enqueues)
+        return await future
+
+    def _flush_enqueues(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending_enqueues = self._pending_enqueues, defaultdict(list)
+        for queue, rows in pending.items():
+            task = asyncio.ensure_future(self._deliver(queue, rows))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _deliver(self, queue: str, rows: list[tuple[JobSpec, list[Any], asyncio.Future[Job]]]) -> None:
+        try:
+            jobs = await self._send_enqueues(queue, [(spec, row) for spec, row, _ in rows])
+        except BaseException as exc:
+            for _, _, future in rows:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, future), job in zip(rows, jobs, strict=True):
+            if not future.done():
+                future.set_result(job)
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[Job]:
-        argv_by_queue: dict[str, list[tuple[int, JobSpec, list[Any]]]] = defaultdict(list)
+        rows_by_queue: dict[str, list[tuple[int, JobSpec, list[Any]]]] = defaultdict(list)
         for index, spec in enumerate(specs):
-            spec.validate()
-            job_id = spec.id or new_job_id()
-            row = spec_to_argv(spec, job_id, check_json("args", spec.args), check_json("kwargs", spec.kwargs))
-            argv_by_queue[spec.queue].append((index, spec, row))
+            rows_by_queue[spec.queue].append((index, spec, _enqueue_row(spec)))
         results: list[Job | None] = [None] * len(specs)
-        for queue, rows in argv_by_queue.items():
-            await self._note_queue(queue)
-            qkeys = self.keys.queue(queue)
-            for start in range(0, len(rows), ENQUEUE_BATCH):
-                chunk = rows[start : start + ENQUEUE_BATCH]
-                argv: list[Any] = [queue, len(chunk)]
-                for _, _, row in chunk:
-                    argv.extend(row)
-                replies = await self._run("enqueue", qkeys, argv)
-                for (index, spec, row), reply in zip(chunk, replies, strict=True):
-                    if int(reply[0]) == 1:
-                        results[index] = new_job(spec, row[0], reply[2], reply[3], reply[4])
-                    else:
-                        results[index] = job_from_hash(pairs_to_dict(reply[1]))
+        for queue, rows in rows_by_queue.items():
+            jobs = await self._send_enqueues(queue, [(spec, row) for _, spec, row in rows])
+            for (index, _, _), job in zip(rows, jobs, strict=True):
+                results[index] = job
         return [job for job in results if job is not None]
+
+    async def _send_enqueues(self, queue: str, rows: Sequence[tuple[JobSpec, list[Any]]]) -> list[Job]:
+        await self._note_queue(queue)
+        qkeys = self.keys.queue(queue)
+        jobs: list[Job] = []
+        for start in range(0, len(rows), ENQUEUE_BATCH):
+            chunk = rows[start : start + ENQUEUE_BATCH]
+            argv: list[Any] = [queue, len(chunk)]
+            for _, row in chunk:
+                argv.extend(row)
+            replies = await self._run("enqueue", qkeys, argv)
+            for (spec, row), reply in zip(chunk, replies, strict=True):
+                if int(reply[0]) == 1:
+                    jobs.append(new_job(spec, row[0], reply[2], reply[3], reply[4]))
+                else:
+                    jobs.append(job_from_hash(pairs_to_dict(reply[1])))
+        return jobs
 
     # -- reading -------------------------------------------------------------
 
@@ -454,6 +491,13 @@ class RedisJobStore(JobStore):
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _enqueue_row(spec: JobSpec) -> list[Any]:
+    """Validate a spec and turn it into enqueue.lua's per-job fields (errors reach the caller now)."""
+    spec.validate()
+    return spec_to_argv(spec, spec.id or new_job_id(), check_json("args", spec.args),
+                        check_json("kwargs", spec.kwargs))
 
 
 def _completion_argv(item: Completion) -> list[Any]:
