@@ -46,7 +46,8 @@ app = typer.Typer(
 jobs_app = typer.Typer(help="List, show, retry and cancel jobs.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 
-out = Console(highlight=False, soft_wrap=True)
+# piped output is not cut to 80 columns: ids and errors stay whole for grep and logs
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of tables.")]
@@ -195,10 +196,11 @@ def serve(
 @app.command()
 def worker() -> None:
     """Run one worker process, configured from the environment (same as `python -m backend.workers`)."""
+    from backend.workers.__main__ import _exit
     from backend.workers.__main__ import main as worker_main
 
-    code = worker_main()
-    raise typer.Exit(int(code or 0))
+    # its own exit path: it does not wait for threads of sync handlers that ignored the shutdown
+    _exit(worker_main())
 
 
 # -- producing ------------------------------------------------------------------------------
