@@ -12,7 +12,6 @@ local K = {
 -- Upper bounds (s) of the duration histogram; must match models.DURATION_BUCKETS.
 local BUCKETS = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
 local PRIORITY_SPAN = 1099511627776 -- 2^40 enqueue sequence numbers per priority level
-local LEASE_EXPIRED = '{"type":"LeaseExpired","message":"lease expired: its worker stopped heartbeating","traceback":""}'
 
 local function now_us()
   local t = redis.call('TIME')
@@ -113,8 +112,13 @@ local function recover_expired(now, limit, seed)
   local ids = redis.call('ZRANGEBYSCORE', K.running, '-inf', now, 'LIMIT', 0, limit)
   for i, id in ipairs(ids) do
     local jobkey = K.job .. id
-    if redis.call('EXISTS', jobkey) == 1 then
-      fail_running(id, jobkey, LEASE_EXPIRED, true, -1, now, 'expired', rand(seed, i))
+    local worker = redis.call('HGET', jobkey, 'worker')
+    if worker then
+      -- worker ids are plain names; drop anything that could break the JSON string
+      local who = string.gsub(worker, '[%c"\\]', '')
+      local err = '{"type":"LeaseExpired","message":"lease expired: worker ' .. who ..
+        ' stopped heartbeating","traceback":""}'
+      fail_running(id, jobkey, err, true, -1, now, 'expired', rand(seed, i))
     else
       redis.call('ZREM', K.running, id)
     end
