@@ -187,7 +187,7 @@ class Worker:
         self.outcomes_discarded = 0
         self.registered = False
 
-        self._runs: dict[str, _Run] = {}  # claim token -> run whose handler is executing
+        self._runs: dict[Claim, _Run] = {}  # claim -> run whose handler is executing
         self._pending: list[_Outcome] = []  # finished, not yet reported
         self._reporting: list[_Outcome] = []  # being reported right now
         self._stop = asyncio.Event()
@@ -356,7 +356,7 @@ class Worker:
         run = _Run(job=job, claim=claim, started=time.monotonic())
         run.task = asyncio.create_task(self._execute(run), name=f"job:{job.id}")
         run.task.add_done_callback(functools.partial(self._on_run_done, run))
-        self._runs[claim.token] = run
+        self._runs[claim] = run
         self.jobs_started += 1
         if "claimed" not in self._said:
             self._said.add("claimed")
@@ -368,7 +368,7 @@ class Worker:
                       attempt=job.attempts))
 
     def _on_run_done(self, run: _Run, task: asyncio.Task[Completion]) -> None:
-        self._runs.pop(run.claim.token, None)
+        self._runs.pop(run.claim, None)
         self._slot_freed.set()
         if task.cancelled() or run.cancel_reason is not None:
             return  # stale: someone else owns the job now; shutdown: released separately
@@ -542,7 +542,7 @@ class Worker:
 
     def _drop_stale(self, claim: Claim) -> None:
         """The store says this claim is no longer ours: stop the handler, report nothing."""
-        run = self._runs.get(claim.token)
+        run = self._runs.get(claim)
         if run is not None and run.task is not None and not run.task.done():
             run.cancel_reason = "stale"
             run.task.cancel()
@@ -550,7 +550,7 @@ class Worker:
                             action="handler cancelled; its outcome will not be reported"))
             return
         for index, item in enumerate(self._pending):
-            if item.completion.claim.token == claim.token:
+            if item.completion.claim == claim:
                 del self._pending[index]
                 self.outcomes_discarded += 1
                 log.warning(fmt("job_outcome_discarded", worker=self.id, job=claim.job_id, queue=claim.queue,
