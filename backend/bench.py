@@ -1,0 +1,426 @@
+"""`bagbot bench`: the speed and memory figures the README quotes, measured the same way every time.
+
+Workload (see benchmarks/README.md): no-op jobs (`bagbot.noop`) on one queue of
+a private key prefix, a local Redis, workers as real `python -m backend.workers`
+processes started after the jobs are queued. Timings of job starts and ends come
+from the job records (server clock, microseconds), so process start-up time is
+not counted as drain time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
+
+import typer
+from redis.asyncio import Redis
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from backend.config import Settings, redact_url
+from backend.workers.job_store import JobStore
+from backend.workers.models import JobSpec, JobState
+from backend.workers.redis_job_store import RedisJobStore
+
+QUEUE = "bench"
+# Commands a client sends itself (one per round trip); commands run inside scripts are not among them.
+TOP_LEVEL_COMMANDS = frozenset({"evalsha", "eval", "evalsha_ro", "eval_ro", "blpop", "sadd", "smembers",
+                                "ping", "info", "script", "multi", "exec", "hello", "client", "select"})
+
+
+@dataclass(slots=True)
+class BenchOptions:
+    jobs: int = 20_000
+    workers: int = 1
+    concurrency: int = 100
+    store: str = "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    latency_jobs: int = 1_000
+    latency_rate: float = 200.0
+    enqueue_concurrency: int = 100
+    batch_size: int = 500
+
+
+@dataclass(slots=True)
+class BenchResult:
+    store: str
+    jobs: int
+    workers: int
+    concurrency: int
+    enqueue_single_jobs_per_s: float = 0.0
+    enqueue_batch_jobs_per_s: float = 0.0
+    drain_jobs_per_s: float = 0.0
+    latency_p50_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    latency_max_ms: float = 0.0
+    commands_per_job_single: float = 0.0
+    commands_per_job_batched: float = 0.0
+    script_commands_per_job: float = 0.0
+    redis_cpu_us_per_job: float = 0.0
+    redis_bytes_per_queued_job: float = 0.0
+    redis_bytes_per_finished_job: float = 0.0
+    worker_peak_rss_mib: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Redis:
+    """INFO readings taken around each phase."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+
+    async def commandstats(self) -> dict[str, int]:
+        raw = await self.client.info("commandstats")
+        return {key.removeprefix("cmdstat_"): int(value["calls"]) for key, value in raw.items()}
+
+    async def cpu_seconds(self) -> float:
+        cpu = await self.client.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    async def used_memory(self) -> int:
+        return int((await self.client.info("memory"))["used_memory"])
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {name: calls - before.get(name, 0) for name, calls in after.items() if calls > before.get(name, 0)}
+
+
+def _specs(count: int) -> list[JobSpec]:
+    return [JobSpec(name="bagbot.noop", queue=QUEUE) for _ in range(count)]
+
+
+async def _enqueue_single(
+    store: JobStore, count: int, concurrency: int, tick: Callable[[int], None]
+) -> float:
+    remaining = count
+
+    async def producer() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await store.enqueue(JobSpec(name="bagbot.noop", queue=QUEUE))
+            tick(1)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(producer() for _ in range(concurrency)))
+    return count / (time.perf_counter() - started)
+
+
+async def _enqueue_batched(store: JobStore, count: int, batch: int, tick: Callable[[int], None]) -> float:
+    started = time.perf_counter()
+    for offset in range(0, count, batch):
+        size = min(batch, count - offset)
+        await store.enqueue_many(_specs(size))
+        tick(size)
+    return count / (time.perf_counter() - started)
+
+
+async def _wait_until(check: Callable[[], Awaitable[bool]], timeout: float, every: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(every)
+    return False
+
+
+async def _count(store: JobStore, state: JobState) -> int:
+    return (await store.counts()).get(QUEUE, {}).get(state.value, 0)
+
+
+class _Workers:
+    """Worker processes, and the peak RSS each reached (VmHWM, read before they exit)."""
+
+    def __init__(self, opts: BenchOptions, prefix: str) -> None:
+        env = dict(os.environ, JOB_STORE="redis", REDIS_URL=opts.redis_url, BAGBOT_PREFIX=prefix,
+                   BAGBOT_QUEUES=QUEUE, BAGBOT_CONCURRENCY=str(opts.concurrency), BAGBOT_LOG_LEVEL="WARNING")
+        self.procs = [
+            subprocess.Popen([sys.executable, "-m", "backend.workers"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(opts.workers)
+        ]
+
+    def peak_rss_mib(self) -> float:
+        peaks = []
+        for proc in self.procs:
+            try:
+                with open(f"/proc/{proc.pid}/status") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            peaks.append(int(line.split()[1]) / 1024)
+            except OSError:
+                continue
+        return max(peaks, default=0.0)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def _job_times(store: JobStore, state: JobState, limit: int) -> list[tuple[float, float, float]]:
+    """(created_at, started_at, finished_at) of up to `limit` jobs of the bench queue in `state`."""
+    times: list[tuple[float, float, float]] = []
+    cursor = None
+    while len(times) < limit:
+        page = await store.list_jobs(queue=QUEUE, state=state, limit=1000, cursor=cursor)
+        times.extend((j.created_at, j.started_at or 0.0, j.finished_at or 0.0) for j in page.jobs)
+        cursor = page.cursor
+        if cursor is None:
+            break
+    return times
+
+
+async def _drain(store: JobStore, opts: BenchOptions, prefix: str, result: BenchResult,
+                 progress: Progress, task: TaskID) -> None:
+    workers = _Workers(opts, prefix)
+    try:
+        async def all_done() -> bool:
+            done = await _count(store, JobState.DONE)
+            progress.update(task, completed=done)
+            return done >= opts.jobs
+
+        if not await _wait_until(all_done, timeout=max(120.0, opts.jobs / 500)):
+            result.notes.append("drain did not finish in time")
+        result.worker_peak_rss_mib = workers.peak_rss_mib()
+    finally:
+        workers.stop()
+
+
+async def _drain_rate(store: JobStore, jobs: int) -> float:
+    """Jobs per second between the first start and the last finish (server clock)."""
+    times = await _job_times(store, JobState.DONE, jobs)
+    if not times:
+        return 0.0
+    first_start = min(t[1] for t in times)
+    last_finish = max(t[2] for t in times)
+    return len(times) / max(last_finish - first_start, 1e-6)
+
+
+async def _latency(store: JobStore, opts: BenchOptions, prefix: str, progress: Progress,
+                   task: TaskID) -> list[float]:
+    """Enqueue-to-start delays (ms) at a steady rate on an already idle worker."""
+    one = BenchOptions(**{**asdict(opts), "workers": 1})
+    workers = _Workers(one, prefix)
+    try:
+        async def registered() -> bool:
+            return len(await store.list_workers()) > 0
+
+        await _wait_until(registered, timeout=30)
+        await asyncio.sleep(0.5)  # let it reach its blocking wait
+        gap = 1.0 / opts.latency_rate
+        ids: list[str] = []
+        started = time.perf_counter()
+        for index in range(opts.latency_jobs):
+            delay = started + index * gap - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            ids.append((await store.enqueue(JobSpec(name="bagbot.noop", queue=QUEUE))).id)
+            progress.update(task, advance=1)
+
+        async def finished() -> bool:
+            return await _count(store, JobState.DONE) >= opts.latency_jobs
+
+        await _wait_until(finished, timeout=60)
+    finally:
+        workers.stop()
+    delays = []
+    for job_id in ids:
+        job = await store.get(job_id, QUEUE)
+        if job is not None and job.started_at is not None:
+            delays.append((job.started_at - job.created_at) * 1000)
+    return delays
+
+
+async def _purge_prefix(client: Redis, prefix: str) -> None:
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        await client.unlink(key)
+
+
+async def run_redis_bench(opts: BenchOptions, progress: Progress) -> BenchResult:
+    result = BenchResult(store="redis", jobs=opts.jobs, workers=opts.workers, concurrency=opts.concurrency)
+    info_client = Redis.from_url(opts.redis_url, decode_responses=True)
+    info = _Redis(info_client)
+    prefixes: list[str] = []
+
+    def fresh_store() -> tuple[RedisJobStore, str]:
+        prefix = f"bagbot-bench-{uuid.uuid4().hex[:8]}"
+        prefixes.append(prefix)
+        return RedisJobStore.from_url(opts.redis_url, prefix=prefix), prefix
+
+    try:
+        # 1. one at a time, then batched; the batched set is the one the workers drain.
+        store, prefix = fresh_store()
+        task = progress.add_task("enqueue one at a time", total=opts.jobs)
+        before = await info.commandstats()
+        result.enqueue_single_jobs_per_s = await _enqueue_single(
+            store, opts.jobs, opts.enqueue_concurrency, lambda n: progress.update(task, advance=n))
+        single_enqueue_cmds = _delta(await info.commandstats(), before)
+        await _purge_prefix(info_client, prefix)
+        await store.close()
+
+        store, prefix = fresh_store()
+        task = progress.add_task("enqueue batched", total=opts.jobs)
+        memory_before = await info.used_memory()
+        before, cpu_before = await info.commandstats(), await info.cpu_seconds()
+        result.enqueue_batch_jobs_per_s = await _enqueue_batched(
+            store, opts.jobs, opts.batch_size, lambda n: progress.update(task, advance=n))
+        result.redis_bytes_per_queued_job = (await info.used_memory() - memory_before) / opts.jobs
+
+        # 2. drain with W worker processes started after the jobs are queued.
+        task = progress.add_task(f"drain with {opts.workers} worker(s)", total=opts.jobs)
+        await _drain(store, opts, prefix, result, progress, task)
+        cycle = _delta(await info.commandstats(), before)
+        result.redis_cpu_us_per_job = (await info.cpu_seconds() - cpu_before) * 1e6 / opts.jobs
+        result.redis_bytes_per_finished_job = (await info.used_memory() - memory_before) / opts.jobs
+        top = sum(calls for name, calls in cycle.items() if name in TOP_LEVEL_COMMANDS)
+        result.commands_per_job_batched = top / opts.jobs
+        result.script_commands_per_job = sum(cycle.values()) / opts.jobs
+        single_top = sum(c for n, c in single_enqueue_cmds.items() if n in TOP_LEVEL_COMMANDS)
+        worker_top = top - _batched_enqueue_calls(opts)
+        result.commands_per_job_single = (single_top + worker_top) / opts.jobs
+        result.drain_jobs_per_s = await _drain_rate(store, opts.jobs)
+        await store.close()
+
+        # 3. start latency on an idle worker at a steady rate.
+        store, prefix = fresh_store()
+        task = progress.add_task(f"latency at {opts.latency_rate:.0f} jobs/s", total=opts.latency_jobs)
+        delays = sorted(await _latency(store, opts, prefix, progress, task))
+        if delays:
+            result.latency_p50_ms = statistics.median(delays)
+            result.latency_p99_ms = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+            result.latency_max_ms = delays[-1]
+        await store.close()
+    finally:
+        for prefix in prefixes:
+            await _purge_prefix(info_client, prefix)
+        await info_client.aclose()
+    return result
+
+
+def _batched_enqueue_calls(opts: BenchOptions) -> int:
+    """Script calls the batched enqueue made (replaced by one-at-a-time calls in the single figure)."""
+    return -(-opts.jobs // opts.batch_size)
+
+
+async def run_memory_bench(opts: BenchOptions, progress: Progress) -> BenchResult:
+    """The embedded store: enqueue rates and an in-process worker's drain rate."""
+    from backend.workers.memory_job_store import MemoryJobStore
+    from backend.workers.orchestration import Worker
+
+    result = BenchResult(store="memory", jobs=opts.jobs, workers=1, concurrency=opts.concurrency)
+    store = MemoryJobStore()
+    task = progress.add_task("enqueue one at a time", total=opts.jobs)
+    result.enqueue_single_jobs_per_s = await _enqueue_single(
+        store, opts.jobs, opts.enqueue_concurrency, lambda n: progress.update(task, advance=n))
+    store = MemoryJobStore()
+    task = progress.add_task("enqueue batched", total=opts.jobs)
+    result.enqueue_batch_jobs_per_s = await _enqueue_batched(
+        store, opts.jobs, opts.batch_size, lambda n: progress.update(task, advance=n))
+    settings = Settings(queues=(QUEUE,), concurrency=opts.concurrency, log_level="WARNING")
+    worker = Worker(store, settings)
+    task = progress.add_task("drain in-process", total=opts.jobs)
+    started = time.perf_counter()
+    await worker.start()
+
+    async def all_done() -> bool:
+        done = await _count(store, JobState.DONE)
+        progress.update(task, completed=done)
+        return done >= opts.jobs
+
+    await _wait_until(all_done, timeout=300, every=0.01)
+    result.drain_jobs_per_s = opts.jobs / (time.perf_counter() - started)
+    await worker.stop()
+    result.notes.append("memory store: drain measured in-process, wall clock")
+    return result
+
+
+def run_bench(opts: BenchOptions, quiet: bool = False) -> BenchResult:
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), disable=quiet, transient=True) as progress:
+        runner = run_memory_bench if opts.store == "memory" else run_redis_bench
+        result = asyncio.run(runner(opts, progress))
+    if opts.store == "redis":
+        result.notes.append(f"redis: {redact_url(opts.redis_url)}")
+    return result
+
+
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("enqueue_single_jobs_per_s", "enqueue, one at a time (jobs/s)", "{:,.0f}"),
+    ("enqueue_batch_jobs_per_s", "enqueue, batched (jobs/s)", "{:,.0f}"),
+    ("drain_jobs_per_s", "drain (jobs/s)", "{:,.0f}"),
+    ("latency_p50_ms", "start latency p50 (ms)", "{:.2f}"),
+    ("latency_p99_ms", "start latency p99 (ms)", "{:.2f}"),
+    ("latency_max_ms", "start latency max (ms)", "{:.2f}"),
+    ("commands_per_job_single", "Redis commands per job, no batching", "{:.2f}"),
+    ("commands_per_job_batched", "Redis commands per job, batched", "{:.2f}"),
+    ("script_commands_per_job", "  incl. commands inside scripts", "{:.1f}"),
+    ("redis_cpu_us_per_job", "Redis CPU per job (µs)", "{:.1f}"),
+    ("redis_bytes_per_queued_job", "Redis memory per queued job (bytes)", "{:,.0f}"),
+    ("redis_bytes_per_finished_job", "Redis memory per finished job (bytes)", "{:,.0f}"),
+    ("worker_peak_rss_mib", "worker peak RSS (MiB)", "{:.1f}"),
+)
+
+
+def _print_table(result: BenchResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bagbot bench: {result.jobs:,} no-op jobs, {result.workers} worker process(es), "
+                        f"concurrency {result.concurrency}, {result.store} store")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, label, fmt in ROWS:
+        value = getattr(result, key)
+        if result.store == "memory" and key not in ("enqueue_single_jobs_per_s", "enqueue_batch_jobs_per_s",
+                                                    "drain_jobs_per_s"):
+            continue
+        table.add_row(label, fmt.format(value))
+    console = Console()
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[dim]{note}[/dim]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bagbot bench` to the CLI."""
+
+    @app.command()
+    def bench(
+        jobs: Annotated[int, typer.Option("--jobs", "-n", min=1, help="Jobs per phase.")] = 20_000,
+        workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")] = 1,
+        concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Per worker.")] = 100,
+        store: Annotated[str, typer.Option("--store", help="redis or memory.")] = "redis",
+        redis_url: Annotated[str | None, typer.Option("--redis-url", help="Default: $REDIS_URL.")] = None,
+        latency_jobs: Annotated[int, typer.Option("--latency-jobs", min=1)] = 1_000,
+        latency_rate: Annotated[float, typer.Option("--latency-rate", min=1, help="Jobs/s.")] = 200.0,
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ) -> None:
+        """Measure enqueue and drain rates, start latency, Redis commands, CPU and memory per job."""
+        if store not in ("redis", "memory"):
+            raise typer.BadParameter("--store must be redis or memory")
+        url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+        opts = BenchOptions(jobs=jobs, workers=workers, concurrency=concurrency, store=store, redis_url=url,
+                            latency_jobs=latency_jobs, latency_rate=latency_rate)
+        result = run_bench(opts, quiet=json_out)
+        if json_out:
+            typer.echo(json.dumps(result.to_json(), indent=2))
+        else:
+            _print_table(result)
