@@ -522,8 +522,8 @@ async def test_startup_with_redis_down_still_serves_and_ready_says_503(
         Settings(job_store="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix)
     )
     with caplog.at_level(logging.ERROR, logger="bagbot.api"):
-        transport = httpx.ASGITransport(app=app)
-        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        async with app.router.lifespan_context(app), client as c:
             assert (await c.get("/api/health")).status_code == 200
             assert (await c.get("/api/ready")).status_code == 503
     assert any("not answering" in r.getMessage() for r in caplog.records)
