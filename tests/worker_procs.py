@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.workers.job_store import StoreUnavailableError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -114,7 +116,15 @@ def starts_by_job(path: Path) -> dict[str, list[Execution]]:
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
-    while not await check():
+    while not await _try(check):
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached within {timeout}s: {what}")
         await asyncio.sleep(0.1)
+
+
+async def _try(check: Callable[[], Awaitable[bool]]) -> bool:
+    """A check that reads Redis right after a restart may hit a dropped connection: just look again."""
+    try:
+        return await check()
+    except StoreUnavailableError:
+        return False
