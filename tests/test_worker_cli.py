@@ -19,9 +19,8 @@ def run_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
     full = {k: v for k, v in os.environ.items() if not k.startswith(("BAGBOT_", "JOB_STORE", "REDIS_URL"))}
     full.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "backend.workers"], cwd=ROOT, env=full, capture_output=True, text=True, timeout=60
-    )
+    command = [sys.executable, "-m", "backend.workers"]
+    return subprocess.run(command, cwd=ROOT, env=full, capture_output=True, text=True, timeout=60)
 
 
 def test_bad_env_value_exits_2_naming_the_variable() -> None:
@@ -69,7 +68,8 @@ async def test_logs_never_show_the_redis_password(tmp_path: Path) -> None:
         sock.sendall(b"CONFIG SET requirepass s3cretpw\r\n")
         assert sock.recv(64).startswith(b"+OK")
     url = f"redis://:s3cretpw@127.0.0.1:{server.port}/0"
-    proc = WorkerProcess(tmp_path, "auth", {"JOB_STORE": "redis", "REDIS_URL": url, "BAGBOT_PREFIX": "bbtest-pw"})
+    env = {"JOB_STORE": "redis", "REDIS_URL": url, "BAGBOT_PREFIX": "bbtest-pw"}
+    proc = WorkerProcess(tmp_path, "auth", env)
     try:
         await proc.wait_for_log("✓ Worker registration successful")
         proc.send(signal.SIGTERM)
