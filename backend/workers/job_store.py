@@ -244,6 +244,7 @@ def create_job_store(settings: Settings) -> JobStore:
             settings.redis_url,
             prefix=settings.prefix,
             retention_seconds=settings.retention_seconds,
+            cluster=True if settings.redis_cluster else None,
         )
     from backend.workers.memory_job_store import MemoryJobStore
 

@@ -17,8 +17,10 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from backend.config import redact_url
@@ -52,7 +54,7 @@ from backend.workers.redis_codec import job_from_hash, new_job, pairs_to_dict, s
 from backend.workers.redis_keys import QueueKeys, RedisKeys
 
 QUEUE_SCRIPTS = ("enqueue", "claim", "finish", "extend", "release", "recover", "promote",
-                 "cancel", "retry", "purge")
+                 "cancel", "retry", "purge", "wakeup")
 REGISTRY_SCRIPTS = ("heartbeat", "workers")
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
 HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
@@ -75,12 +77,14 @@ class RedisJobStore(JobStore):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         prefix: str = "bagbot",
         retention_seconds: float = 7 * 24 * 3600.0,
         url: str = "",
     ) -> None:
-        self.redis = client
+        # Any: the standalone and the cluster client share the calls used here but no base class.
+        self.redis: Any = client
+        self.cluster = isinstance(client, RedisCluster)
         self.keys = RedisKeys(prefix)
         self.retention_seconds = retention_seconds
         self.safe_url = redact_url(url) if url else "redis"
@@ -100,14 +104,21 @@ class RedisJobStore(JobStore):
         url: str,
         prefix: str = "bagbot",
         retention_seconds: float = 7 * 24 * 3600.0,
+        cluster: bool | None = None,
     ) -> RedisJobStore:
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=5,
-            socket_timeout=MAX_BLOCK_SECONDS + 5,
-            health_check_interval=15,
-        )
+        """A store on `url`; `cluster=None` asks the server whether it is a Redis Cluster node."""
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": 5,
+            "socket_timeout": MAX_BLOCK_SECONDS + 5,
+        }
+        if cluster is None:
+            cluster = is_cluster(url)
+        client: aioredis.Redis | RedisCluster
+        if cluster:
+            client = RedisCluster.from_url(url, **options)
+        else:
+            client = aioredis.Redis.from_url(url, health_check_interval=15, **options)
         return cls(client, prefix=prefix, retention_seconds=retention_seconds, url=url)
 
     # -- plumbing ------------------------------------------------------------
@@ -320,27 +331,26 @@ class RedisJobStore(JobStore):
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         timeout = min(timeout, MAX_BLOCK_SECONDS)
-        if timeout <= 0:
+        if timeout <= 0 or not queues:
             return
         keys = [self.keys.queue(queue).wake for queue in queues]
         with self._mapped_errors():
-            await self.redis.blpop(keys, timeout=max(timeout, 0.001))
+            if not self.cluster or len(keys) == 1:
+                await self.redis.blpop(keys, timeout=timeout)
+                return
+            # On a cluster the wake lists live in different slots: one BLPOP each, first one wins.
+            waits = [asyncio.ensure_future(self.redis.blpop([key], timeout=timeout)) for key in keys]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
 
     async def next_wakeup(self, queues: Sequence[str]) -> float | None:
-        with self._mapped_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.time()
-                for queue in queues:
-                    qkeys = self.keys.queue(queue)
-                    pipe.zrange(qkeys.waiting, 0, 0, withscores=True)
-                    pipe.zrange(qkeys.running, 0, 0, withscores=True)
-                replies = await pipe.execute()
-        seconds, micros = replies[0]
-        now_us = int(seconds) * 1_000_000 + int(micros)
-        deadlines = [float(entry[0][1]) for entry in replies[1:] if entry]
-        if not deadlines:
-            return None
-        return max(0.0, (min(deadlines) - now_us) / 1e6)
+        waits = [int(await self._run("wakeup", self.keys.queue(queue), [])) for queue in queues]
+        due = [wait for wait in waits if wait >= 0]
+        return min(due) / 1e6 if due else None
 
     async def finish(self, completions: Sequence[Completion]) -> list[JobState | None]:
         by_queue: dict[str, list[tuple[int, Completion]]] = defaultdict(list)
@@ -435,11 +445,10 @@ class RedisJobStore(JobStore):
         return stale, int(existed) == 0
 
     async def deregister_worker(self, worker_id: str) -> None:
+        # Registry entry first: a worker that dies between the two leaves only an unlisted hash.
         with self._mapped_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self.keys.registry, worker_id)
-                pipe.delete(self.keys.worker(worker_id))
-                await pipe.execute()
+            await self.redis.zrem(self.keys.registry, worker_id)
+            await self.redis.delete(self.keys.worker(worker_id))
 
     async def list_workers(self, stale_after: float | None = None) -> list[WorkerInfo]:
         with self._mapped_errors():
@@ -491,6 +500,15 @@ class RedisJobStore(JobStore):
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def is_cluster(url: str) -> bool:
+    """Whether the server at `url` runs in cluster mode (False when it cannot be asked now)."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as probe:
+            return bool(probe.info("cluster").get("cluster_enabled"))
+    except (redis_errors.RedisError, OSError):
+        return False
 
 
 def _enqueue_row(spec: JobSpec) -> list[Any]:
