@@ -36,7 +36,7 @@ def blueprint() -> dict[str, Any]:
 def service(blueprint: dict[str, Any], name: str) -> dict[str, Any]:
     matches = [s for s in blueprint["services"] if s.get("name") == name]
     assert len(matches) == 1, f"expected one service named {name}"
-    return matches[0]
+    return dict(matches[0])
 
 
 def env_vars(svc: dict[str, Any]) -> dict[str, dict[str, Any]]:
