@@ -23,22 +23,10 @@ from backend.workers.job_store import JobStore
 from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.models import Claim, JobError, JobSpec, WorkerInfo
 from backend.workers.redis_job_store import RedisJobStore
+from tests.api_server import delete_prefix
 from tests.redis_server import RedisServer, free_port
 
 TOKEN = "s3cret-token-for-tests"
-
-
-async def delete_prefix(url: str, prefix: str) -> None:
-    """Delete exactly this test's keys (SCAN on its prefix): never anyone else's data."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.delete(*keys[start : start + 500])
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
