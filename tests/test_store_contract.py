@@ -354,6 +354,21 @@ async def test_stale_token_after_release_changes_nothing(store: JobStore) -> Non
     await assert_stale(store, claim_of(second))  # finished: its own token is stale too
 
 
+async def test_a_reused_job_id_gets_fresh_tokens(store: JobStore) -> None:
+    """Tokens are unique per claim, not per job hash: a purged id that comes back is fenced too."""
+    await store.enqueue(JobSpec("t.job", id="reused"))
+    first = await claim_one(store)
+    await store.complete(claim_of(first))
+    await asyncio.sleep(0.1)
+    assert await store.purge(older_than=0.05) == 1
+    again = await store.enqueue(JobSpec("t.job", id="reused"))
+    assert again.state is JobState.ENQUEUED and again.attempts == 0
+    second = await claim_one(store)
+    assert second.id == "reused" and second.token != first.token
+    await assert_stale(store, claim_of(first))
+    assert await state_of(store, "reused") is JobState.RUNNING
+
+
 async def test_expired_leases_count_attempts_then_fail(store: JobStore) -> None:
     job = await store.enqueue(JobSpec("t.job", max_attempts=2, backoff=NO_WAIT))
     first = await claim_one(store, lease=0.2, worker="dead-1")
@@ -595,6 +610,18 @@ async def test_purge_deletes_old_terminal_jobs_only(store: JobStore) -> None:
     assert await state_of(store, live.id) is JobState.ENQUEUED
     counts = (await store.counts())["default"]
     assert (counts["done"], counts["failed"], counts["enqueued"]) == (0, 0, 1)
+
+
+async def test_memory_store_forgets_terminal_jobs_after_retention() -> None:
+    from backend.workers.memory_job_store import MemoryJobStore
+
+    store = MemoryJobStore(retention_seconds=0.2)
+    done = await job_in(store, JobState.DONE)
+    live = await store.enqueue(JobSpec("t.job", delay=3600))
+    await asyncio.sleep(0.4)
+    assert await store.get(done.id) is None
+    assert await state_of(store, live.id) is JobState.SCHEDULED
+    assert (await store.counts())["default"]["done"] == 0
 
 
 async def test_health(store: JobStore) -> None:
