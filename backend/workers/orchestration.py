@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import time
 import traceback
@@ -67,6 +68,9 @@ FINAL_BUDGET_SECONDS = 5.0  # release + last reports + deregister, after the gra
 MAX_REPORT_BATCH = 500
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
 def fmt(event: str, **fields: object) -> str:
     """One structured log line: `event=job_done job=... duration=0.012`."""
     parts = [f"event={event}"]
@@ -74,7 +78,7 @@ def fmt(event: str, **fields: object) -> str:
         if value is None:
             continue
         text = f"{value:.3f}" if isinstance(value, float) else str(value)
-        if text == "" or any(c in text for c in ' "=\n\t'):
+        if text == "" or _NEEDS_QUOTES.search(text):
             text = json.dumps(text[:500], ensure_ascii=False)
         parts.append(f"{key}={text}")
     return " ".join(parts)
@@ -202,6 +206,7 @@ class Worker:
         self._task: asyncio.Task[None] | None = None
         self._last_purge = float("-inf")
         self._said: set[str] = set()  # one-time ✓ log markers already written
+        self._unexpected_seen: dict[str, str] = {}  # event -> last unexpected error, to log it once
 
     # -- public control --------------------------------------------------------------
 
@@ -248,6 +253,13 @@ class Worker:
     @property
     def running(self) -> int:
         return len(self._runs)
+
+    def _unexpected(self, event: str, exc: BaseException) -> None:
+        """A bug rather than an outage: log it with its traceback, but not again while it repeats."""
+        signature = f"{type(exc).__name__}: {exc}"
+        if self._unexpected_seen.get(event) != signature:
+            self._unexpected_seen[event] = signature
+            log.exception(fmt(event, worker=self.id, error=signature, action="retrying with backoff"))
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -317,10 +329,11 @@ class Worker:
                 await self._sleep_unless_stopped(backoff.next())
                 continue
             except Exception as exc:
-                log.exception(fmt("claim_error", worker=self.id, error=f"{type(exc).__name__}: {exc}"))
+                self._unexpected("claim_error", exc)
                 await self._sleep_unless_stopped(backoff.next())
                 continue
             self._outage.recovered()
+            self._unexpected_seen.pop("claim_error", None)
             backoff.reset()
 
     async def _wait_for_work(self) -> None:
@@ -364,8 +377,9 @@ class Worker:
                 "✓ Jobs claimed exclusively (no duplicate processing) "
                 + fmt("first_claim", worker=self.id, job=job.id, queue=job.queue, fencing="token per claim")
             )
-        log.debug(fmt("job_started", worker=self.id, job=job.id, queue=job.queue, name=job.name,
-                      attempt=job.attempts))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(fmt("job_started", worker=self.id, job=job.id, queue=job.queue, name=job.name,
+                          attempt=job.attempts))
 
     def _on_run_done(self, run: _Run, task: asyncio.Task[Completion]) -> None:
         self._runs.pop(run.claim, None)
@@ -474,6 +488,10 @@ class Worker:
                 self._log_outcome(item, state)
 
     def _log_outcome(self, item: _Outcome, state: JobState | None) -> None:
+        if state is JobState.DONE:
+            self.jobs_done += 1
+            if not log.isEnabledFor(logging.INFO):
+                return
         job, c = item.job, item.completion
         fields: dict[str, object] = {
             "worker": self.id, "job": job.id, "queue": job.queue, "name": job.name,
@@ -486,7 +504,6 @@ class Worker:
             log.warning(fmt("job_outcome_discarded", **fields,
                             reason="claim no longer current (lease expired; the job was re-queued)"))
         elif state is JobState.DONE:
-            self.jobs_done += 1
             log.info(fmt("job_done", **fields))
         elif state is JobState.RETRY_SCHEDULED:
             self.jobs_retried += 1
@@ -516,8 +533,11 @@ class Worker:
                 delay = backoff.next()
                 continue
             except Exception as exc:
-                log.exception(fmt("heartbeat_error", worker=self.id, error=repr(exc)))
+                self._unexpected("heartbeat_error", exc)
+                delay = interval
+                continue
             self._outage.recovered()
+            self._unexpected_seen.pop("heartbeat_error", None)
             backoff.reset()
             delay = interval
 
