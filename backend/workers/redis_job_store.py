@@ -324,7 +324,8 @@ class RedisJobStore(JobStore):
             replies = await self._run(
                 "claim",
                 self.keys.queue(queue),
-                [worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT, random.random()],
+                [worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT, random.random(),
+                 new_job_id()[:16]],
             )
             claimed.extend(job_from_hash(pairs_to_dict(flat)) for flat in replies)
         return claimed

@@ -2,6 +2,7 @@
 -- enqueued -> running, attempts += 1, a fresh token, lease until now + lease.
 -- KEYS: see lib.lua.
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
+-- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
 -- Returns a list of HGETALL arrays, one per claimed job.
 local worker, limit, lease_us = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us()
@@ -15,7 +16,7 @@ if limit > 0 then
     local id = popped[i]
     local jobkey = K.job .. id
     redis.call('HINCRBY', jobkey, 'attempts', 1)
-    local token = tostring(redis.call('HINCRBY', jobkey, 'claims', 1))
+    local token = ARGV[6] .. '.' .. string.format('%d', (i + 1) / 2)
     redis.call('HSET', jobkey, 'state', 'running', 'started_at', now, 'worker', worker, 'token', token,
       'lease_until', lease_until, 'state_at', now, 'finished_at', '')
     redis.call('ZADD', K.running, lease_until, id)
@@ -29,4 +30,5 @@ if redis.call('ZCARD', K.ready) > 0 then
 else
   redis.call('DEL', K.wake)
 end
+flush_stats()
 return out

@@ -31,7 +31,7 @@ for i = 0, n - 1 do
     redis.call('HSET', jobkey, 'id', id, 'name', name, 'queue', queue, 'args', ARGV[b + 2],
       'kwargs', ARGV[b + 3], 'priority', ARGV[b + 4], 'max_attempts', ARGV[b + 5], 'timeout', ARGV[b + 6],
       'bo_base', ARGV[b + 7], 'bo_cap', ARGV[b + 8], 'bo_jitter', ARGV[b + 9], 'unique_key', unique_key,
-      'state', state, 'attempts', 0, 'claims', 0, 'run_at', run_at, 'created_at', now, 'state_at', now)
+      'state', state, 'attempts', 0, 'run_at', run_at, 'created_at', now, 'state_at', now)
     if state == 'enqueued' then
       push_ready(jobkey, id)
       woke = true
@@ -41,9 +41,10 @@ for i = 0, n - 1 do
     if unique_key ~= '' then redis.call('HSET', K.unique, unique_key, id) end
     redis.call('ZADD', K.jobs, now, id)
     move_state(id, nil, state, now)
-    redis.call('HINCRBY', K.stats, 'enq|' .. name, 1)
+    stat('enq|' .. name, 1)
     out[#out + 1] = {1, id, state, now, run_at}
   end
 end
 if woke then wake_one() end
+flush_stats()
 return out

@@ -20,7 +20,7 @@ for i = 0, n - 1 do
       redis.call('HSET', jobkey, 'state', 'done', 'result', ARGV[b + 3], 'finished_at', now,
         'token', '', 'lease_until', '', 'state_at', now)
       redis.call('ZREM', K.running, id)
-      redis.call('HINCRBY', K.stats, 'run|' .. f[3] .. '|done', 1)
+      stat('run|' .. f[3] .. '|done', 1)
       release_unique(jobkey, id)
       move_state(id, 'running', 'done', now)
       out[#out + 1] = 'done'
@@ -30,4 +30,5 @@ for i = 0, n - 1 do
     end
   end
 end
+flush_stats()
 return out
