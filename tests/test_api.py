@@ -154,9 +154,10 @@ async def test_enqueue_is_safe_to_repeat_by_id_and_by_unique_key(client: httpx.A
     [
         ({}, "name"),
         ({"name": ""}, "name"),
-        ({"name": "no spaces allowed"}, "handler name"),
+        ({"name": "no spaces allowed"}, "name"),
+        ({"name": "trailing.newline\n"}, "name"),
         ({"name": "x", "queue": "bad queue"}, "queue"),
-        ({"name": "x", "id": "bad/id"}, "job id"),
+        ({"name": "x", "id": "bad/id"}, "id"),
         ({"name": "x", "args": {"not": "a list"}}, "args"),
         ({"name": "x", "kwargs": [1]}, "kwargs"),
         ({"name": "x", "priority": 5000}, "priority"),

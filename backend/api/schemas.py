@@ -14,6 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from backend.workers.models import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PRIORITY, JobSpec
 
 _YEAR = 366 * 24 * 3600.0
+# The store's own rules (models.py), stated in the schema so clients see them; pydantic's regex
+# engine reads `$` as the very end, so a trailing newline is refused here too.
+NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+QUEUE_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
 
 
 class EnqueueRequest(BaseModel):
@@ -21,10 +26,10 @@ class EnqueueRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128, description="the handler, e.g. bagbot.echo")
+    name: str = Field(pattern=NAME_PATTERN, description="the handler, e.g. bagbot.echo")
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    queue: str = Field(DEFAULT_QUEUE, min_length=1, max_length=64)
+    queue: str = Field(DEFAULT_QUEUE, pattern=QUEUE_PATTERN)
     delay: float | None = Field(None, ge=0, le=_YEAR, description="seconds from now")
     run_at: datetime | None = Field(None, description="ISO 8601 time; without a zone it is UTC")
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
@@ -33,7 +38,7 @@ class EnqueueRequest(BaseModel):
     unique_key: str | None = Field(
         None, min_length=1, max_length=200, description="at most one unfinished job per key and queue"
     )
-    id: str | None = Field(None, min_length=1, max_length=64, description="your own id: repeats are no-ops")
+    id: str | None = Field(None, pattern=ID_PATTERN, description="your own id: repeats are no-ops")
 
     @model_validator(mode="after")
     def _one_schedule(self) -> Self:
