@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from backend.workers.models import JobSpec, JobState
+from backend.workers.models import Backoff, JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
 from tests.redis_server import RedisServer, in_ci
 from tests.worker_procs import WorkerProcess, eventually, read_records, worker_env
@@ -120,6 +121,48 @@ async def test_worker_survives_redis_losing_its_data(
             return (await store.counts())["default"]["done"] == len(jobs)
 
         await eventually(all_done, 30, "work after Redis came back empty")
+    finally:
+        await store.close()
+    worker.send(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_outage_longer_than_the_lease_never_loses_or_overwrites(
+    persistent_redis: RedisServer, tmp_path: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    """Redis is down past the job's lease: the kept result is either still accepted (nobody
+    recovered the job yet) or rejected as stale and the job runs again. Never lost, never both."""
+    record = tmp_path / "record.txt"
+    worker = WorkerProcess(tmp_path, "worker", worker_env(persistent_redis.url, PREFIX, record))
+    worker_factory.append(worker)
+    await worker.wait_for_log("✓ Worker registration successful")
+    store = RedisJobStore.from_url(persistent_redis.url, prefix=PREFIX)
+    try:
+        job = await store.enqueue(JobSpec("tests.sleeper", args=[0.5], backoff=Backoff(0.2, jitter=0)))
+
+        async def started() -> bool:
+            return any(ex.job_id == job.id for ex in read_records(record))
+
+        await eventually(started, 30, "job started")
+        persistent_redis.stop()
+        await asyncio.sleep(4.0)  # twice the 2 s lease, on Redis's (wall) clock
+        assert [ex.event for ex in read_records(record)] == ["start", "end"]
+        persistent_redis.start()
+
+        async def done() -> bool:
+            got = await store.get(job.id)
+            return got is not None and got.state is JobState.DONE
+
+        await eventually(done, 30, "job done after the outage")
+        got = await store.get(job.id)
+        assert got is not None
+        starts = [ex for ex in read_records(record) if ex.event == "start"]
+        if got.attempts == 1:  # the report arrived before anyone recovered the lease
+            assert len(starts) == 1
+        else:  # recovered first: the late report was refused, the job ran once more
+            assert got.attempts == 2 and len(starts) == 2
+            assert got.last_error is not None and got.last_error.type == "LeaseExpired"
+            assert "event=job_outcome_discarded" in worker.log()
     finally:
         await store.close()
     worker.send(signal.SIGTERM)
