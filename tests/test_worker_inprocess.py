@@ -223,3 +223,23 @@ def test_current_job_outside_a_job() -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_scheduled_job_starts_when_due_without_an_enqueue_to_wake_it(
+    store: MemoryJobStore, worker: Worker
+) -> None:
+    await asyncio.sleep(0.05)  # the worker is idle, blocked in wait_for_jobs
+    job = await store.enqueue(JobSpec("bagbot.echo", args=["later"], delay=0.3))
+    assert job.state is JobState.SCHEDULED and job.run_at is not None
+    final = await finished(store, job)
+    assert final.state is JobState.DONE and final.result == ["later"]
+    assert final.started_at is not None and final.started_at >= job.run_at
+
+
+async def test_embedded_worker_counters_and_registry(store: MemoryJobStore, worker: Worker) -> None:
+    jobs = [await store.enqueue(JobSpec("bagbot.noop")) for _ in range(20)]
+    for job in jobs:
+        await finished(store, job)
+    await eventually(lambda: _true(worker.jobs_done == 20))
+    (info,) = await store.list_workers()
+    assert info.id == "w-test" and info.concurrency == SETTINGS.concurrency
