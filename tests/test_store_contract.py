@@ -726,6 +726,12 @@ async def test_wait_for_jobs_wakes_at_once_on_enqueue(store: JobStore) -> None:
     await asyncio.wait_for(waiter, 10)  # far less than its 60 s timeout
 
 
+async def test_a_wake_up_waits_for_its_taker(store: JobStore) -> None:
+    """A job enqueued while no worker waits (one between its claim and its wait) is not missed."""
+    await store.enqueue(JobSpec("t.job", queue="q-keep"))
+    await asyncio.wait_for(store.wait_for_jobs(["q-keep"], 60), 4)
+
+
 async def test_wait_for_jobs_wakes_on_release(store: JobStore) -> None:
     await store.enqueue(JobSpec("t.job"))
     running = await claim_one(store)

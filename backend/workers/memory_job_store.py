@@ -71,8 +71,9 @@ class MemoryJobStore(JobStore):
         self._workers: dict[str, WorkerInfo] = {}
         self._expiry: list[tuple[float, str, str]] = []  # (finished_at + retention, queue, id)
         self._seq = 0  # one monotonic counter orders enqueues, creations and state entries
-        # Waiting workers per queue, and queues woken while nobody waited: like the Redis
-        # store's wake-up list, a wake-up is kept until a waiter takes it, so none is lost.
+        # Waiting workers per queue, and queues with a wake-up not yet taken: like the Redis
+        # store's wake-up list, a wake-up is kept until a waiter or a claim takes it, so a
+        # worker between its claim and its wait loses none.
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._pending_wake: set[str] = set()
 
@@ -123,12 +124,9 @@ class MemoryJobStore(JobStore):
         self._wake(job.queue)  # a sleeping worker recomputes its next wake-up
 
     def _wake(self, queue: str) -> None:
-        waiters = self._waiters.get(queue)
-        if waiters:
-            for event in waiters:
-                event.set()
-        else:
-            self._pending_wake.add(queue)
+        self._pending_wake.add(queue)
+        for event in self._waiters.get(queue, ()):
+            event.set()
 
     def _current(self, claim: Claim) -> tuple[_Queue, Job] | None:
         q = self._queues.get(claim.queue)
@@ -268,6 +266,11 @@ class MemoryJobStore(JobStore):
                 self._set_state(q, job, JobState.RUNNING, now)
                 heapq.heappush(q.running, (job.lease_until, job.token, job.id))
                 claimed.append(copy.deepcopy(job))
+        for name, q in self._selected(queues):  # as in Redis: chain wake-ups while work remains
+            if q.counts[JobState.ENQUEUED]:
+                self._wake(name)
+            else:
+                self._pending_wake.discard(name)
         return claimed
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
