@@ -239,7 +239,8 @@ class HttpClient(Client):
         return _as_dict(await self._call("POST", "/api/jobs", payload))
 
     async def get(self, job_id: str, queue: str | None = None) -> JSONDict:
-        return _as_dict(await self._call("GET", f"/api/jobs/{_q(job_id)}"))
+        query = f"?queue={_q(queue)}" if queue else ""
+        return _as_dict(await self._call("GET", f"/api/jobs/{_q(job_id)}{query}"))
 
     async def list_jobs(
         self, queue: str | None, state: str | None, name: str | None, limit: int, cursor: str | None
@@ -301,7 +302,10 @@ class HttpClient(Client):
         if 200 <= status < 300:
             return data
         detail = data.get("detail") if isinstance(data, dict) else raw.decode(errors="replace")[:300]
-        raise OpsError(f"{method} {path} answered {status}: {detail}", _code_for_status(status))
+        hint = ""
+        if status == 401:
+            hint = " (pass --token or set BAGBOT_API_TOKEN to the backend's token)"
+        raise OpsError(f"{method} {path} answered {status}: {detail}{hint}", _code_for_status(status))
 
     def _request(self, method: str, path: str, payload: JSONDict | None) -> tuple[int, bytes]:
         headers = {"Accept": "application/json"}
