@@ -238,3 +238,21 @@ async def test_sync_cpu_handler_and_unknown_handler(store: RedisJobStore, spawn:
     worker.send(signal.SIGTERM)
     assert await worker.wait() == 0
     await asyncio.sleep(0)
+
+
+async def test_shutdown_does_not_hang_on_a_sync_handler_that_cannot_be_interrupted(
+    store: RedisJobStore, spawn: WorkerSpawner
+) -> None:
+    (worker,) = await spawn(1, BAGBOT_SHUTDOWN_GRACE_SECONDS="0.5")
+    job = await store.enqueue(JobSpec("tests.cpu", kwargs={"n": 10**10}))  # hours of work in a thread
+
+    async def running() -> bool:
+        got = await store.get(job.id)
+        return got is not None and got.state is JobState.RUNNING
+
+    await eventually(running, 30, "sync job running")
+    worker.send(signal.SIGTERM)
+    assert await worker.wait(30) == 0
+    got = await store.get(job.id)
+    assert got is not None and got.state is JobState.ENQUEUED and got.attempts == 0
+    assert "event=exit_with_running_threads" in worker.log()
