@@ -108,12 +108,17 @@ async def test_sigkill_reruns_exactly_the_killed_workers_in_flight_jobs(
     assert len(starts) == total
     twice = {job_id for job_id, runs in starts.items() if len(runs) > 1}
     started_by_victim = {job_id for job_id in in_flight if any(r.pid == victim.pid for r in starts[job_id])}
-    # every re-run is one the victim had started and not reported; every such job re-ran exactly once more
-    assert twice == started_by_victim
-    for job_id in twice:
-        assert sorted(r.pid == victim.pid for r in starts[job_id]) == [False, True]
+    # Every re-run is a job the victim held and had started; each ran exactly once more, elsewhere.
+    assert twice and twice <= started_by_victim
+    for job_id in started_by_victim:
         job = await store.get(job_id)
-        assert job is not None and job.last_error is not None and job.last_error.type == "LeaseExpired"
+        assert job is not None
+        if job_id in twice:
+            assert sorted(r.pid == victim.pid for r in starts[job_id]) == [False, True]
+            assert job.attempts == 2 and job.last_error is not None
+            assert job.last_error.type == "LeaseExpired"
+        else:  # its report was already on the wire when the victim died, and landed
+            assert job.attempts == 1 and job.last_error is None
     # the dead worker's registry entry is reaped once its heartbeat is stale
     async def reaped() -> bool:
         return victim_id not in {w.id for w in await store.list_workers()}
