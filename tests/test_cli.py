@@ -340,3 +340,65 @@ def test_smoke_on_the_memory_store_runs_an_embedded_worker() -> None:
     result = bagbot(make_env(JOB_STORE="memory"), "smoke", "--json", "--timeout", "30")
     report = json.loads(result.stdout)
     assert result.returncode == 0, json.dumps(report, indent=2) + result.stderr
+
+
+# -- the smoke test's judgments, on crafted observations -------------------------------------------------
+
+
+def fail_job_observed(delay: float, attempts: int = 2) -> Any:
+    from backend.smoke import Observed
+
+    first = {"id": "f", "state": "enqueued", "attempts": 0}
+    waiting = {
+        "id": "f",
+        "state": "retry_scheduled",
+        "attempts": 1,
+        "started_at": 100.0,
+        "run_at": 100.0 + delay,
+    }
+    done = {"id": "f", "state": "done", "attempts": attempts, "started_at": 100.0 + delay + 0.01}
+    observed = Observed(first, first, {"enqueued": first})
+    observed.see(waiting)
+    observed.see(done)
+    return observed
+
+
+def test_smoke_accepts_a_retry_delay_within_the_backoff_bounds() -> None:
+    from backend.smoke import _retry_backoff, expected_backoff
+
+    low, high = expected_backoff().bounds(1)
+    assert _retry_backoff(fail_job_observed((low + high) / 2)).ok
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.5, 5.0])
+def test_smoke_rejects_a_retry_delay_outside_the_backoff_bounds(delay: float) -> None:
+    from backend.smoke import _retry_backoff
+
+    item = _retry_backoff(fail_job_observed(delay))
+    assert not item.ok and "outside backoff bounds" in item.detail
+
+
+def test_smoke_rejects_a_retry_never_seen_waiting_or_with_wrong_attempts() -> None:
+    from backend.smoke import Observed, _retry_backoff
+
+    done = {"id": "f", "state": "done", "attempts": 2}
+    assert not _retry_backoff(Observed(done, done, {"done": done})).ok
+    assert not _retry_backoff(fail_job_observed(0.9, attempts=3)).ok
+
+
+def test_smoke_counts_a_metric_only_with_samples() -> None:
+    from backend.smoke import GUIDE_METRICS, _metrics_names
+
+    help_only = "\n".join(f"# HELP {n} x\n# TYPE {n} counter" for n in GUIDE_METRICS)
+    assert not _metrics_names(help_only).ok
+    samples = "\n".join(
+        [
+            'bagbot_job_enqueue_total{queue="default",name="bagbot.noop"} 3.0',
+            'bagbot_job_run_total{queue="default",name="bagbot.noop",outcome="done"} 3.0',
+            'bagbot_job_run_duration_seconds_bucket{queue="default",name="bagbot.noop",le="+Inf"} 3.0',
+            'bagbot_retry_scheduled_total{queue="default",name="bagbot.fail"} 1.0',
+            'bagbot_heartbeat_age_seconds{worker="w1"} 0.4',
+        ]
+    )
+    assert _metrics_names(help_only + "\n" + samples).ok
+    assert not _metrics_names(samples.replace("bagbot_heartbeat_age_seconds", "other")).ok
