@@ -99,7 +99,7 @@ async def test_exclusive_claiming(make_store: MakeStore) -> None:
 async def test_retry_scheduling_with_correct_backoff(make_store: MakeStore) -> None:
     """A failed job is rescheduled after a delay within its backoff bounds, then runs again."""
     store = make_store()
-    backoff = Backoff(base=0.4, cap=0.6, jitter=0.5)  # 0.2-0.4 s, then 0.3-0.6 s (capped)
+    backoff = Backoff(base=0.6, cap=0.9, jitter=0.5)  # 0.3-0.6 s, then 0.45-0.9 s (capped)
     job = await store.enqueue(JobSpec("smoke.fail", max_attempts=4, backoff=backoff))
     for attempt in (1, 2, 3):
         running = await claim_soon(store)
@@ -178,14 +178,14 @@ async def test_heartbeats_recorded(make_store: MakeStore) -> None:
     await store.register_worker(info)
     (registered,) = await store.list_workers()
     await store.enqueue(JobSpec("smoke.sleep"))
-    (running,) = await store.claim(info.id, ["default"], 1, 0.3)
+    (running,) = await store.claim(info.id, ["default"], 1, 0.8)
     await asyncio.sleep(0.2)
     stale, vanished = await store.heartbeat(info, [claim_of(running)], 30)
     assert (stale, vanished) == ([], False)
     (beating,) = await store.list_workers()
     assert beating.last_heartbeat > registered.last_heartbeat and beating.running == 1
     assert 0 <= (await store.metrics()).heartbeat_ages["smoke-hb"] < 30
-    await asyncio.sleep(0.3)  # past the claim's first lease: the heartbeat extended it
+    await asyncio.sleep(0.8)  # past the claim's first lease: the heartbeat extended it
     assert await store.recover() == 0
     job = await store.get(running.id)
     assert job is not None and job.state is JobState.RUNNING and job.token == running.token

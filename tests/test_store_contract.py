@@ -403,9 +403,9 @@ async def test_expired_lease_is_recovered_by_claim(store: JobStore) -> None:
 
 async def test_extend_keeps_the_lease_alive(store: JobStore) -> None:
     await store.enqueue(JobSpec("t.job"))
-    running = await claim_one(store, lease=0.3)
+    running = await claim_one(store, lease=0.6)
     assert await store.extend([claim_of(running)], 30) == []
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.9)
     assert await store.recover() == 0
     job = await store.get(running.id)
     assert job is not None and job.state is JobState.RUNNING and job.attempts == 1
@@ -439,20 +439,20 @@ async def test_release_keeps_attempt_count_and_place(store: JobStore) -> None:
 
 
 async def test_scheduled_job_becomes_claimable_when_due(store: JobStore) -> None:
-    job = await store.enqueue(JobSpec("t.job", delay=0.3))
+    job = await store.enqueue(JobSpec("t.job", delay=0.5))
     assert await store.claim("w", ["default"], 1, 30) == []
     wakeup = await store.next_wakeup(["default"])
-    assert wakeup is not None and 0 <= wakeup <= 0.3 + EPS
-    await asyncio.sleep(0.6)
+    assert wakeup is not None and 0 <= wakeup <= 0.5 + EPS
+    await asyncio.sleep(0.9)
     running = await claim_one(store)
     assert running.id == job.id and running.attempts == 1
 
 
 async def test_promote_moves_due_jobs(store: JobStore) -> None:
-    due = await store.enqueue(JobSpec("t.job", delay=0.2))
+    due = await store.enqueue(JobSpec("t.job", delay=0.5))
     later = await store.enqueue(JobSpec("t.job", delay=3600))
     assert await store.promote() == 0
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.8)
     assert await store.promote(["default"]) == 1
     assert await state_of(store, due.id) is JobState.ENQUEUED
     assert await state_of(store, later.id) is JobState.SCHEDULED
@@ -641,14 +641,14 @@ async def test_worker_registry_and_heartbeats(store: JobStore) -> None:
     assert listed.started_at > 0 and 0 <= listed.heartbeat_age < 5
     started = listed.started_at
     await store.enqueue(JobSpec("t.job"))
-    running = await claim_one(store, lease=0.3, worker="w-1")
+    running = await claim_one(store, lease=0.8, worker="w-1")
     await asyncio.sleep(0.2)
     stale, vanished = await store.heartbeat(info, [claim_of(running)], 30)
     assert (stale, vanished) == ([], False)
     (listed,) = await store.list_workers()
     assert listed.running == 1 and listed.started_at == pytest.approx(started)
     assert listed.last_heartbeat > started + 0.1, "the heartbeat was recorded"
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.8)  # past the claim's own lease
     assert await store.recover() == 0, "the heartbeat extended the lease"
     # an entry that was never registered (or was reaped) comes back on its next heartbeat
     stale, vanished = await store.heartbeat(WorkerInfo(id="w-2"), [], 30)
