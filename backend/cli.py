@@ -541,6 +541,7 @@ def smoke(
     async def main() -> Any:
         client = _client(url, token, allow_memory=True)
         embedded = await _maybe_embedded_worker(client, url)
+        options.expect_redis = embedded is None
         try:
             with err.status("smoke: starting") as status:
                 return await run_smoke(client, options, lambda text: status.update(f"smoke: {text}"))

@@ -65,6 +65,8 @@ class SmokeOptions:
     noop_jobs: int = 10
     timeout: float = 60.0
     max_heartbeat_age: float = 30.0
+    # False only for the local self-test on the memory store, where no Redis is expected
+    expect_redis: bool = True
     poll_interval: float = 0.1
 
 
@@ -128,8 +130,8 @@ async def run_smoke(
     metrics = await _safe_metrics(client)
 
     items = [
-        _redis_healthy(ready_ok, ready),
-        _backend_connects(ready_ok, client, ready),
+        _redis_healthy(ready_ok, ready, options.expect_redis),
+        _backend_connects(ready_ok, client, ready, options.expect_redis),
         _worker_connects(watched, workers_after),
         _metrics_endpoint(metrics),
         _metrics_names(metrics),
@@ -230,21 +232,32 @@ async def _safe_metrics(client: Client) -> str | OpsError | None:
 # -- judging ------------------------------------------------------------------------
 
 
-def _redis_healthy(ok: bool, ready: JSONDict) -> Item:
+def _store_kind(ready: JSONDict) -> str:
+    """`store` in the API's readiness body, `backend` in the store's own health."""
+    return _find(ready, "store") or _find(ready, "backend")
+
+
+def _redis_healthy(ok: bool, ready: JSONDict, expect_redis: bool) -> Item:
     label = CHECKLIST[0]
     policy = _find(ready, "maxmemory_policy")
     if not ok:
         return Item(label, False, f"readiness check failed: {_short(ready)}")
+    if _store_kind(ready) == "memory":
+        if expect_redis:
+            return Item(label, False, "the backend runs JOB_STORE=memory: no Redis is in use")
+        return Item(label, True, "memory store self-test: no Redis involved")
     if policy and policy != "noeviction":
         return Item(label, False, f"maxmemory-policy is {policy}, not noeviction")
     version = _find(ready, "version")
     return Item(label, True, f"answers{f' (version {version})' if version else ''}, policy {policy or 'n/a'}")
 
 
-def _backend_connects(ok: bool, client: Client, ready: JSONDict) -> Item:
+def _backend_connects(ok: bool, client: Client, ready: JSONDict, expect_redis: bool) -> Item:
     label = CHECKLIST[1]
     if not ok:
         return Item(label, False, f"{client.where} is not ready: {_short(ready)}")
+    if _store_kind(ready) == "memory" and expect_redis:
+        return Item(label, False, f"{client.where} uses the memory store (set JOB_STORE=redis)")
     return Item(label, True, f"{client.where} is ready and accepted the jobs")
 
 

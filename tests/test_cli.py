@@ -336,6 +336,21 @@ def test_smoke_fails_without_workers(env: dict[str, str]) -> None:
     assert "Heartbeats are being recorded" in failed
 
 
+def test_smoke_url_flags_a_backend_still_on_the_memory_store(tmp_path: Path) -> None:
+    """After the rollback (or a missed JOB_STORE) jobs run, but nothing is in Redis: the Redis lines fail."""
+    port = free_port()
+    backend = Service(make_env(JOB_STORE="memory", PORT=str(port)), ["serve"], tmp_path / "backend.log")
+    try:
+        backend.wait_until(lambda: health_ok(port), "backend health")
+        result = bagbot(make_env(), "smoke", "--url", f"http://127.0.0.1:{port}", "--json", "--timeout", "30")
+    finally:
+        backend.stop()
+    report = json.loads(result.stdout)
+    failed = [item["item"] for item in report["items"] if not item["ok"]]
+    assert result.returncode == 1
+    assert failed == ["Redis service is running and healthy", "Backend service can connect to Redis"], report
+
+
 def test_smoke_on_the_memory_store_runs_an_embedded_worker() -> None:
     result = bagbot(make_env(JOB_STORE="memory"), "smoke", "--json", "--timeout", "30")
     report = json.loads(result.stdout)
