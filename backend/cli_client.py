@@ -218,7 +218,9 @@ def map_store_error(exc: BaseException, where: str) -> OpsError | None:
     if isinstance(
         exc, StoreUnavailableError | redis_errors.ConnectionError | redis_errors.TimeoutError | OSError
     ):
-        return OpsError(f"job store unavailable at {where}: {exc}", ExitCode.UNAVAILABLE)
+        text = str(exc)
+        message = text if where in text else f"job store unavailable at {where}: {text}"
+        return OpsError(message, ExitCode.UNAVAILABLE)
     return None
 
 

@@ -143,9 +143,11 @@ def test_bad_configuration_is_a_usage_error_naming_the_variable() -> None:
     assert "BAGBOT_CONCURRENCY" in result.stderr
 
 
-def test_unreachable_redis_exits_3() -> None:
-    result = bagbot(make_env(JOB_STORE="redis", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "queues")
+def test_unreachable_redis_exits_3_without_showing_the_password() -> None:
+    url = f"redis://:pw-secret99@127.0.0.1:{free_port()}/0"
+    result = bagbot(make_env(JOB_STORE="redis", REDIS_URL=url), "queues")
     assert result.returncode == 3, result.stderr
+    assert "unavailable" in result.stderr and "pw-secret99" not in result.stdout + result.stderr
 
 
 # -- jobs through the store ------------------------------------------------------------------------
