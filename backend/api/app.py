@@ -59,16 +59,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if app.state.store is None:
         app.state.store = create_job_store(settings)
     store: JobStore = app.state.store
-    app.state.startup_health = await check_store(store, settings)
-    if store.backend == "memory":
-        app.state.embedded_worker = await _start_embedded_worker(store, settings)
-    else:
-        log.info("job store is %s: jobs run in separate worker processes (python -m backend.workers)",
-                 store.backend)
     try:
+        app.state.startup_health = await check_store(store, settings)
+        # Embedded mode follows the store, not the setting: only a memory store needs an
+        # in-process worker (no other process can see it); with Redis, workers run apart.
+        if store.backend == "memory":
+            app.state.embedded_worker = await _start_embedded_worker(store, settings)
+        else:
+            log.info("job store is %s: jobs run in separate worker processes (python -m backend.workers)",
+                     store.backend)
         yield
     finally:
-        worker = app.state.embedded_worker
+        worker: Worker | None = app.state.embedded_worker
         if worker is not None:
             await worker.stop()
             app.state.embedded_worker = None

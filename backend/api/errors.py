@@ -26,7 +26,7 @@ log = logging.getLogger("bagbot.api")
 
 Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
 
-# (exception class, status, whether to log it): order matters only for subclasses.
+# Starlette picks the handler of the most specific class in an exception's MRO.
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (InvalidJobError, 422),
     (JobNotFoundError, 404),
