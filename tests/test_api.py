@@ -424,6 +424,7 @@ async def test_store_unavailable_gives_503_and_health_stays_200(prefix: str) -> 
                 response = await c.request(method, path)
                 assert response.status_code == 503, (path, response.text)
                 assert "unavailable" in response.json()["detail"]
+                assert response.headers["retry-after"] == "5"
             enqueue_response = await c.post("/api/jobs", json={"name": "bagbot.echo"})
             assert enqueue_response.status_code == 503
     finally:
@@ -541,6 +542,8 @@ async def test_dashboard_and_docs_are_served(client: httpx.AsyncClient) -> None:
     page = await client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
+    assert ".innerHTML" not in page.text  # API data goes in as text only
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     for marker in ('id="queues"', 'id="workers"', 'id="jobs"', 'id="failures"', 'id="token"', "/api/jobs"):
         assert marker in page.text
     assert (await client.get("/docs")).status_code == 200

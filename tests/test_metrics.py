@@ -109,6 +109,19 @@ def test_every_family_is_declared_even_before_any_activity() -> None:
     assert value(parse(text), "bagbot_workers") == 0
 
 
+async def test_scrapes_leave_the_global_registry_alone() -> None:
+    """Each scrape uses a private registry: nothing accumulates in prometheus_client's global one."""
+    from prometheus_client import REGISTRY
+
+    store = MemoryJobStore()
+    await store.enqueue(JobSpec("bagbot.echo"))
+    async with client_for(store) as client:
+        first = await scrape(client)
+        assert first == await scrape(client)
+    assert REGISTRY.get_sample_value("bagbot_workers") is None
+    assert not any(name.startswith("bagbot_") for name in REGISTRY._names_to_collectors)
+
+
 def test_cumulative_buckets_from_per_bucket_counts() -> None:
     counts = [0] * (len(DURATION_BUCKETS) + 1)
     counts[0], counts[3], counts[-1] = 2, 1, 4
