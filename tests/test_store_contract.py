@@ -581,6 +581,8 @@ async def test_list_jobs_paging_and_filters(store: JobStore) -> None:
     assert await listed(store, 2, state=JobState.CANCELLED) == ["job1", "job3", "job0"]
     assert await listed(store, 5, state=JobState.ENQUEUED, queue="q1") == ["job4", "job2"]
     assert (await store.list_jobs(queue="nowhere")).jobs == []
+    with pytest.raises(ValueError):
+        await store.list_jobs(cursor="not a cursor")
     assert (await store.list_jobs(state=JobState.DONE)).cursor is None
 
 

@@ -28,6 +28,7 @@ from backend.workers.models import (
     WAITING_STATES,
     Claim,
     Completion,
+    InvalidJobError,
     Job,
     JobError,
     JobPage,
@@ -223,7 +224,11 @@ class MemoryJobStore(JobStore):
         cursor: str | None = None,
     ) -> JobPage:
         self._expire(time.time())
-        after = int(cursor) if cursor else None
+        limit = max(1, min(limit, 1000))  # as the Redis store clamps it
+        try:
+            after = int(cursor) if cursor else None
+        except ValueError:
+            raise InvalidJobError(f"invalid cursor {cursor!r}") from None
         found: list[tuple[int, Job]] = []
         for _, q in self._selected(None if queue is None else [queue]):
             order = q.created if state is None else q.entered
@@ -233,7 +238,7 @@ class MemoryJobStore(JobStore):
                     if after is None or key < after:
                         found.append((key, job))
         found.sort(key=lambda item: item[0], reverse=True)
-        page = found[: max(0, limit)]
+        page = found[:limit]
         next_cursor = str(page[-1][0]) if page and len(found) > len(page) else None
         return JobPage([copy.deepcopy(job) for _, job in page], next_cursor)
 
