@@ -46,7 +46,9 @@ CHECKLIST = (
 )
 
 TIME_SLACK = 0.05  # store timestamps are rounded to milliseconds
-RUN_SLACK = 0.5  # the failing handler's own run time sits between its start and its retry's run_at
+# Between the first start and the retry's run_at sit the handler's run and the worker's batched report
+# besides the backoff itself: the upper bound gets this much room so a loaded machine is not a failure.
+RUN_SLACK = 2.0
 
 
 @dataclass(slots=True)
@@ -338,22 +340,29 @@ def _retry_backoff(obs: Observed) -> Item:
         return Item(
             label, False, f"bagbot.fail times=1 ended {job.get('state')} after {job.get('attempts')} attempts"
         )
-    waiting = obs.seen.get("retry_scheduled")
-    if waiting is None:
-        return Item(label, False, "the job was never seen in retry_scheduled")
-    run_at, started = _epoch(waiting.get("run_at")), _epoch(waiting.get("started_at"))
-    second_start = _epoch(job.get("started_at"))
-    if run_at is None or started is None:
-        return Item(label, False, f"retry_scheduled without run_at/started_at: {_short(waiting)}")
     low, high = expected_backoff().bounds(1)
-    delay = run_at - started
+    second_start = _epoch(job.get("started_at"))
+    waiting = obs.seen.get("retry_scheduled")
+    if waiting is not None:
+        run_at, started = _epoch(waiting.get("run_at")), _epoch(waiting.get("started_at"))
+        if run_at is None or started is None:
+            return Item(label, False, f"retry_scheduled without run_at/started_at: {_short(waiting)}")
+        if second_start is not None and second_start < run_at - TIME_SLACK:
+            return Item(label, False, f"the retry started {run_at - second_start:.3f}s before its run_at")
+        delay, how = run_at - started, "retry_scheduled → done"
+    else:
+        # the short waiting window was missed (a slow link): the retry cannot start before the
+        # backoff has passed since the first run, which began after the job was created
+        created = _epoch(job.get("created_at"))
+        if created is None or second_start is None:
+            return Item(label, False, "never seen in retry_scheduled, and no start times to infer the delay")
+        delay, how = (
+            second_start - created,
+            "done (retry_scheduled not observed; delay inferred from start times)",
+        )
     if not low - TIME_SLACK <= delay <= high + RUN_SLACK:
         return Item(label, False, f"retry delay {delay:.3f}s outside backoff bounds [{low:.3f}, {high:.3f}]s")
-    if second_start is not None and second_start < run_at - TIME_SLACK:
-        return Item(label, False, f"the retry started {run_at - second_start:.3f}s before its run_at")
-    return Item(
-        label, True, f"retry_scheduled → done, attempts 2, delay {delay:.2f}s within [{low:.2f}, {high:.2f}]s"
-    )
+    return Item(label, True, f"{how}, attempts 2, delay {delay:.2f}s within [{low:.2f}, {high:.2f}]s")
 
 
 def _registration(workers: list[JSONDict] | str, options: SmokeOptions) -> Item:
