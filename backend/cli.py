@@ -240,7 +240,7 @@ def enqueue(
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Enqueue a job."""
+    """Enqueue a job. Put `--` before ARGS that start with a dash: `bagbot enqueue bagbot.echo -- -1`."""
     try:
         parsed_kwargs = json.loads(kwargs) if kwargs else {}
     except ValueError as exc:
