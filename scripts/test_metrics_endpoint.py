@@ -9,11 +9,13 @@ has none. Exit status: 0 when all five are there, 1 when some are missing,
 2 when the endpoint cannot be read. Standard library only, so it runs on any
 machine with Python 3.
 
-A metric counts as found only with a sample, not just its # HELP line: the
-counters get samples once a job was enqueued and run, the retry counter once a
-run failed and was retried, the heartbeat age once a worker is registered.
-Enqueue a `bagbot.fail` job with kwargs {"times": 1} (one failure, one retry,
-then success) with a worker running, and all five appear.
+A metric counts as found only with a sample, not just its # HELP line. The
+backend gives every counter and the histogram a series (from 0) for each
+handler as soon as one of its jobs was enqueued, and the heartbeat age one
+per registered worker: so once a job was enqueued and a worker runs, all five
+are there. The guide's check enqueues a `bagbot.fail` job with kwargs
+{"times": 1} (one failure, one retry, then success), which also gives them
+non-zero values.
 """
 
 from __future__ import annotations

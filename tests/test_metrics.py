@@ -156,7 +156,10 @@ async def test_metrics_reflect_the_store_exactly(store: JobStore) -> None:
     assert value(samples, run, queue="default", name="bagbot.echo", outcome="retry") == 1
     assert value(samples, run, queue="mail", name="bagbot.fail", outcome="failed") == 1
     assert value(samples, "bagbot_retry_scheduled_total", queue="default", name="bagbot.echo") == 1
-    assert value(samples, "bagbot_retry_scheduled_total", queue="mail", name="bagbot.fail") is None
+    # known (queue, name) pairs have every series from 0 on, so increase() sees the first event
+    assert value(samples, "bagbot_retry_scheduled_total", queue="mail", name="bagbot.fail") == 0
+    assert value(samples, run, queue="default", name="bagbot.echo", outcome="expired") == 0
+    assert value(samples, run, queue="mail", name="bagbot.fail", outcome="done") == 0
 
     hist = "bagbot_job_run_duration_seconds"
     echo = {"queue": "default", "name": "bagbot.echo"}
@@ -191,7 +194,7 @@ async def test_expired_leases_are_counted_as_runs_and_retries(store: JobStore) -
     labels = {"queue": "default", "name": "bagbot.sleep"}
     assert value(samples, "bagbot_job_run_total", outcome="expired", **labels) == 1
     assert value(samples, "bagbot_retry_scheduled_total", **labels) == 1
-    assert value(samples, "bagbot_job_run_duration_seconds_count", **labels) is None  # no duration observed
+    assert value(samples, "bagbot_job_run_duration_seconds_count", **labels) == 0  # no duration observed
 
 
 async def test_labels_are_bounded_never_a_job_id(store: JobStore) -> None:
@@ -340,16 +343,38 @@ def test_checker_names_what_is_missing(canned: tuple[str, type[_CannedHandler]])
     url, handler = canned
     snapshot = full_snapshot()
     snapshot.heartbeat_ages = {}
-    snapshot.queues["default"].retries = {}
     handler.body = render(snapshot)
     result = run_checker(url)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert "✓ Found metric: bagbot_job_enqueue_total" in lines
-    assert "✗ Missing metric: bagbot_retry_scheduled_total" in lines
+    assert "✓ Found metric: bagbot_retry_scheduled_total" in lines
     assert "✗ Missing metric: bagbot_heartbeat_age_seconds" in lines
     assert "✓ Found metric: bagbot_heartbeat_age_seconds" not in lines
     assert "worker" in result.stdout  # the hint says where to look
+
+    handler.body = render(MetricsSnapshot(queues={}, counts={}, heartbeat_ages={"w1": 0.2}))
+    result = run_checker(url)
+    assert result.returncode == 1
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("✓", "✗"))]
+    assert lines == [f"✗ Missing metric: {name}" for name in GUIDE_METRICS[:4]] + [
+        "✓ Found metric: bagbot_heartbeat_age_seconds"
+    ]
+    assert "Enqueue a test job" in result.stdout
+
+
+async def test_checker_passes_once_a_job_is_enqueued_and_a_worker_heartbeats(
+    canned: tuple[str, type[_CannedHandler]],
+) -> None:
+    """Nothing has run yet, but every series of the enqueued handler is there from 0."""
+    url, handler = canned
+    store = MemoryJobStore()
+    await store.enqueue(JobSpec("bagbot.fail", kwargs={"times": 1}))
+    await store.register_worker(WorkerInfo(id="w1"))
+    handler.body = render(await store.metrics())
+    result = await asyncio.to_thread(run_checker, url)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines() == [f"✓ Found metric: {name}" for name in GUIDE_METRICS]
 
 
 def test_checker_wants_samples_not_just_declarations(canned: tuple[str, type[_CannedHandler]]) -> None:

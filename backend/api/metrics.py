@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from backend.api.deps import StoreDep
 from backend.api.schemas import ErrorOut
 from backend.workers.job_store import JobStore
-from backend.workers.models import DURATION_BUCKETS, MetricsSnapshot
+from backend.workers.models import DURATION_BUCKETS, MetricsSnapshot, QueueMetrics, RunOutcome
 
 router = APIRouter(prefix="/api", tags=["metrics"])
 
@@ -43,9 +43,12 @@ GUIDE_METRICS = (
 class SnapshotCollector(Collector):
     """Turns one MetricsSnapshot into metric families.
 
-    Every family is always yielded, so its HELP/TYPE lines are in every scrape;
-    samples appear once there is activity (a counter for a handler that never
-    ran has no labels to report yet).
+    Every family is always yielded, so its HELP/TYPE lines are in every scrape.
+    Once a handler name is known in a queue (a job of it was enqueued), every
+    counter and the histogram get a series for it, at 0 until something
+    happens: Prometheus's increase() then sees the first run or retry as a
+    step from 0 instead of missing it, and the guide's checker finds all five
+    metrics as soon as one job was enqueued and one worker heartbeats.
     """
 
     def __init__(self, snapshot: MetricsSnapshot) -> None:
@@ -55,6 +58,13 @@ class SnapshotCollector(Collector):
         yield from self._counters()
         yield self._durations()
         yield from self._gauges()
+
+    def _names(self) -> Iterator[tuple[str, str, QueueMetrics]]:
+        """(queue, handler name, its queue's counters) for every pair that has any counter."""
+        for queue, qm in sorted(self.snapshot.queues.items()):
+            names = {*qm.enqueued, *(name for name, _ in qm.runs), *qm.retries, *qm.duration_buckets}
+            for name in sorted(names):
+                yield queue, name, qm
 
     def _counters(self) -> Iterator[Metric]:
         enqueued = CounterMetricFamily(
@@ -70,13 +80,13 @@ class SnapshotCollector(Collector):
             "bagbot_retry_scheduled_total", "Retries scheduled after a failed or expired run.",
             labels=["queue", "name"],
         )
-        for queue, qm in sorted(self.snapshot.queues.items()):
-            for name, count in sorted(qm.enqueued.items()):
-                enqueued.add_metric([queue, name], count)
-            for (name, outcome), count in sorted(qm.runs.items()):
-                runs.add_metric([queue, name, outcome], count)
-            for name, count in sorted(qm.retries.items()):
-                retries.add_metric([queue, name], count)
+        for queue, name, qm in self._names():
+            enqueued.add_metric([queue, name], qm.enqueued.get(name, 0))
+            outcomes = [o.value for o in RunOutcome]
+            outcomes += sorted({o for n, o in qm.runs if n == name} - set(outcomes))  # future outcomes too
+            for outcome in outcomes:
+                runs.add_metric([queue, name, outcome], qm.runs.get((name, outcome), 0))
+            retries.add_metric([queue, name], qm.retries.get(name, 0))
         yield from (enqueued, runs, retries)
 
     def _durations(self) -> Metric:
@@ -84,9 +94,9 @@ class SnapshotCollector(Collector):
             "bagbot_job_run_duration_seconds", "How long handler runs took, by queue and handler.",
             labels=["queue", "name"],
         )
-        for queue, qm in sorted(self.snapshot.queues.items()):
-            for name, counts in sorted(qm.duration_buckets.items()):
-                family.add_metric([queue, name], cumulative_buckets(counts), qm.duration_sum.get(name, 0.0))
+        for queue, name, qm in self._names():
+            counts = qm.duration_buckets.get(name, ())
+            family.add_metric([queue, name], cumulative_buckets(counts), qm.duration_sum.get(name, 0.0))
         return family
 
     def _gauges(self) -> Iterator[Metric]:
