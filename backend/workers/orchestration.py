@@ -66,6 +66,10 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 PURGE_EVERY_SECONDS = 300.0
 FINAL_BUDGET_SECONDS = 5.0  # release + last reports + deregister, after the grace period
 MAX_REPORT_BATCH = 500
+# While jobs are running, wait this long for more slots (or more results) before a claim (or a
+# report): one round trip then carries many jobs. An idle worker claims at once, so start latency
+# does not pay it.
+COALESCE_SECONDS = 0.001
 
 
 _NEEDS_QUOTES = re.compile(r'[\s"=]')
@@ -205,6 +209,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_purge = float("-inf")
+        self._progress_logged = (0, 0, 0)
         self._said: set[str] = set()  # one-time ✓ log markers already written
         self._unexpected_seen: dict[str, str] = {}  # event -> last unexpected error, to log it once
 
@@ -318,6 +323,9 @@ class Worker:
                 self._slot_freed.clear()
                 await self._until_stopped(self._slot_freed.wait())
                 continue
+            if self._runs and free < self.concurrency // 2:
+                await asyncio.sleep(COALESCE_SECONDS)
+                free = self.concurrency - len(self._runs)
             try:
                 jobs = await self.store.claim(self.id, self.queues, free, self.lease)
                 for job in jobs:
@@ -466,6 +474,8 @@ class Worker:
                 self._pending_added.clear()
                 await self._pending_added.wait()
                 continue
+            if len(self._pending) < MAX_REPORT_BATCH and self._runs and not self._closing:
+                await asyncio.sleep(COALESCE_SECONDS)  # let results that finish meanwhile share the call
             batch = self._pending[:MAX_REPORT_BATCH]
             del self._pending[: len(batch)]
             self._reporting = batch
@@ -490,8 +500,8 @@ class Worker:
     def _log_outcome(self, item: _Outcome, state: JobState | None) -> None:
         if state is JobState.DONE:
             self.jobs_done += 1
-            if not log.isEnabledFor(logging.INFO):
-                return
+            if not log.isEnabledFor(logging.DEBUG):
+                return  # successes are summed up in the `progress` line of each heartbeat
         job, c = item.job, item.completion
         fields: dict[str, object] = {
             "worker": self.id, "job": job.id, "queue": job.queue, "name": job.name,
@@ -504,7 +514,7 @@ class Worker:
             log.warning(fmt("job_outcome_discarded", **fields,
                             reason="claim no longer current (lease expired; the job was re-queued)"))
         elif state is JobState.DONE:
-            log.info(fmt("job_done", **fields))
+            log.debug(fmt("job_done", **fields))
         elif state is JobState.RETRY_SCHEDULED:
             self.jobs_retried += 1
             if "retry" not in self._said:
@@ -559,6 +569,17 @@ class Worker:
                                                        interval=self.settings.heartbeat_seconds))
         for claim in stale:
             self._drop_stale(claim)
+        self._log_progress()
+
+    def _log_progress(self) -> None:
+        """One line per heartbeat with what happened since the last one (nothing when idle)."""
+        totals = (self.jobs_done, self.jobs_retried, self.jobs_failed)
+        if totals != self._progress_logged:
+            done, retried, failed = (now - before for now, before in zip(totals, self._progress_logged,
+                                                                         strict=True))
+            log.info(fmt("progress", worker=self.id, done=done, retried=retried, failed=failed,
+                         running=len(self._runs), total_done=self.jobs_done))
+            self._progress_logged = totals
 
     def _drop_stale(self, claim: Claim) -> None:
         """The store says this claim is no longer ours: stop the handler, report nothing."""
