@@ -109,7 +109,7 @@ def test_dashboard_shows_jobs_and_retries_a_failed_one(backend: BackendProcess) 
             expect(failure.get_by_test_id("error")).to_contain_text("DiagnosticFailure")
 
             # Hold the worker's only slot, so the retried job stays visibly enqueued for a while.
-            blocker = api.post("/api/jobs", json={"name": "bagbot.sleep", "kwargs": {"seconds": 6}}).json()
+            blocker = api.post("/api/jobs", json={"name": "bagbot.sleep", "kwargs": {"seconds": 8}}).json()
             wait_state(api, blocker["id"], "running")
 
             # Without the token the page is refused and says why.
