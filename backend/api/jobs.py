@@ -47,9 +47,8 @@ async def enqueue_job(body: EnqueueRequest, store: StoreDep, response: Response)
     an unfinished job there, nothing new is made and that job comes back with 200.
     """
     spec = body.to_spec().validate()
-    if spec.id is not None and await store.get(spec.id, spec.queue) is not None:
-        existing = await store.enqueue(spec)  # returns the stored job unchanged
-        response.status_code = 200
+    if spec.id is not None and (existing := await store.get(spec.id, spec.queue)) is not None:
+        response.status_code = 200  # a repeat: the store would return this job unchanged anyway
         return _out(existing)
     spec.id = spec.id or new_job_id()
     job = await store.enqueue(spec)
