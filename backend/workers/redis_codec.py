@@ -15,7 +15,7 @@ from backend.workers.models import Backoff, Job, JobError, JobSpec, JobState, lo
 
 def pairs_to_dict(flat: Sequence[Any]) -> dict[str, str]:
     """HGETALL as a Lua script returns it (a flat list) -> dict."""
-    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+    return dict(zip(map(str, flat[::2]), map(str, flat[1::2]), strict=False))
 
 
 def us_to_s(raw: str | None) -> float | None:

@@ -274,7 +274,7 @@ class RedisJobStore(JobStore):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in queues:
                     qkeys = self.keys.queue(name)
-                    key = qkeys.state(state.value) if state is not None else qkeys.jobs
+                    key = _index_key(qkeys, state)
                     pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count + 100, withscores=True)
                 replies = await pipe.execute()
         merged: list[tuple[float, str, str]] = []
@@ -300,7 +300,7 @@ class RedisJobStore(JobStore):
                 for name in queues:
                     qkeys = self.keys.queue(name)
                     for state in ALL_STATES:
-                        pipe.zcard(qkeys.state(state.value))
+                        pipe.zcard(_index_key(qkeys, state))
                 replies = await pipe.execute()
         it = iter(replies)
         return {name: {state.value: int(next(it)) for state in ALL_STATES} for name in queues}
@@ -327,7 +327,8 @@ class RedisJobStore(JobStore):
                 [worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT, random.random(),
                  new_job_id()[:16]],
             )
-            claimed.extend(job_from_hash(pairs_to_dict(flat)) for flat in replies)
+            claimed.extend(job_from_hash(pairs_to_dict(before) | pairs_to_dict(changes))
+                           for before, changes in replies)
         return claimed
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
@@ -527,6 +528,18 @@ def _completion_argv(item: Completion) -> list[Any]:
     delay = -1 if item.retry_delay is None else s_to_us(item.retry_delay)
     return [item.claim.job_id, item.claim.token, ok, payload, repr(float(item.duration)),
             1 if item.retryable else 0, delay]
+
+
+def _index_key(qkeys: QueueKeys, state: JobState | None) -> str:
+    """The sorted set that lists the jobs in `state` (every job when None): enqueued and running
+    jobs are listed by the ready and running sets themselves, so the hot path keeps no extra index."""
+    if state is None:
+        return qkeys.jobs
+    if state is JobState.ENQUEUED:
+        return qkeys.ready
+    if state is JobState.RUNNING:
+        return qkeys.running
+    return qkeys.state(state.value)
 
 
 def _group_claims(claims: Iterable[Claim]) -> dict[str, list[Claim]]:

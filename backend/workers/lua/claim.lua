@@ -3,7 +3,7 @@
 -- KEYS: see lib.lua.
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
--- Returns a list of HGETALL arrays, one per claimed job.
+-- Returns per claimed job {HGETALL before the claim, the fields the claim changed}.
 local worker, limit, lease_us = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us()
 promote_due(now, tonumber(ARGV[4]))
@@ -15,13 +15,17 @@ if limit > 0 then
   for i = 1, #popped, 2 do
     local id = popped[i]
     local jobkey = K.job .. id
-    redis.call('HINCRBY', jobkey, 'attempts', 1)
+    local job = redis.call('HGETALL', jobkey)
+    local attempts = 0
+    for j = 1, #job, 2 do
+      if job[j] == 'attempts' then attempts = tonumber(job[j + 1]) break end
+    end
     local token = ARGV[6] .. '.' .. string.format('%d', (i + 1) / 2)
-    redis.call('HSET', jobkey, 'state', 'running', 'started_at', now, 'worker', worker, 'token', token,
-      'lease_until', lease_until, 'state_at', now, 'finished_at', '')
+    local changes = {'state', 'running', 'attempts', attempts + 1, 'started_at', now, 'worker', worker,
+      'token', token, 'lease_until', lease_until, 'state_at', now, 'finished_at', ''}
+    redis.call('HSET', jobkey, unpack(changes))
     redis.call('ZADD', K.running, lease_until, id)
-    move_state(id, 'enqueued', 'running', now)
-    out[#out + 1] = redis.call('HGETALL', jobkey)
+    out[#out + 1] = {job, changes}
   end
 end
 -- Chain wake-ups while work remains; drop stale tokens once the queue is empty.

@@ -9,6 +9,8 @@ local queue, n = ARGV[1], tonumber(ARGV[2])
 local now = now_us()
 local out = {}
 local woke = false
+-- One INCRBY reserves sequence numbers for the whole batch (unused ones are harmless gaps).
+local seq = redis.call('INCRBY', K.seq, n) - n
 for i = 0, n - 1 do
   local b = 3 + i * 13
   local id, name, unique_key = ARGV[b], ARGV[b + 1], ARGV[b + 12]
@@ -28,12 +30,13 @@ for i = 0, n - 1 do
     if delay_us >= 0 then run_at = now + delay_us elseif run_at_abs >= 0 then run_at = run_at_abs end
     local state = 'enqueued'
     if run_at > now then state = 'scheduled' end
+    seq = seq + 1
     redis.call('HSET', jobkey, 'id', id, 'name', name, 'queue', queue, 'args', ARGV[b + 2],
       'kwargs', ARGV[b + 3], 'priority', ARGV[b + 4], 'max_attempts', ARGV[b + 5], 'timeout', ARGV[b + 6],
       'bo_base', ARGV[b + 7], 'bo_cap', ARGV[b + 8], 'bo_jitter', ARGV[b + 9], 'unique_key', unique_key,
-      'state', state, 'attempts', 0, 'run_at', run_at, 'created_at', now, 'state_at', now)
+      'state', state, 'attempts', 0, 'run_at', run_at, 'created_at', now, 'state_at', now, 'seq', seq)
     if state == 'enqueued' then
-      push_ready(jobkey, id)
+      redis.call('ZADD', K.ready, ready_score(tonumber(ARGV[b + 4]), seq), id)
       woke = true
     else
       redis.call('ZADD', K.waiting, run_at, id)

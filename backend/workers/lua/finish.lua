@@ -11,7 +11,7 @@ for i = 0, n - 1 do
   local b = 3 + i * 7
   local id, token = ARGV[b], ARGV[b + 1]
   local jobkey = K.job .. id
-  local f = redis.call('HMGET', jobkey, 'state', 'token', 'name')
+  local f = redis.call('HMGET', jobkey, 'state', 'token', 'name', 'unique_key')
   if f[1] ~= 'running' or f[2] ~= token then
     out[#out + 1] = ''
   else
@@ -21,7 +21,7 @@ for i = 0, n - 1 do
         'token', '', 'lease_until', '', 'state_at', now)
       redis.call('ZREM', K.running, id)
       stat('run|' .. f[3] .. '|done', 1)
-      release_unique(jobkey, id)
+      release_unique(jobkey, id, f[4])
       move_state(id, 'running', 'done', now)
       out[#out + 1] = 'done'
     else

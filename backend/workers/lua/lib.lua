@@ -44,9 +44,17 @@ local function rand(seed, i)
   return x - math.floor(x)
 end
 
+-- Enqueued and running jobs are indexed by the ready and running sets themselves; the other
+-- states have an index of their own, scored by when the job entered the state.
+local INDEXED = {scheduled = true, retry_scheduled = true, done = true, failed = true, cancelled = true}
+
 local function move_state(id, old, new, now)
-  if old then redis.call('ZREM', K.state .. old, id) end
-  redis.call('ZADD', K.state .. new, now, id)
+  if old and INDEXED[old] then redis.call('ZREM', K.state .. old, id) end
+  if INDEXED[new] then redis.call('ZADD', K.state .. new, now, id) end
+end
+
+local function ready_score(priority, seq)
+  return (1000 - priority) * PRIORITY_SPAN + seq
 end
 
 -- Put a job at the back of its priority level in the ready set.
@@ -54,7 +62,7 @@ local function push_ready(jobkey, id)
   local seq = redis.call('INCR', K.seq)
   local priority = tonumber(redis.call('HGET', jobkey, 'priority')) or 0
   redis.call('HSET', jobkey, 'seq', seq)
-  redis.call('ZADD', K.ready, (1000 - priority) * PRIORITY_SPAN + seq, id)
+  redis.call('ZADD', K.ready, ready_score(priority, seq), id)
 end
 
 local function wake_one()
@@ -68,8 +76,9 @@ local function backoff_us(jobkey, attempts, r)
   return math.floor((full - full * jitter * r) * 1000000)
 end
 
-local function release_unique(jobkey, id)
-  local key = redis.call('HGET', jobkey, 'unique_key')
+-- `key` is the job's unique_key when the caller already read it (false/nil: read it here).
+local function release_unique(jobkey, id, key)
+  if key == nil then key = redis.call('HGET', jobkey, 'unique_key') end
   if key and key ~= '' and redis.call('HGET', K.unique, key) == id then
     redis.call('HDEL', K.unique, key)
   end

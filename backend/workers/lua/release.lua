@@ -13,7 +13,7 @@ for b = 1, #ARGV, 2 do
     redis.call('HSET', jobkey, 'state', 'enqueued', 'token', '', 'lease_until', '', 'worker', '',
       'started_at', '', 'state_at', now)
     redis.call('ZREM', K.running, id)
-    redis.call('ZADD', K.ready, (1000 - tonumber(f[3])) * PRIORITY_SPAN + tonumber(f[4]), id)
+    redis.call('ZADD', K.ready, ready_score(tonumber(f[3]), tonumber(f[4])), id)
     move_state(id, 'running', 'enqueued', now)
     released = released + 1
   end
