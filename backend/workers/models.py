@@ -67,19 +67,19 @@ def new_job_id() -> str:
 
 
 def validate_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not _ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not _ID_RE.fullmatch(job_id):
         raise InvalidJobError(f"invalid job id {job_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
     return job_id
 
 
 def validate_queue(queue: str) -> str:
-    if not isinstance(queue, str) or not _QUEUE_RE.match(queue):
+    if not isinstance(queue, str) or not _QUEUE_RE.fullmatch(queue):
         raise InvalidJobError(f"invalid queue name {queue!r}: use 1-64 of A-Z a-z 0-9 _ . -")
     return queue
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidJobError(f"invalid handler name {name!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
     return name
 
