@@ -40,12 +40,34 @@ def prefix() -> str:
     return f"bbtest-{uuid.uuid4().hex[:10]}"
 
 
-STORE_KINDS = ["memory", "fakeredis", "redis"]
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A real 3-master Redis Cluster: REDIS_CLUSTER_URL (any one node) when given, else started here."""
+    given = os.environ.get("REDIS_CLUSTER_URL")
+    if given:
+        yield given
+        return
+    from tests.redis_cluster import RedisClusterNodes
+
+    try:
+        cluster = RedisClusterNodes().start()
+    except (RuntimeError, OSError) as exc:
+        if in_ci():
+            pytest.fail(f"CI needs a real Redis Cluster: {exc}")
+        pytest.skip(f"no Redis Cluster: {exc}")
+    try:
+        yield cluster.url
+    finally:
+        cluster.cleanup()
+
+
+STORE_KINDS = ["memory", "fakeredis", "redis", "cluster"]
 
 
 @pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[JobStore]:
-    """Every store the conformance suite holds to one contract: memory, fakeredis, a real Redis.
+    """Every store the conformance suite holds to one contract: memory, fakeredis, a real Redis,
+    and a real 3-master Redis Cluster.
 
     The Redis stores get this test's random prefix; the real server is only
     started (or REDIS_URL read) when a "redis" case runs.
@@ -66,14 +88,16 @@ async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Jo
     else:
         from backend.workers.redis_job_store import RedisJobStore
 
-        url = request.getfixturevalue("redis_url")
-        built = RedisJobStore.from_url(url, prefix=prefix)
+        url = request.getfixturevalue("redis_cluster_url" if kind == "cluster" else "redis_url")
+        built = RedisJobStore.from_url(url, prefix=prefix, cluster=kind == "cluster")
     try:
         yield built
     finally:
         await built.close()
         if kind == "redis":
             await delete_prefix(request.getfixturevalue("redis_url"), prefix)
+        elif kind == "cluster":
+            await delete_cluster_prefix(request.getfixturevalue("redis_cluster_url"), prefix)
 
 
 async def delete_prefix(url: str, prefix: str) -> int:
@@ -85,6 +109,20 @@ async def delete_prefix(url: str, prefix: str) -> int:
         keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
         for start in range(0, len(keys), 500):
             await client.delete(*keys[start : start + 500])
+        return len(keys)
+    finally:
+        await client.aclose()
+
+
+async def delete_cluster_prefix(url: str, prefix: str) -> int:
+    """`delete_prefix` on every master of a cluster (keys of one prefix span many slots)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    client = RedisCluster.from_url(url, decode_responses=True)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        for key in keys:
+            await client.delete(key)
         return len(keys)
     finally:
         await client.aclose()
