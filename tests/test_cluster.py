@@ -37,6 +37,7 @@ async def queues_on_each_node(store: RedisJobStore, count: int = 3) -> list[str]
     for i in range(1000):
         queue = f"q{i}"
         node = client.get_node_from_key(store.keys.queue(queue).ready)
+        assert node is not None
         by_node.setdefault(node.name, queue)
         if len(by_node) == count:
             return sorted(by_node.values())
@@ -56,12 +57,14 @@ async def test_queues_on_different_nodes_share_one_store(cluster_store: RedisJob
     await cluster_store.register_worker(WorkerInfo(id="w1", queues=queues))
     claimed = await cluster_store.claim("w1", queues, 15, 30)
     assert sorted({job.queue for job in claimed}) == queues and len(claimed) == 15
-    states = await cluster_store.finish([Completion(Claim(j.queue, j.id, j.token or ""), 0.01) for j in claimed])
+    done = [Completion(Claim(j.queue, j.id, j.token or ""), 0.01) for j in claimed]
+    states = await cluster_store.finish(done)
     assert states == [JobState.DONE] * 15
     counts = await cluster_store.counts()
     assert {queue: counts[queue]["done"] for queue in queues} == dict.fromkeys(queues, 5)
     snapshot = await cluster_store.metrics()
-    assert {queue: snapshot.queues[queue].runs[("t.job", "done")] for queue in queues} == dict.fromkeys(queues, 5)
+    runs = {queue: snapshot.queues[queue].runs[("t.job", "done")] for queue in queues}
+    assert runs == dict.fromkeys(queues, 5)
     assert set(snapshot.heartbeat_ages) == {"w1"}
     listed = await cluster_store.list_jobs(limit=100)
     assert len(listed.jobs) == 15 and listed.cursor is None
@@ -82,7 +85,8 @@ async def test_a_killed_worker_loses_nothing_on_a_cluster(
 ) -> None:
     queues = await queues_on_each_node(cluster_store)
     record = tmp_path / "record.txt"
-    env = worker_env(redis_cluster_url, prefix, record, BAGBOT_QUEUES=",".join(queues), BAGBOT_CONCURRENCY="8")
+    env = worker_env(redis_cluster_url, prefix, record, BAGBOT_QUEUES=",".join(queues),
+                     BAGBOT_CONCURRENCY="8")
     for index in range(3):
         workers.append(WorkerProcess(tmp_path, f"cluster-worker{index}", env))
     for proc in workers:
