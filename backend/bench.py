@@ -32,6 +32,11 @@ from backend.workers.models import JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
 
 QUEUE = "bench"
+
+
+def queue_names(count: int) -> list[str]:
+    """The bench's queues: `bench`, or `bench0..benchN-1` to spread work over a cluster's nodes."""
+    return [QUEUE] if count <= 1 else [f"{QUEUE}{i}" for i in range(count)]
 # Commands a client sends itself (one per round trip); commands run inside scripts are not among them.
 TOP_LEVEL_COMMANDS = frozenset({"evalsha", "eval", "evalsha_ro", "eval_ro", "blpop", "sadd", "smembers",
                                 "ping", "info", "script", "multi", "exec", "hello", "client", "select"})
@@ -46,6 +51,7 @@ class BenchOptions:
     redis_url: str = "redis://127.0.0.1:6379/0"
     latency_jobs: int = 1_000
     latency_rate: float = 200.0
+    queues: int = 1
     enqueue_concurrency: int = 100
     batch_size: int = 500
 
@@ -76,33 +82,66 @@ class BenchResult:
 
 
 class _Redis:
-    """INFO readings taken around each phase."""
+    """INFO readings taken around each phase, summed over every master of a cluster."""
 
-    def __init__(self, client: Redis) -> None:
-        self.client = client
+    def __init__(self, nodes: list[Redis]) -> None:
+        self.nodes = nodes
+
+    @classmethod
+    async def connect(cls, url: str) -> _Redis:
+        first = Redis.from_url(url, decode_responses=True)
+        if not (await first.info("cluster")).get("cluster_enabled"):
+            return cls([first])
+        nodes: dict[str, dict[str, Any]] = await first.execute_command(  # type: ignore[no-untyped-call]
+            "CLUSTER NODES")
+        addresses = [address.split("@")[0] for address, node in nodes.items() if "master" in node["flags"]]
+        await first.aclose()
+        return cls([Redis.from_url(f"redis://{address}/0", decode_responses=True) for address in addresses])
+
+    async def _sum(
+        self, section: str, read: Callable[[dict[str, Any]], dict[str, float]]
+    ) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for node in self.nodes:
+            for key, value in read(await node.info(section)).items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     async def commandstats(self) -> dict[str, int]:
-        raw = await self.client.info("commandstats")
-        return {key.removeprefix("cmdstat_"): int(value["calls"]) for key, value in raw.items()}
+        calls = await self._sum("commandstats", lambda raw: {
+            key.removeprefix("cmdstat_"): float(value["calls"]) for key, value in raw.items()})
+        return {key: int(value) for key, value in calls.items()}
 
     async def cpu_seconds(self) -> float:
-        cpu = await self.client.info("cpu")
-        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        cpu = await self._sum(
+            "cpu", lambda raw: {"cpu": float(raw["used_cpu_user"]) + float(raw["used_cpu_sys"])})
+        return cpu["cpu"]
 
     async def used_memory(self) -> int:
-        return int((await self.client.info("memory"))["used_memory"])
+        return int((await self._sum("memory", lambda raw: {"mem": float(raw["used_memory"])}))["mem"])
+
+    async def purge(self, prefix: str) -> None:
+        """Delete the bench's keys on every node (each node scans and deletes its own)."""
+        for node in self.nodes:
+            async for key in node.scan_iter(match=f"{prefix}:*", count=1000):
+                await node.unlink(key)
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            await node.aclose()
 
 
 def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {name: calls - before.get(name, 0) for name, calls in after.items() if calls > before.get(name, 0)}
 
 
-def _specs(count: int) -> list[JobSpec]:
-    return [JobSpec(name="bagbot.noop", queue=QUEUE) for _ in range(count)]
+def _specs(count: int, queues: list[str], start: int = 0) -> list[JobSpec]:
+    """No-op jobs spread round robin over `queues`."""
+    return [JobSpec(name="bagbot.noop", queue=queues[(start + i) % len(queues)]) for i in range(count)]
 
 
 async def _enqueue_single(
-    store: JobStore, count: int, concurrency: int, tick: Callable[[int], None]
+    store: JobStore, count: int, concurrency: int, tick: Callable[[int], None], queues: list[str]
 ) -> float:
     remaining = count
 
@@ -110,7 +149,7 @@ async def _enqueue_single(
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await store.enqueue(JobSpec(name="bagbot.noop", queue=QUEUE))
+            await store.enqueue(JobSpec(name="bagbot.noop", queue=queues[remaining % len(queues)]))
             tick(1)
 
     started = time.perf_counter()
@@ -118,11 +157,13 @@ async def _enqueue_single(
     return count / (time.perf_counter() - started)
 
 
-async def _enqueue_batched(store: JobStore, count: int, batch: int, tick: Callable[[int], None]) -> float:
+async def _enqueue_batched(
+    store: JobStore, count: int, batch: int, tick: Callable[[int], None], queues: list[str]
+) -> float:
     started = time.perf_counter()
     for offset in range(0, count, batch):
         size = min(batch, count - offset)
-        await store.enqueue_many(_specs(size))
+        await store.enqueue_many(_specs(size, queues, offset))
         tick(size)
     return count / (time.perf_counter() - started)
 
@@ -137,7 +178,7 @@ async def _wait_until(check: Callable[[], Awaitable[bool]], timeout: float, ever
 
 
 async def _count(store: JobStore, state: JobState) -> int:
-    return (await store.counts()).get(QUEUE, {}).get(state.value, 0)
+    return sum(per_state.get(state.value, 0) for per_state in (await store.counts()).values())
 
 
 class _Workers:
@@ -145,7 +186,8 @@ class _Workers:
 
     def __init__(self, opts: BenchOptions, prefix: str) -> None:
         env = dict(os.environ, JOB_STORE="redis", REDIS_URL=opts.redis_url, BAGBOT_PREFIX=prefix,
-                   BAGBOT_QUEUES=QUEUE, BAGBOT_CONCURRENCY=str(opts.concurrency), BAGBOT_LOG_LEVEL="WARNING")
+                   BAGBOT_QUEUES=",".join(queue_names(opts.queues)), BAGBOT_CONCURRENCY=str(opts.concurrency),
+                   BAGBOT_LOG_LEVEL="WARNING")
         self.procs = [
             subprocess.Popen([sys.executable, "-m", "backend.workers"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -176,11 +218,11 @@ class _Workers:
 
 
 async def _job_times(store: JobStore, state: JobState, limit: int) -> list[tuple[float, float, float]]:
-    """(created_at, started_at, finished_at) of up to `limit` jobs of the bench queue in `state`."""
+    """(created_at, started_at, finished_at) of up to `limit` jobs of the bench queues in `state`."""
     times: list[tuple[float, float, float]] = []
     cursor = None
     while len(times) < limit:
-        page = await store.list_jobs(queue=QUEUE, state=state, limit=1000, cursor=cursor)
+        page = await store.list_jobs(state=state, limit=1000, cursor=cursor)
         times.extend((j.created_at, j.started_at or 0.0, j.finished_at or 0.0) for j in page.jobs)
         cursor = page.cursor
         if cursor is None:
@@ -218,6 +260,7 @@ async def _latency(store: JobStore, opts: BenchOptions, prefix: str, progress: P
                    task: TaskID) -> list[float]:
     """Enqueue-to-start delays (ms) at a steady rate on an already idle worker."""
     one = BenchOptions(**{**asdict(opts), "workers": 1})
+    first_queue = queue_names(opts.queues)[0]
     workers = _Workers(one, prefix)
     try:
         async def registered() -> bool:
@@ -232,7 +275,7 @@ async def _latency(store: JobStore, opts: BenchOptions, prefix: str, progress: P
             delay = started + index * gap - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            ids.append((await store.enqueue(JobSpec(name="bagbot.noop", queue=QUEUE))).id)
+            ids.append((await store.enqueue(JobSpec(name="bagbot.noop", queue=first_queue))).id)
             progress.update(task, advance=1)
 
         async def finished() -> bool:
@@ -243,21 +286,16 @@ async def _latency(store: JobStore, opts: BenchOptions, prefix: str, progress: P
         workers.stop()
     delays = []
     for job_id in ids:
-        job = await store.get(job_id, QUEUE)
+        job = await store.get(job_id, first_queue)
         if job is not None and job.started_at is not None:
             delays.append((job.started_at - job.created_at) * 1000)
     return delays
 
 
-async def _purge_prefix(client: Redis, prefix: str) -> None:
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        await client.unlink(key)
-
-
 async def run_redis_bench(opts: BenchOptions, progress: Progress) -> BenchResult:
     result = BenchResult(store="redis", jobs=opts.jobs, workers=opts.workers, concurrency=opts.concurrency)
-    info_client = Redis.from_url(opts.redis_url, decode_responses=True)
-    info = _Redis(info_client)
+    info = await _Redis.connect(opts.redis_url)
+    queues = queue_names(opts.queues)
     prefixes: list[str] = []
 
     def fresh_store() -> tuple[RedisJobStore, str]:
@@ -271,9 +309,9 @@ async def run_redis_bench(opts: BenchOptions, progress: Progress) -> BenchResult
         task = progress.add_task("enqueue one at a time", total=opts.jobs)
         before = await info.commandstats()
         result.enqueue_single_jobs_per_s = await _enqueue_single(
-            store, opts.jobs, opts.enqueue_concurrency, lambda n: progress.update(task, advance=n))
+            store, opts.jobs, opts.enqueue_concurrency, lambda n: progress.update(task, advance=n), queues)
         single_enqueue_cmds = _delta(await info.commandstats(), before)
-        await _purge_prefix(info_client, prefix)
+        await info.purge(prefix)
         await store.close()
 
         store, prefix = fresh_store()
@@ -281,7 +319,7 @@ async def run_redis_bench(opts: BenchOptions, progress: Progress) -> BenchResult
         memory_before = await info.used_memory()
         before, cpu_before = await info.commandstats(), await info.cpu_seconds()
         result.enqueue_batch_jobs_per_s = await _enqueue_batched(
-            store, opts.jobs, opts.batch_size, lambda n: progress.update(task, advance=n))
+            store, opts.jobs, opts.batch_size, lambda n: progress.update(task, advance=n), queues)
         result.redis_bytes_per_queued_job = (await info.used_memory() - memory_before) / opts.jobs
 
         # 2. drain with W worker processes started after the jobs are queued.
@@ -310,8 +348,8 @@ async def run_redis_bench(opts: BenchOptions, progress: Progress) -> BenchResult
         await store.close()
     finally:
         for prefix in prefixes:
-            await _purge_prefix(info_client, prefix)
-        await info_client.aclose()
+            await info.purge(prefix)
+        await info.close()
     return result
 
 
@@ -326,15 +364,16 @@ async def run_memory_bench(opts: BenchOptions, progress: Progress) -> BenchResul
     from backend.workers.orchestration import Worker
 
     result = BenchResult(store="memory", jobs=opts.jobs, workers=1, concurrency=opts.concurrency)
+    queues = queue_names(opts.queues)
     store = MemoryJobStore()
     task = progress.add_task("enqueue one at a time", total=opts.jobs)
     result.enqueue_single_jobs_per_s = await _enqueue_single(
-        store, opts.jobs, opts.enqueue_concurrency, lambda n: progress.update(task, advance=n))
+        store, opts.jobs, opts.enqueue_concurrency, lambda n: progress.update(task, advance=n), queues)
     store = MemoryJobStore()
     task = progress.add_task("enqueue batched", total=opts.jobs)
     result.enqueue_batch_jobs_per_s = await _enqueue_batched(
-        store, opts.jobs, opts.batch_size, lambda n: progress.update(task, advance=n))
-    settings = Settings(queues=(QUEUE,), concurrency=opts.concurrency, log_level="WARNING")
+        store, opts.jobs, opts.batch_size, lambda n: progress.update(task, advance=n), queues)
+    settings = Settings(queues=tuple(queues), concurrency=opts.concurrency, log_level="WARNING")
     worker = Worker(store, settings)
     task = progress.add_task("drain in-process", total=opts.jobs)
     started = time.perf_counter()
@@ -411,6 +450,7 @@ def register(app: typer.Typer) -> None:
         redis_url: Annotated[str | None, typer.Option("--redis-url", help="Default: $REDIS_URL.")] = None,
         latency_jobs: Annotated[int, typer.Option("--latency-jobs", min=1)] = 1_000,
         latency_rate: Annotated[float, typer.Option("--latency-rate", min=1, help="Jobs/s.")] = 200.0,
+        queues: Annotated[int, typer.Option("--queues", min=1, help="Spread jobs over N queues.")] = 1,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     ) -> None:
         """Measure enqueue and drain rates, start latency, Redis commands, CPU and memory per job."""
@@ -418,7 +458,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--store must be redis or memory")
         url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         opts = BenchOptions(jobs=jobs, workers=workers, concurrency=concurrency, store=store, redis_url=url,
-                            latency_jobs=latency_jobs, latency_rate=latency_rate)
+                            latency_jobs=latency_jobs, latency_rate=latency_rate, queues=queues)
         result = run_bench(opts, quiet=json_out)
         if json_out:
             typer.echo(json.dumps(result.to_json(), indent=2))
