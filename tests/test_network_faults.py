@@ -1,0 +1,224 @@
+"""Network faults between workers and Redis, through tests/tcp_proxy.py.
+
+- A worker whose connections are cut, or refused for a while, recovers by itself (no restart).
+- A worker cut off (stalled) past its lease cannot complete a job another worker has since claimed:
+  its late report reaches Redis and is refused, because the fencing token moved on.
+- redis-py retries a command after a connection error, so a script can run twice with its first
+  reply lost: enqueue with an id or a unique key never makes a duplicate, and a lost claim reply
+  only delays that job until its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from backend.workers.job_store import StoreUnavailableError
+from backend.workers.models import Backoff, Claim, Job, JobSpec, JobState
+from backend.workers.redis_job_store import RedisJobStore
+from tests.tcp_proxy import TcpProxy
+from tests.worker_procs import WorkerProcess, eventually, read_records, worker_env
+
+pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[TcpProxy]:
+    target = urlparse(redis_url)
+    p = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
+    """Direct to Redis: what the test itself reads and writes, never through the proxy."""
+    s = RedisJobStore.from_url(redis_url, prefix=prefix)
+    yield s
+    keys = [key async for key in s.redis.scan_iter(match=f"{prefix}:*", count=1000)]
+    for i in range(0, len(keys), 500):
+        await s.redis.delete(*keys[i : i + 500])
+    await s.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    procs: list[WorkerProcess] = []
+    yield procs
+    for proc in procs:
+        proc.stop()
+
+
+def proxied_store(proxy: TcpProxy, prefix: str, retries: int) -> RedisJobStore:
+    """A store whose client goes through the proxy; `retries` > 0 re-sends a command after a
+    connection error, as redis-py can be configured to (and does by default in recent versions)."""
+    client = aioredis.Redis.from_url(
+        proxy.url(), decode_responses=True, socket_timeout=5,
+        retry=Retry(NoBackoff(), retries), retry_on_error=[RedisConnectionError],
+    )
+    return RedisJobStore(client, prefix=prefix)
+
+
+def script_sha(store: RedisJobStore, name: str) -> bytes:
+    return str(store._scripts[name].sha).encode()
+
+
+async def all_done(store: RedisJobStore, total: int, timeout: float = 60) -> None:
+    async def check() -> bool:
+        return (await store.counts())["default"]["done"] == total
+
+    await eventually(check, timeout, f"{total} jobs done")
+
+
+# -- workers recover from cuts and stalls -----------------------------------------------------------
+
+
+async def test_worker_recovers_from_cut_and_refused_connections(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    record = tmp_path / "record.txt"
+    env = worker_env(proxy.url(), prefix, record, BAGBOT_CONCURRENCY="4")
+    worker = WorkerProcess(tmp_path, "worker", env)
+    workers.append(worker)
+    await worker.wait_for_log("✓ Heartbeats being sent")
+    first = await store.enqueue_many([JobSpec("tests.record", kwargs={"sleep": 0.2}) for _ in range(20)])
+    await asyncio.sleep(0.5)
+    assert proxy.cut() > 0  # mid-run: claims, reports and the blocking wait all lose their socket
+    await all_done(store, len(first))
+
+    proxy.refuse(True)
+    proxy.cut()
+    await worker.wait_for_log("event=store_unavailable")
+    await asyncio.sleep(1.0)  # under the 2 s lease: nothing may be lost or re-run
+    proxy.refuse(False)
+    await worker.wait_for_log("event=store_back", timeout=30)
+    second = await store.enqueue_many([JobSpec("tests.record") for _ in range(20)])
+    await all_done(store, len(first) + len(second))
+    assert worker.proc.poll() is None  # the same process all along
+    starts = [ex.job_id for ex in read_records(record) if ex.event == "start"]
+    assert sorted(set(starts)) == sorted(job.id for job in first + second)
+    worker.send(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_a_worker_cut_off_past_its_lease_cannot_complete_a_reclaimed_job(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    record = tmp_path / "record.txt"
+    cut_off = WorkerProcess(tmp_path, "cut_off", worker_env(proxy.url(), prefix, record))
+    workers.append(cut_off)
+    await cut_off.wait_for_log("✓ Heartbeats being sent")
+    job = await store.enqueue(JobSpec("tests.record", kwargs={"sleep": 3.0}, backoff=Backoff(0.2, jitter=0)))
+
+    async def started_by_cut_off() -> bool:
+        return any(ex.job_id == job.id and ex.pid == cut_off.pid for ex in read_records(record))
+
+    await eventually(started_by_cut_off, 30, "job started on the proxied worker")
+    proxy.stall()  # its heartbeats and its report are held; the 2 s lease runs out on Redis's clock
+    other = WorkerProcess(tmp_path, "other", worker_env(store_url(store), prefix, record))
+    workers.append(other)
+
+    async def reclaimed() -> bool:
+        got = await store.get(job.id)
+        return got is not None and got.state is JobState.RUNNING and got.attempts == 2
+
+    await eventually(reclaimed, 30, "job re-claimed by the other worker")
+    reclaimed_by = (await store.get(job.id)).worker  # type: ignore[union-attr]
+    await asyncio.sleep(1.0)  # the cut-off worker's handler has ended; its report waits in the proxy
+    proxy.resume()  # the late report reaches Redis now, with the old token
+
+    await cut_off.wait_for_log("event=job_outcome_discarded", timeout=30)
+    await all_done(store, 1)
+    got = await store.get(job.id)
+    assert got is not None and got.attempts == 2 and got.worker == reclaimed_by
+    assert got.result == other.pid  # the re-claiming worker's outcome stands
+    assert got.last_error is not None and got.last_error.type == "LeaseExpired"
+    assert sorted(ex.pid for ex in read_records(record)) == sorted([cut_off.pid, other.pid])
+
+    # the cut-off worker is healthy again without a restart: it takes work once `other` is gone
+    other.send(signal.SIGTERM)
+    assert await other.wait() == 0
+    more = await store.enqueue_many([JobSpec("tests.record") for _ in range(5)])
+    await all_done(store, 1 + len(more))
+    assert {ex.pid for ex in read_records(record) if ex.job_id in {j.id for j in more}} == {cut_off.pid}
+    cut_off.send(signal.SIGTERM)
+    assert await cut_off.wait() == 0
+
+
+def store_url(store: RedisJobStore) -> str:
+    kwargs = store.redis.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+# -- lost replies: safe to repeat ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retries", [3, 0], ids=["redis-py-retries", "caller-retries"])
+async def test_enqueue_with_a_lost_reply_never_makes_a_duplicate(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str, retries: int
+) -> None:
+    proxied = proxied_store(proxy, prefix, retries)
+    try:
+        by_id = JobSpec("bagbot.noop", id="lost-reply-1")
+        by_key = JobSpec("bagbot.noop", unique_key="lost-reply-key")
+        for spec in (by_id, by_key):
+            proxy.drop_reply(script_sha(proxied, "enqueue"))
+            try:
+                job = await proxied.enqueue(spec)  # redis-py re-sent the script after the lost reply
+            except StoreUnavailableError:
+                assert retries == 0
+                # the caller cannot know whether it ran, so it asks again (a fresh id for the keyed spec)
+                job = await proxied.enqueue(JobSpec(spec.name, id=spec.id, unique_key=spec.unique_key))
+            assert job.state is JobState.ENQUEUED
+        assert proxy.dropped == 2  # both first replies were really lost after the script ran
+        counts = (await store.counts())["default"]
+        assert counts["enqueued"] == 2
+        snapshot = await store.metrics()
+        assert snapshot.queues["default"].enqueued == {"bagbot.noop": 2}
+        keyed = await store.list_jobs()
+        assert sorted(j.unique_key or "" for j in keyed.jobs) == ["", "lost-reply-key"]
+    finally:
+        await proxied.close()
+
+
+async def test_a_lost_claim_reply_only_delays_the_job_until_its_lease_expires(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str
+) -> None:
+    proxied = proxied_store(proxy, prefix, retries=0)
+    try:
+        job = await store.enqueue(JobSpec("bagbot.noop", backoff=Backoff(0.1, jitter=0)))
+        proxy.drop_reply(script_sha(proxied, "claim"))
+        with pytest.raises(StoreUnavailableError):
+            await proxied.claim("lost-worker", ["default"], 1, lease_seconds=1.5)
+        held = await store.get(job.id)
+        assert held is not None and held.state is JobState.RUNNING and held.worker == "lost-worker"
+        assert await store.claim("w2", ["default"], 1, 30) == []  # nobody else can take it meanwhile
+
+        claimed: list[Job] = []
+
+        async def claimable() -> bool:
+            claimed.extend(await store.claim("w2", ["default"], 1, 30))
+            return bool(claimed)
+
+        await eventually(claimable, 30, "job claimable after the lost claim's lease")
+        (again,) = claimed
+        assert again.id == job.id and again.attempts == 2
+        assert again.last_error is not None and again.last_error.type == "LeaseExpired"
+        assert again.token is not None
+        assert await store.complete(claim_of(again)) is JobState.DONE
+    finally:
+        await proxied.close()
+
+
+def claim_of(job: Job) -> Claim:
+    assert job.token is not None
+    return Claim(job.queue, job.id, job.token)
