@@ -388,8 +388,7 @@ def jobs_retry(
     token: TokenOpt = None,
 ) -> None:
     """Put a failed or cancelled job back in its queue (attempts reset to 0)."""
-    job = _run(url, token, lambda c: c.retry(job_id, queue))
-    _print_json(job) if json_out else out.print(Text.assemble(f"{job['id']}: ", _state(job.get("state"))))
+    _print_transition(_run(url, token, lambda c: c.retry(job_id, queue)), json_out)
 
 
 @jobs_app.command("cancel")
@@ -401,7 +400,10 @@ def jobs_cancel(
     token: TokenOpt = None,
 ) -> None:
     """Cancel a job that has not started (enqueued, scheduled or retry_scheduled)."""
-    job = _run(url, token, lambda c: c.cancel(job_id, queue))
+    _print_transition(_run(url, token, lambda c: c.cancel(job_id, queue)), json_out)
+
+
+def _print_transition(job: JSONDict, json_out: bool) -> None:
     _print_json(job) if json_out else out.print(Text.assemble(f"{job['id']}: ", _state(job.get("state"))))
 
 

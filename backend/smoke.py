@@ -18,16 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from backend.api.metrics import GUIDE_METRICS
 from backend.cli_client import Client, JSONDict, OpsError
 from backend.workers.models import TERMINAL_STATES, Backoff
-
-GUIDE_METRICS = (
-    "bagbot_job_enqueue_total",
-    "bagbot_job_run_total",
-    "bagbot_job_run_duration_seconds",
-    "bagbot_retry_scheduled_total",
-    "bagbot_heartbeat_age_seconds",
-)
 
 CHECKLIST = (
     "Redis service is running and healthy",
