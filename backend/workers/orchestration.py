@@ -203,6 +203,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._pending_added = asyncio.Event()
         self._closing = False
+        self._beats_stopped = False
         self._stop_requests = 0
         where = settings.safe_redis_url if store.backend == "redis" else store.backend
         self._outage = _Outage(self.id, where)
@@ -532,7 +533,7 @@ class Worker:
         interval = self.settings.heartbeat_seconds
         backoff = _Backoff(cap=min(5.0, interval))
         delay = interval
-        while True:
+        while not self._beats_stopped:
             await asyncio.sleep(delay)
             try:
                 await self._beat()
@@ -637,8 +638,11 @@ class Worker:
             unreported = len(self._pending) + len(self._reporting)
             log.error(fmt("results_unreported", worker=self.id, jobs=unreported,
                           detail="store unreachable; these jobs run again after their leases expire"))
+        # A flag as well as cancel(): redis-py can absorb a cancellation that lands inside a command
+        # (the call then returns normally), and the loop would beat on forever.
+        self._beats_stopped = True
         heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
+        await asyncio.wait({heartbeat}, timeout=self.settings.heartbeat_seconds + 1.0)
         await self._retry_until(
             "deregister", lambda: self.store.deregister_worker(self.id), max(deadline, time.monotonic() + 1.0)
         )
