@@ -10,6 +10,7 @@ With the memory store, the lifespan also runs a worker inside this event loop
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from backend.config import Settings
 from backend.workers.job_store import JobStore, create_job_store
 from backend.workers.models import StoreHealth
 from backend.workers.orchestration import Worker
+from backend.workers.store_reset import ResetWatcher
 
 log = logging.getLogger("bagbot.api")
 
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     app.state.owns_store = store is None
     app.state.embedded_worker = None
     app.state.startup_health = None
+    app.state.reset_watcher = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     for module in (jobs, queues, workers, metrics, health, dashboard):
@@ -59,6 +62,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if app.state.store is None:
         app.state.store = create_job_store(settings)
     store: JobStore = app.state.store
+    watching: asyncio.Task[None] | None = None
+    stop_watching = asyncio.Event()
     try:
         app.state.startup_health = await check_store(store, settings)
         # Embedded mode follows the store, not the setting: only a memory store needs an
@@ -68,8 +73,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         else:
             log.info("job store is %s: jobs run in separate worker processes (python -m backend.workers)",
                      store.backend)
+        watcher = app.state.reset_watcher = ResetWatcher.for_store(store, settings.queues, who="backend")
+        if watcher is not None:  # notices within one heartbeat interval that Redis lost its data
+            watching = asyncio.create_task(watcher.run(settings.heartbeat_seconds, stop_watching))
         yield
     finally:
+        if watching is not None:
+            stop_watching.set()
+            await asyncio.wait({watching}, timeout=10)
         worker: Worker | None = app.state.embedded_worker
         if worker is not None:
             await worker.stop()

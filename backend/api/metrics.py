@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -130,10 +130,31 @@ def cumulative_buckets(counts: Sequence[int]) -> list[tuple[str, float]]:
     return buckets
 
 
-def render(snapshot: MetricsSnapshot) -> bytes:
+class ResetCollector(Collector):
+    """`bagbot_store_resets_total`: how often this backend process saw Redis lose its data.
+
+    The one counter kept in process memory, on purpose: a reset wipes whatever Redis counted.
+    Prometheus sums it over backend instances; any increase means jobs stored before were lost.
+    """
+
+    def __init__(self, resets: int) -> None:
+        self.resets = resets
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "bagbot_store_resets",
+            "Times this backend saw Redis lose its data (restart without persistence, FLUSHALL, failover"
+            " to an empty replica): jobs stored before were lost.",
+            value=self.resets,
+        )
+
+
+def render(snapshot: MetricsSnapshot, store_resets: int | None = None) -> bytes:
     """The text exposition of `snapshot`, through a registry private to this call."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(snapshot))
+    if store_resets is not None:
+        registry.register(ResetCollector(store_resets))
     return generate_latest(registry)
 
 
@@ -147,6 +168,8 @@ async def scrape(store: JobStore) -> bytes:
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"},
                503: {"model": ErrorOut}},
 )
-async def metrics(store: StoreDep) -> Response:
+async def metrics(store: StoreDep, request: Request) -> Response:
     """Prometheus text exposition of the store's counters, histograms and gauges."""
-    return Response(await scrape(store), media_type=CONTENT_TYPE_LATEST)
+    watcher = getattr(request.app.state, "reset_watcher", None)
+    body = render(await store.metrics(), watcher.resets if watcher is not None else None)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

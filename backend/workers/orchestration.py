@@ -51,6 +51,7 @@ from backend.workers.models import (
     WorkerInfo,
     check_json,
 )
+from backend.workers.store_reset import ResetWatcher
 
 T = TypeVar("T")
 log = logging.getLogger("bagbot.worker")
@@ -193,6 +194,7 @@ class Worker:
         self.jobs_retried = 0
         self.jobs_released = 0
         self.outcomes_discarded = 0
+        self.store_resets = 0  # times Redis was seen to lose its data (see store_reset.py)
         self.registered = False
 
         self._runs: dict[Claim, _Run] = {}  # claim -> run whose handler is executing
@@ -208,6 +210,7 @@ class Worker:
         where = settings.safe_redis_url if store.backend == "redis" else store.backend
         self._outage = _Outage(self.id, where)
         self._executor: ThreadPoolExecutor | None = None
+        self._reset_watch = ResetWatcher.for_store(store, self.queues, who=self.id)
         self._task: asyncio.Task[None] | None = None
         self._last_purge = float("-inf")
         self._progress_logged = (0, 0, 0)
@@ -564,6 +567,8 @@ class Worker:
         if vanished:
             detail = fmt("worker_reregistered", worker=self.id)
             log.warning(f"worker entry vanished (Redis lost data?) – re-registered {detail}")
+        if self._reset_watch is not None and await self._reset_watch.check():
+            self.store_resets += 1  # logged by the watcher; running claims came back stale above
         if "heartbeat" not in self._said:
             self._said.add("heartbeat")
             log.info("✓ Heartbeats being sent " + fmt("first_heartbeat", worker=self.id,
