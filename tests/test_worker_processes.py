@@ -206,24 +206,39 @@ async def test_timeout_and_retry_with_backoff_end_to_end(store: RedisJobStore, s
 async def test_a_job_that_keeps_killing_workers_ends_failed(
     store: RedisJobStore, spawn: WorkerSpawner
 ) -> None:
-    poison = await store.enqueue(JobSpec("tests.die", max_attempts=2, backoff=Backoff(0.1, jitter=0)))
-    for _ in range(2):
-        (killer,) = await spawn(1)
-        assert await killer.wait(30) == -signal.SIGKILL
-    # a healthy worker with no poison left to claim recovers the last expired lease
-    (survivor,) = await spawn(1, BAGBOT_QUEUES="default")
+    """A poison job kills every worker that runs it: it is delivered max_attempts times, then fails,
+    while the other jobs keep flowing (dead workers are replaced, as a platform restarts them)."""
+    poison = await store.enqueue(JobSpec("tests.die", max_attempts=3, backoff=Backoff(0.1, jitter=0)))
+    others = await store.enqueue_many([JobSpec("tests.record", kwargs={"sleep": 0.05}) for _ in range(300)])
+    await spawn(2, BAGBOT_CONCURRENCY="4")
+    replaced = 0
 
-    async def failed() -> bool:
+    async def settled() -> bool:
+        nonlocal replaced
+        for proc in list(spawn.procs):
+            if proc.proc.poll() is not None and not getattr(proc, "replaced", False):
+                proc.replaced = True  # type: ignore[attr-defined]
+                replaced += 1
+                await spawn(1, BAGBOT_CONCURRENCY="4")
         got = await store.get(poison.id)
-        return got is not None and got.state is JobState.FAILED
+        counts = (await store.counts())["default"]
+        return got is not None and got.state is JobState.FAILED and counts["done"] == len(others)
 
-    await eventually(failed, 30, "poison job failed")
+    await eventually(settled, 120, "poison failed and every other job done")
     got = await store.get(poison.id)
-    assert got is not None and got.attempts == 2
+    assert got is not None and got.attempts == 3
     assert got.last_error is not None and got.last_error.type == "LeaseExpired"
-    assert len(starts_by_job(spawn.record)[poison.id]) == 2
-    survivor.send(signal.SIGTERM)
-    assert await survivor.wait() == 0
+    records = read_records(spawn.record)
+    poison_starts = [ex.at for ex in records if ex.job_id == poison.id]
+    assert len(poison_starts) == 3 and replaced == 3  # delivered 3 times; each delivery killed a worker
+    other_ids = {job.id for job in others}
+    first, last = poison_starts[0], poison_starts[-1]
+    flowing = [ex for ex in records if ex.job_id in other_ids and first < ex.at < last]
+    assert flowing, "other jobs stalled while the poison job went round"
+    for proc in spawn.procs:
+        if proc.proc.poll() is None:
+            proc.send(signal.SIGTERM)
+            assert await proc.wait() == 0
 
 
 async def test_sync_cpu_handler_and_unknown_handler(store: RedisJobStore, spawn: WorkerSpawner) -> None:
