@@ -130,7 +130,8 @@ class RedisJobStore(JobStore):
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             raise StoreUnavailableError(f"Redis at {self.safe_url} is unavailable: {exc}") from exc
         except redis_errors.ResponseError as exc:
-            if str(exc).startswith("OOM") or "OOM command not allowed" in str(exc):
+            # redis-py raises OutOfMemoryError with the "OOM" code stripped from the message
+            if isinstance(exc, redis_errors.OutOfMemoryError) or str(exc).startswith("OOM"):
                 raise StoreFullError(
                     f"Redis at {self.safe_url} is out of memory (maxmemory reached with noeviction): "
                     "the job was not stored"
