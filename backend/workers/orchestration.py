@@ -73,7 +73,22 @@ MAX_REPORT_BATCH = 500
 COALESCE_SECONDS = 0.001
 
 
+# A result larger than this (as JSON) is stored as a marker with a preview instead: one huge result
+# must not fill Redis (noeviction: every enqueue would then fail) nor slow every read of the job.
+MAX_RESULT_BYTES = 256 * 1024
+
 _NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
+def truncated_result(encoded: bytes, limit: int) -> dict[str, object]:
+    """The marker stored instead of an oversized result: its size and the start of its JSON text
+    (half the limit, so the escaped preview still fits within it)."""
+    return {
+        "truncated": True,
+        "size": len(encoded),
+        "limit": limit,
+        "preview": encoded[: limit // 2].decode("utf-8", errors="ignore"),
+    }
 
 
 def fmt(event: str, **fields: object) -> str:
@@ -179,6 +194,7 @@ class Worker:
         self.queues = list(settings.queues)
         self.concurrency = settings.concurrency
         self.lease = settings.lease_seconds
+        self.max_result_bytes = MAX_RESULT_BYTES
         self.info = WorkerInfo(
             id=self.id,
             host=socket.gethostname(),
@@ -433,10 +449,14 @@ class Worker:
             reset_current_job(token)
         duration = time.perf_counter() - started
         try:
-            check_json("result", result)
+            encoded = check_json("result", result)
         except InvalidJobError as exc:
             error = JobError("NonJsonResult", f"{job.name} returned a value that is not JSON: {exc}")
             return self._failure(run, handler, error, retryable=False, duration=duration)
+        if len(encoded) > self.max_result_bytes:
+            result = truncated_result(encoded, self.max_result_bytes)
+            log.warning(fmt("result_truncated", worker=self.id, job=job.id, name=job.name,
+                            size=len(encoded), limit=self.max_result_bytes))
         return Completion(claim, duration, result=result)
 
     def _failure(
