@@ -47,13 +47,16 @@ class ResetWatcher:
         return cls(store, queues, who) if store.backend == "redis" and hasattr(store, "redis") else None
 
     async def check(self) -> bool:
-        """One round trip. True when the data set changed since the last check (a reset)."""
-        fresh = f"{uuid.uuid4().hex}-{time.time():.0f}"
+        """True when the data set changed since the last check (a reset). One round trip of reads
+        while nothing changed, so it also works while Redis is full and refuses writes."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.epoch_key, fresh, nx=True)
             pipe.get(self.epoch_key)
             pipe.smembers(self.queues_key)
-            _, current, members = await pipe.execute()
+            current, members = await pipe.execute()
+        if current is None:  # a new data set (or the first process ever): mark it, first writer wins
+            fresh = f"{uuid.uuid4().hex}-{time.time():.0f}"
+            await self.redis.set(self.epoch_key, fresh, nx=True)
+            current = await self.redis.get(self.epoch_key)
         current = str(current)
         previous, self.epoch = self.epoch, current
         reset = previous is not None and current != previous
