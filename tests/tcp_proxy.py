@@ -48,6 +48,7 @@ class TcpProxy:
     target_port: int
     port: int = field(default_factory=free_port)
     dropped: int = 0  # replies thrown away so far
+    dropped_replies: list[bytes] = field(default_factory=list)  # their first bytes: b"-" is an error
     connections: int = 0  # connections accepted so far
 
     def __post_init__(self) -> None:
@@ -158,6 +159,7 @@ class TcpProxy:
                     self._match(chunk, conn)
                 elif conn.drop_next_reply:
                     self.dropped += 1
+                    self.dropped_replies.append(chunk[:64])
                     conn.abort()
                     return
                 writer.write(chunk)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from backend.workers.job_store import StoreUnavailableError
+from backend.workers.job_store import StaleClaimError, StoreUnavailableError
 from backend.workers.models import Backoff, Claim, Job, JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
 from tests.tcp_proxy import TcpProxy
@@ -68,8 +69,11 @@ def proxied_store(proxy: TcpProxy, prefix: str, retries: int) -> RedisJobStore:
     return RedisJobStore(client, prefix=prefix)
 
 
-def script_sha(store: RedisJobStore, name: str) -> bytes:
-    return str(store._scripts[name].sha).encode()
+async def arm(proxy: TcpProxy, store: RedisJobStore, script: str) -> None:
+    """Drop the reply of the next call of `script`, after loading it: else the dropped reply could
+    be a NOSCRIPT error (the script did not run at all) instead of the lost result of a real run."""
+    await store.redis.script_load(store._scripts[script].script)
+    proxy.drop_reply(str(store._scripts[script].sha).encode())
 
 
 async def all_done(store: RedisJobStore, total: int, timeout: float = 60) -> None:
@@ -171,7 +175,7 @@ async def test_enqueue_with_a_lost_reply_never_makes_a_duplicate(
         by_id = JobSpec("bagbot.noop", id="lost-reply-1")
         by_key = JobSpec("bagbot.noop", unique_key="lost-reply-key")
         for spec in (by_id, by_key):
-            proxy.drop_reply(script_sha(proxied, "enqueue"))
+            await arm(proxy, proxied, "enqueue")
             try:
                 job = await proxied.enqueue(spec)  # redis-py re-sent the script after the lost reply
             except StoreUnavailableError:
@@ -180,6 +184,7 @@ async def test_enqueue_with_a_lost_reply_never_makes_a_duplicate(
                 job = await proxied.enqueue(JobSpec(spec.name, id=spec.id, unique_key=spec.unique_key))
             assert job.state is JobState.ENQUEUED
         assert proxy.dropped == 2  # both first replies were really lost after the script ran
+        assert [reply[:1] for reply in proxy.dropped_replies] == [b"*", b"*"]  # real results, no error
         counts = (await store.counts())["default"]
         assert counts["enqueued"] == 2
         snapshot = await store.metrics()
@@ -196,7 +201,7 @@ async def test_a_lost_claim_reply_only_delays_the_job_until_its_lease_expires(
     proxied = proxied_store(proxy, prefix, retries=0)
     try:
         job = await store.enqueue(JobSpec("bagbot.noop", backoff=Backoff(0.1, jitter=0)))
-        proxy.drop_reply(script_sha(proxied, "claim"))
+        await arm(proxy, proxied, "claim")
         with pytest.raises(StoreUnavailableError):
             await proxied.claim("lost-worker", ["default"], 1, lease_seconds=1.5)
         held = await store.get(job.id)
@@ -222,3 +227,26 @@ async def test_a_lost_claim_reply_only_delays_the_job_until_its_lease_expires(
 def claim_of(job: Job) -> Claim:
     assert job.token is not None
     return Claim(job.queue, job.id, job.token)
+
+
+async def test_a_lost_finish_reply_records_the_outcome_once(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str
+) -> None:
+    """The re-sent finish finds the job already done and changes nothing: one outcome, counted once.
+    Its reply then says "stale" (StaleClaimError), though the outcome was recorded: a worker logs
+    job_outcome_discarded for it. Harmless, but misleading (see docs/reliability.md)."""
+    proxied = proxied_store(proxy, prefix, retries=3)
+    try:
+        job = await store.enqueue(JobSpec("bagbot.noop"))
+        (running,) = await store.claim("w1", ["default"], 1, 30)
+        await arm(proxy, proxied, "finish")
+        with contextlib.suppress(StaleClaimError):
+            await proxied.complete(claim_of(running), result="once", duration=0.01)
+        assert proxy.dropped == 1 and proxy.dropped_replies[0][:1] == b"*"
+        got = await store.get(job.id)
+        assert got is not None and got.state is JobState.DONE and got.result == "once" and got.attempts == 1
+        queue = (await store.metrics()).queues["default"]
+        assert queue.runs == {("bagbot.noop", "done"): 1}
+        assert sum(queue.duration_buckets["bagbot.noop"]) == 1
+    finally:
+        await proxied.close()
