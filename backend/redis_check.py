@@ -34,6 +34,7 @@ class CheckReport:
     maxmemory: int = 0
     keys: int = 0
     keys_complete: bool = True
+    nodes: int = 1  # masters examined: every one of a Redis Cluster
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
 
@@ -55,6 +56,8 @@ async def check_redis(url: str, prefix: str, timeout: float = 5.0) -> CheckRepor
         if not report.maxmemory_policy:
             report.maxmemory_policy = await _config_policy(client)
         report.keys, report.keys_complete = await _count_keys(client, prefix)
+        if info.get("cluster_enabled"):
+            await _check_other_masters(report, client, url, prefix, timeout)
     except (redis_errors.RedisError, OSError) as exc:
         report.reason = _scrub(f"{type(exc).__name__}: {exc}", url)
         return report
@@ -63,6 +66,43 @@ async def check_redis(url: str, prefix: str, timeout: float = 5.0) -> CheckRepor
             await client.aclose()
     _judge(report)
     return report
+
+
+async def _check_other_masters(
+    report: CheckReport, client: Redis, url: str, prefix: str, timeout: float
+) -> None:
+    """On a cluster every master holds jobs: each must be noeviction, and our keys are summed."""
+    nodes: dict[str, dict[str, Any]] = await client.execute_command("CLUSTER NODES")  # type: ignore[no-untyped-call]
+    masters = [address.split("@")[0] for address, node in nodes.items() if "master" in node["flags"]]
+    me = next((address.split("@")[0] for address, node in nodes.items() if "myself" in node["flags"]), "")
+    report.nodes = len(masters)
+    for address in masters:
+        if address == me:
+            continue
+        node = Redis.from_url(_node_url(url, address), socket_connect_timeout=timeout, socket_timeout=timeout,
+                              decode_responses=True)
+        try:
+            other = CheckReport(url="", prefix=prefix)
+            _read_info(other, await node.info())
+            policy = other.maxmemory_policy or await _config_policy(node)
+            if policy != "noeviction" and report.maxmemory_policy == "noeviction":
+                report.maxmemory_policy = f"{policy or 'unknown'} (on cluster node {address})"
+            report.used_memory += other.used_memory
+            keys, complete = await _count_keys(node, prefix)
+            report.keys += keys
+            report.keys_complete = report.keys_complete and complete
+        finally:
+            await node.aclose()
+
+
+def _node_url(url: str, address: str) -> str:
+    """`url` with its host:port replaced by a cluster node's, keeping scheme, user and password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    auth = parts.netloc.rpartition("@")[0]
+    netloc = f"{auth}@{address}" if auth else address
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _read_info(report: CheckReport, info: dict[str, Any]) -> None:

@@ -119,3 +119,32 @@ async def test_a_killed_worker_loses_nothing_on_a_cluster(
     for proc in workers[1:]:
         proc.send(signal.SIGTERM)
         assert await proc.wait() == 0
+
+
+def test_check_looks_at_every_master(redis_cluster_url: str, prefix: str) -> None:
+    """`bagbot check` refuses a cluster where any one master could evict jobs."""
+    import subprocess
+    import sys
+
+    import redis
+
+    from tests.worker_procs import ROOT
+
+    def check() -> subprocess.CompletedProcess[str]:
+        env = {"REDIS_URL": redis_cluster_url, "BAGBOT_PREFIX": prefix, "PATH": "/usr/bin:/bin"}
+        return subprocess.run([sys.executable, "-m", "backend.cli", "check"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert check().returncode == 0
+    cluster = redis.RedisCluster.from_url(redis_cluster_url)
+    other = next(node for node in cluster.get_primaries() if f":{node.port}/" not in redis_cluster_url)
+    node = redis.Redis(host=other.host, port=other.port)
+    node.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        refused = check()
+        assert refused.returncode == 1
+        assert f"allkeys-lru (on cluster node 127.0.0.1:{other.port})" in refused.stdout + refused.stderr
+    finally:
+        node.config_set("maxmemory-policy", "noeviction")
+        node.close()
+        cluster.close()
