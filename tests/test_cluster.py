@@ -137,7 +137,8 @@ def test_check_looks_at_every_master(redis_cluster_url: str, prefix: str) -> Non
 
     assert check().returncode == 0
     cluster = redis.RedisCluster.from_url(redis_cluster_url)
-    other = next(node for node in cluster.get_primaries() if f":{node.port}/" not in redis_cluster_url)
+    primaries = cluster.get_primaries()  # type: ignore[no-untyped-call]
+    other = next(node for node in primaries if f":{node.port}/" not in redis_cluster_url)
     node = redis.Redis(host=other.host, port=other.port)
     node.config_set("maxmemory-policy", "allkeys-lru")
     try:
