@@ -154,6 +154,8 @@ async def test_full_redis_refuses_enqueue_cleanly_and_the_running_job_completes_
         assert "Traceback" not in cli.stderr
         assert await snapshot(raw) == before  # no half-written job, index or counter
         assert await store.get("during-oom") is None
+        assert (await store.counts())["default"]["running"] == 1  # reads keep working
+        assert (await store.metrics()).queues["default"].enqueued == {"tests.sleeper": 1}
 
         async def ended() -> bool:
             return any(ex.event == "end" for ex in read_records(record))
