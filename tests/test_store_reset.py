@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -78,9 +80,13 @@ async def test_backend_and_worker_notice_a_reset_and_keep_serving(
         async with httpx.AsyncClient(base_url=backend.base_url, timeout=10) as client:
             await run_jobs(client, 3)
             for resets, lose_data in enumerate((flushall, restart_without_persistence), start=1):
+                lost_at = time.time()
                 lose_data(volatile_redis)
                 await wait_for_count(worker, "event=store_reset", resets)
                 await wait_for_count(backend, "event=store_reset", resets)
+                print(f"\nreset {resets} ({lose_data.__name__}) noticed after: worker"
+                      f" {noticed(worker.log(), resets) - lost_at:.2f}s, backend"
+                      f" {noticed(backend.log(), resets) - lost_at:.2f}s (heartbeat 0.5 s)")
                 samples = scrape((await client.get("/api/metrics")).text)
                 assert metric(samples, "bagbot_store_resets_total") == resets
                 await run_jobs(client, 3)  # visible through the API and run by the same worker
@@ -96,6 +102,13 @@ async def test_backend_and_worker_notice_a_reset_and_keep_serving(
     finally:
         worker.stop()
         backend.stop()
+
+
+def noticed(log: str, nth: int) -> float:
+    """When the nth `event=store_reset` line was logged (its timestamp, this machine's clock)."""
+    lines = [line for line in log.splitlines() if "event=store_reset" in line]
+    stamp = datetime.strptime(lines[nth - 1][:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
 
 
 def flushall(server: RedisServer) -> None:
