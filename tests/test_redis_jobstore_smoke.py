@@ -180,7 +180,8 @@ async def test_heartbeats_recorded(make_store: MakeStore) -> None:
     await store.enqueue(JobSpec("smoke.sleep"))
     (running,) = await store.claim(info.id, ["default"], 1, 0.8)
     await asyncio.sleep(0.2)
-    stale, vanished = await store.heartbeat(info, [claim_of(running)], 30)
+    reply = await store.heartbeat(info, [claim_of(running)], 30)
+    stale, vanished = reply.stale, reply.vanished
     assert (stale, vanished) == ([], False)
     (beating,) = await store.list_workers()
     assert beating.last_heartbeat > registered.last_heartbeat and beating.running == 1

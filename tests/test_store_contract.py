@@ -325,7 +325,7 @@ async def assert_stale(store: JobStore, old: Claim) -> None:
     assert await store.finish([Completion(old, 0.1)]) == [None]
     assert await store.extend([old], 30) == [old]
     assert await store.release([old]) == 0
-    stale, _ = await store.heartbeat(WorkerInfo(id="old-worker"), [old], 30)
+    stale = (await store.heartbeat(WorkerInfo(id="old-worker"), [old], 30)).stale
     assert stale == [old]
 
 
@@ -503,7 +503,7 @@ async def test_cancel_from_waiting_states(store: JobStore, state: JobState) -> N
     assert await store.claim("w", ["default"], 5, 30) == []
 
 
-@pytest.mark.parametrize("state", [JobState.RUNNING, JobState.DONE, JobState.FAILED, JobState.CANCELLED])
+@pytest.mark.parametrize("state", [JobState.DONE, JobState.FAILED, JobState.CANCELLED])
 async def test_cancel_is_illegal_elsewhere(store: JobStore, state: JobState) -> None:
     job = await cancelled_job(store) if state is JobState.CANCELLED else await job_in(store, state)
     with pytest.raises(IllegalTransitionError) as raised:
@@ -645,7 +645,8 @@ async def test_worker_registry_and_heartbeats(store: JobStore) -> None:
     await store.enqueue(JobSpec("t.job"))
     running = await claim_one(store, lease=0.8, worker="w-1")
     await asyncio.sleep(0.2)
-    stale, vanished = await store.heartbeat(info, [claim_of(running)], 30)
+    reply = await store.heartbeat(info, [claim_of(running)], 30)
+    stale, vanished = reply.stale, reply.vanished
     assert (stale, vanished) == ([], False)
     (listed,) = await store.list_workers()
     assert listed.running == 1 and listed.started_at == pytest.approx(started)
@@ -653,7 +654,8 @@ async def test_worker_registry_and_heartbeats(store: JobStore) -> None:
     await asyncio.sleep(0.8)  # past the claim's own lease
     assert await store.recover() == 0, "the heartbeat extended the lease"
     # an entry that was never registered (or was reaped) comes back on its next heartbeat
-    stale, vanished = await store.heartbeat(WorkerInfo(id="w-2"), [], 30)
+    reply = await store.heartbeat(WorkerInfo(id="w-2"), [], 30)
+    stale, vanished = reply.stale, reply.vanished
     assert (stale, vanished) == ([], True)
     assert [w.id for w in await store.list_workers()] == ["w-1", "w-2"]
     await store.deregister_worker("w-2")
@@ -670,7 +672,7 @@ async def test_stale_workers_are_reaped(store: JobStore) -> None:
     assert ages["old"] >= 0.3 and ages["young"] < ages["old"]
     assert [w.id for w in await store.list_workers(stale_after=0.3)] == ["young"]
     assert [w.id for w in await store.list_workers()] == ["young"]
-    _, vanished = await store.heartbeat(WorkerInfo(id="old"), [], 30)
+    vanished = (await store.heartbeat(WorkerInfo(id="old"), [], 30)).vanished
     assert vanished
 
 
@@ -743,3 +745,158 @@ async def test_wait_for_jobs_wakes_on_release(store: JobStore) -> None:
     assert not waiter.done()
     await store.release([claim_of(running)])
     await asyncio.wait_for(waiter, 10)
+
+
+# -- cancel of a running job, progress, concurrency limits, schedules, events (docs/features.md) --
+
+
+async def test_cancel_running_is_a_request_then_a_fenced_transition(store: JobStore) -> None:
+    running = await job_in(store, JobState.RUNNING)
+    asked = await store.cancel(running.id)
+    assert asked.state is JobState.RUNNING and asked.cancel_requested
+    assert (await store.cancel(running.id)).cancel_requested  # asking twice is harmless
+    reply = await store.heartbeat(WorkerInfo(id="w1"), [claim_of(running)], 30)
+    assert reply.stale == [] and reply.cancel == [claim_of(running)]
+    assert await store.extend([claim_of(running)], 30) == []  # still a current claim
+    wrong = Claim(running.queue, running.id, "not-the-token")
+    assert await store.finish([Completion(wrong, 0.1, cancelled=True)]) == [None]
+    assert await store.finish([Completion(claim_of(running), 0.1, cancelled=True)]) == [JobState.CANCELLED]
+    job = await store.get(running.id)
+    assert job is not None and job.state is JobState.CANCELLED and job.finished_at is not None
+    assert await store.finish([Completion(claim_of(running), 0.1)]) == [None]  # fenced from now on
+    await asyncio.sleep(0.01)
+    assert await store.claim("w", ["default"], 5, 30) == []  # not retried
+    assert (await store.metrics()).queues["default"].runs.get(("t.job", "done"), 0) == 0
+    retried = await store.retry(running.id)  # a cancelled job can be retried as before
+    assert retried.state is JobState.ENQUEUED and not retried.cancel_requested
+
+
+async def test_release_of_a_job_asked_to_cancel_cancels_it(store: JobStore) -> None:
+    running = await job_in(store, JobState.RUNNING)
+    await store.cancel(running.id)
+    assert await store.release([claim_of(running)]) == 1
+    assert await state_of(store, running.id) is JobState.CANCELLED
+
+
+async def test_a_failed_run_with_a_cancel_request_drops_the_request_on_retry(store: JobStore) -> None:
+    running = await job_in(store, JobState.RUNNING)
+    await store.cancel(running.id)
+    assert await store.fail(claim_of(running), BOOM, retry_delay=3600) is JobState.RETRY_SCHEDULED
+    job = await store.get(running.id)
+    assert job is not None and not job.cancel_requested
+
+
+async def test_progress_is_stored_and_fenced(store: JobStore) -> None:
+    running = await job_in(store, JobState.RUNNING)
+    assert await store.progress(claim_of(running), 0.25, "a quarter")
+    assert await store.progress(claim_of(running), 0.5, "half")
+    job = await store.get(running.id)
+    assert job is not None and (job.progress, job.progress_message) == (0.5, "half")
+    assert job.to_json()["progress"] == 0.5
+    assert not await store.progress(Claim(running.queue, running.id, "stale"), 0.9)
+    await store.complete(claim_of(running))
+    assert not await store.progress(claim_of(running), 1.0)
+    done = await store.get(running.id)
+    assert done is not None and done.progress == 0.5
+
+
+async def test_limit_key_parks_jobs_over_the_limit_and_frees_slots(store: JobStore) -> None:
+    a1 = await store.enqueue(JobSpec("t.job", id="a1", limit_key="cust-a", limit=1))
+    a2 = await store.enqueue(JobSpec("t.job", id="a2", limit_key="cust-a", limit=1))
+    a3 = await store.enqueue(JobSpec("t.job", id="a3", limit_key="cust-a", limit=1))
+    free = await store.enqueue(JobSpec("t.job", id="free"))
+    assert a1.limit_key == "cust-a" and a1.limit == 1
+    claimed = await store.claim("w", ["default"], 10, 30)
+    assert sorted(job.id for job in claimed) == ["a1", "free"]
+    assert (await store.counts())["default"]["enqueued"] == 2  # parked jobs are still enqueued
+    listed = await store.list_jobs(state=JobState.ENQUEUED)
+    assert {job.id for job in listed.jobs} == {"a2", "a3"}
+    assert await store.claim("w", ["default"], 10, 30) == []  # no busy claim of parked jobs
+    first = next(job for job in claimed if job.id == "a1")
+    await store.complete(claim_of(first))  # frees the slot: a2 (the oldest) is claimable
+    (second,) = await store.claim("w", ["default"], 10, 30)
+    assert second.id == a2.id
+    await store.fail(claim_of(second), BOOM, retryable=False)  # a failure frees it too
+    (third,) = await store.claim("w", ["default"], 10, 30)
+    assert third.id == a3.id
+    assert free.state is JobState.ENQUEUED
+
+
+async def test_limit_slot_is_freed_by_release_expiry_and_cancel(store: JobStore) -> None:
+    for n in range(4):
+        await store.enqueue(JobSpec("t.job", id=f"k{n}", limit_key="k", limit=1, backoff=NO_WAIT))
+    (first,) = await store.claim("w", ["default"], 10, 30)
+    assert first.id == "k0"
+    await store.release([claim_of(first)])  # released: back at its place, slot free
+    (again,) = await store.claim("w", ["default"], 10, 0.2)
+    assert again.id == "k0"
+    await asyncio.sleep(0.3)  # lease expires: recovery (inside claim) frees the slot
+    (after,) = await store.claim("w", ["default"], 10, 30)
+    assert after.id in {"k0", "k1"}
+    await store.cancel("k2")  # cancelling a parked job removes it from the waiting list
+    await store.cancel(after.id)
+    await store.finish([Completion(claim_of(after), 0.0, cancelled=True)])
+    (last,) = await store.claim("w", ["default"], 10, 30)
+    assert last.id in {"k0", "k1", "k3"} and last.id != after.id
+
+
+async def test_handler_limits_apply_to_every_job_of_the_handler(store: JobStore) -> None:
+    await store.set_handler_limits("default", {"t.limited": 2})
+    for n in range(5):
+        await store.enqueue(JobSpec("t.limited", id=f"h{n}"))
+    claimed = await store.claim("w", ["default"], 10, 30)
+    assert [job.id for job in claimed] == ["h0", "h1"]
+    await store.complete(claim_of(claimed[0]))
+    assert [job.id for job in await store.claim("w", ["default"], 10, 30)] == ["h2"]
+    await store.set_handler_limits("default", {"t.limited": 10})  # raised: housekeeping unparks
+    await store.recover(["default"])
+    assert sorted(job.id for job in await store.claim("w", ["default"], 10, 30)) == ["h3", "h4"]
+
+
+async def test_limit_spec_validation(store: JobStore) -> None:
+    for bad in (JobSpec("t.job", limit_key="k"), JobSpec("t.job", limit=2),
+                JobSpec("t.job", limit_key="k", limit=0), JobSpec("t.job", limit_key="", limit=1)):
+        with pytest.raises(InvalidJobError):
+            await store.enqueue(bad)
+
+
+async def test_server_time_is_the_stores_clock(store: JobStore) -> None:
+    assert abs(await store.server_time() - time.time()) < 5
+
+
+async def test_schedules_are_published_and_listed(store: JobStore) -> None:
+    from backend.workers.models import ScheduleInfo
+
+    daily = ScheduleInfo("reports.daily", "reports.build", "default", "0 6 * * *", "Europe/Berlin",
+                         [1], {"a": 2})
+    tick = ScheduleInfo("tick", "t.tick", "q2", "every 5s")
+    await store.register_schedules([tick, daily])
+    await store.register_schedules([daily])  # every worker declares them: idempotent
+    assert await store.list_schedules() == [daily, tick]
+
+
+async def test_job_events_only_for_jobs_that_opt_in(store: JobStore) -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def listen() -> None:
+        async for event in store.job_events(["default"]):
+            seen.append(event)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.3)  # subscribed
+    try:
+        watched = await store.enqueue(JobSpec("t.job", id="watched", events=True))
+        await store.enqueue(JobSpec("t.job", id="quiet"))
+        claimed = await store.claim("w", ["default"], 2, 30)
+        for job in claimed:
+            if job.id == watched.id:
+                await store.progress(claim_of(job), 0.5, "half")
+            await store.complete(claim_of(job))
+        deadline = time.monotonic() + 5
+        while ("watched", "done") not in seen and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+    assert {"running", "progress", "done"} <= {what for job_id, what in seen if job_id == "watched"}
+    assert all(job_id == "watched" for job_id, _ in seen)

@@ -12,9 +12,12 @@ import inspect
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from backend.workers.models import JSON, Backoff, validate_name
+
+if TYPE_CHECKING:
+    from backend.workers.schedules import Schedule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +31,8 @@ class JobContext:
     queue: str
     attempt: int
     max_attempts: int
+    # set by the worker: records progress (rate-limited there); callable from any thread
+    reporter: Callable[[float, str], None] | None = None
 
 
 _current: ContextVar[JobContext | None] = ContextVar("bagbot_current_job", default=None)
@@ -42,6 +47,17 @@ def current_job() -> JobContext:
     if ctx is None:
         raise LookupError("current_job() called outside a running job")
     return ctx
+
+
+def report_progress(value: float, message: str = "") -> None:
+    """Report how far the running job got (e.g. 0.0-1.0 or items done) with a short message.
+
+    Cheap to call often: the worker writes at most one value per job every 0.5 s (the latest
+    wins). Works in async and sync handlers; outside a job it raises LookupError.
+    """
+    ctx = current_job()
+    if ctx.reporter is not None:
+        ctx.reporter(float(value), str(message)[:500])
 
 
 def set_current_job(ctx: JobContext | None) -> Token[JobContext | None]:
@@ -64,6 +80,8 @@ class Handler:
     timeout: float | None = None
     backoff: Backoff | None = None
     no_retry: tuple[type[BaseException], ...] = ()
+    limit: int | None = None  # at most this many jobs of this handler run at once (all workers)
+    schedule: Schedule | None = None  # enqueue periodically (see schedules.py)
 
     def is_retryable(self, exc: BaseException) -> bool:
         return not (self.no_retry and isinstance(exc, self.no_retry))
@@ -88,6 +106,8 @@ class HandlerRegistry:
         timeout: float | None = None,
         backoff: Backoff | None = None,
         no_retry: tuple[type[BaseException], ...] = (),
+        limit: int | None = None,
+        schedule: Schedule | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -98,15 +118,20 @@ class HandlerRegistry:
         timeout: float | None = None,
         backoff: Backoff | None = None,
         no_retry: tuple[type[BaseException], ...] = (),
+        limit: int | None = None,
+        schedule: Schedule | None = None,
     ) -> F | Callable[[F], F]:
         """Decorator: `@registry.task("emails.send", timeout=30)`, `@registry.task()` or bare
-        `@registry.task` (the function's own name is used)."""
+        `@registry.task` (the function's own name is used). `limit=N`: at most N of its jobs
+        run at once across all workers; `schedule=Cron(...)|Every(...)`: enqueue periodically."""
         if callable(name):
             return self.task()(name)
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive")
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
 
         def register(fn: F) -> F:
             handler_name = validate_name(name or fn.__name__)
@@ -118,6 +143,8 @@ class HandlerRegistry:
                 timeout=timeout,
                 backoff=backoff,
                 no_retry=tuple(no_retry),
+                limit=limit,
+                schedule=schedule,
             )
             self.add(handler)
             return fn
@@ -135,6 +162,9 @@ class HandlerRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._handlers)
+
+    def handlers(self) -> list[Handler]:
+        return [self._handlers[name] for name in sorted(self._handlers)]
 
     def __contains__(self, name: object) -> bool:
         return name in self._handlers

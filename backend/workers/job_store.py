@@ -7,18 +7,20 @@ Redis store are interchangeable behind it and pass one conformance suite.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from backend.workers.models import (
     Claim,
     Completion,
+    HeartbeatReply,
     Job,
     JobError,
     JobPage,
     JobSpec,
     JobState,
     MetricsSnapshot,
+    ScheduleInfo,
     StoreHealth,
     WorkerInfo,
 )
@@ -161,6 +163,32 @@ class JobStore(ABC):
         return state
 
     @abstractmethod
+    async def progress(self, claim: Claim, value: float, message: str = "") -> bool:
+        """Record a running job's progress (fenced by the claim token). False when stale."""
+
+    @abstractmethod
+    async def server_time(self) -> float:
+        """The store's clock, epoch seconds (Redis TIME; memory time.time())."""
+
+    @abstractmethod
+    async def set_handler_limits(self, queue: str, limits: dict[str, int]) -> None:
+        """Declare per-handler concurrency limits on `queue` (name -> at most N running)."""
+
+    @abstractmethod
+    async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:
+        """Publish the periodic jobs a worker declares, so the API and CLI can list them."""
+
+    @abstractmethod
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        """Every declared schedule, sorted by name."""
+
+    @abstractmethod
+    def job_events(self, queues: Sequence[str]) -> AsyncIterator[tuple[str, str]]:
+        """Yield (job id, what) for jobs enqueued with `events=True` on `queues`, as they
+        change: `what` is the new state or "progress" or "cancel_requested". Opt-in per job,
+        best effort (pub/sub: missed while not subscribed), so readers re-read the job."""
+
+    @abstractmethod
     async def extend(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
         """Push the leases of `claims` to now + lease. Returns the claims that are
         no longer current (their handlers should stop)."""
@@ -183,8 +211,10 @@ class JobStore(ABC):
 
     @abstractmethod
     async def cancel(self, job_id: str, queue: str | None = None) -> Job:
-        """`enqueued`/`scheduled`/`retry_scheduled` → `cancelled`.
-        Raises JobNotFoundError or IllegalTransitionError."""
+        """`enqueued`/`scheduled`/`retry_scheduled` → `cancelled`. On a `running` job it only
+        sets `cancel_requested` (the job stays running; its worker learns it at the next
+        heartbeat, stops the handler and reports `finish(Completion(cancelled=True))`).
+        Raises JobNotFoundError or IllegalTransitionError (terminal states)."""
 
     @abstractmethod
     async def retry(self, job_id: str, queue: str | None = None) -> Job:
@@ -204,12 +234,12 @@ class JobStore(ABC):
     @abstractmethod
     async def heartbeat(
         self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
-    ) -> tuple[list[Claim], bool]:
+    ) -> HeartbeatReply:
         """Record a heartbeat (upserting `info`, with `running` = len(claims)) and
-        extend the leases of `claims`, in one round trip. Returns the claims that
-        are no longer current (their handlers should stop) and whether the
-        worker's entry had vanished (Redis lost its data, or it was reaped as
-        stale): the entry is re-created either way."""
+        extend the leases of `claims`. Returns the claims that are no longer current
+        (their handlers should stop), the current claims whose job has a cancel
+        request, and whether the worker's entry had vanished (Redis lost its data,
+        or it was reaped as stale): the entry is re-created either way."""
 
     @abstractmethod
     async def deregister_worker(self, worker_id: str) -> None:

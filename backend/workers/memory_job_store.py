@@ -14,7 +14,7 @@ import heapq
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -28,6 +28,7 @@ from backend.workers.models import (
     WAITING_STATES,
     Claim,
     Completion,
+    HeartbeatReply,
     InvalidJobError,
     Job,
     JobError,
@@ -37,6 +38,7 @@ from backend.workers.models import (
     MetricsSnapshot,
     QueueMetrics,
     RunOutcome,
+    ScheduleInfo,
     StoreHealth,
     WorkerInfo,
     new_job_id,
@@ -59,6 +61,12 @@ class _Queue:
     created: dict[str, int] = field(default_factory=dict)  # id -> creation order
     entered: dict[str, int] = field(default_factory=dict)  # id -> order of entering its state
     metrics: QueueMetrics = field(default_factory=QueueMetrics)
+    # concurrency limits: handler name -> N; key -> running ids; key -> parked heap; parked id -> (key, N)
+    hlimits: dict[str, int] = field(default_factory=dict)
+    limit_run: dict[str, set[str]] = field(default_factory=dict)
+    limit_wait: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+    parked: dict[str, tuple[str, int]] = field(default_factory=dict)
+    lkey: dict[str, str] = field(default_factory=dict)  # running id -> the limit key it holds
 
 
 class MemoryJobStore(JobStore):
@@ -77,6 +85,8 @@ class MemoryJobStore(JobStore):
         # worker between its claim and its wait loses none.
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._pending_wake: set[str] = set()
+        self._schedules: dict[str, ScheduleInfo] = {}
+        self._listeners: dict[str, set[asyncio.Queue[tuple[str, str]]]] = {}
 
     # -- helpers (none of them awaits) ------------------------------------------
 
@@ -97,10 +107,20 @@ class MemoryJobStore(JobStore):
                 return q, q.jobs[job_id]
         raise JobNotFoundError(f"no job {job_id}" + (f" in queue {queue}" if queue else ""))
 
+    def _emit(self, job: Job, what: str) -> None:
+        if job.events:
+            for listener in self._listeners.get(job.queue, ()):
+                listener.put_nowait((job.id, what))
+
     def _set_state(self, q: _Queue, job: Job, state: JobState, now: float) -> None:
         q.counts[job.state] -= 1
         q.counts[state] += 1
+        if job.state is JobState.RUNNING and job.id in q.lkey:
+            self._free_slot(q, job.id, q.lkey.pop(job.id))
+        if job.state is JobState.ENQUEUED and job.id in q.parked and state is not JobState.ENQUEUED:
+            del q.parked[job.id]
         job.state = state
+        self._emit(job, state.value)
         q.entered[job.id] = self._next()
         if state in TERMINAL_STATES:
             job.finished_at = now
@@ -116,6 +136,45 @@ class MemoryJobStore(JobStore):
         self._set_state(q, job, JobState.ENQUEUED, now)
         heapq.heappush(q.ready, (-job.priority, q.ready_seq[job.id], job.id))
         self._wake(job.queue)
+
+    def _free_slot(self, q: _Queue, job_id: str, key: str) -> None:
+        """A running job left its limit key's slot: the oldest job parked on the key goes back
+        to ready at its original place (the claim re-checks the limit)."""
+        q.limit_run.get(key, set()).discard(job_id)
+        waiting = q.limit_wait.get(key, [])
+        while waiting:
+            prio, seq, parked_id = heapq.heappop(waiting)
+            job = q.jobs.get(parked_id)
+            holder = q.parked.get(parked_id, ("", 0))[0]
+            if job is not None and job.state is JobState.ENQUEUED and holder == key:
+                del q.parked[parked_id]
+                heapq.heappush(q.ready, (prio, seq, parked_id))
+                self._wake(job.queue)
+                return
+
+    def _limit_of(self, q: _Queue, job: Job) -> tuple[str, int] | None:
+        if job.limit_key is not None and job.limit is not None:
+            return job.limit_key, job.limit
+        if job.name in q.hlimits:
+            return "h:" + job.name, q.hlimits[job.name]
+        return None
+
+    def _unpark(self, q: _Queue) -> int:
+        """Self-healing pass (as lua/unpark.lua): parked jobs whose key has a free slot go back."""
+        moved = 0
+        for job_id, (key, limit) in list(q.parked.items())[:100]:
+            job = q.jobs.get(job_id)
+            if job is None or job.state is not JobState.ENQUEUED:
+                del q.parked[job_id]
+                continue
+            if key.startswith("h:"):
+                limit = q.hlimits.get(job.name, 1_000_000_000)
+            if len(q.limit_run.get(key, ())) < limit:
+                del q.parked[job_id]
+                heapq.heappush(q.ready, (-job.priority, q.ready_seq[job_id], job_id))
+                self._wake(job.queue)
+                moved += 1
+        return moved
 
     def _schedule(self, q: _Queue, job: Job, state: JobState, run_at: float, now: float) -> None:
         job.run_at = run_at
@@ -161,6 +220,7 @@ class MemoryJobStore(JobStore):
         job.last_error = error
         if retryable and job.attempts < job.max_attempts:
             wait = delay if delay is not None else job.backoff.delay(job.attempts)
+            job.cancel_requested = False
             self._schedule(q, job, JobState.RETRY_SCHEDULED, now + wait, now)
             _bump(q.metrics.retries, job.name)
             return JobState.RETRY_SCHEDULED
@@ -191,7 +251,7 @@ class MemoryJobStore(JobStore):
             id=job_id, name=spec.name, queue=spec.queue, args=copy.deepcopy(spec.args),
             kwargs=copy.deepcopy(spec.kwargs), state=JobState.SCHEDULED, max_attempts=spec.max_attempts,
             priority=spec.priority, timeout=spec.timeout, backoff=spec.backoff, created_at=now,
-            unique_key=spec.unique_key,
+            unique_key=spec.unique_key, limit_key=spec.limit_key, limit=spec.limit, events=spec.events,
         )
         q.jobs[job_id] = job
         q.counts[JobState.SCHEDULED] += 1  # _set_state / _schedule move it from here
@@ -265,6 +325,18 @@ class MemoryJobStore(JobStore):
                 job = q.jobs.get(job_id)
                 if job is None or job.state is not JobState.ENQUEUED or q.ready_seq.get(job_id) != seq:
                     continue  # stale entry
+                if job_id in q.parked:
+                    continue  # stale entry of a job parked since
+                limited = self._limit_of(q, job)
+                if limited is not None:
+                    key, most = limited
+                    holders = q.limit_run.setdefault(key, set())
+                    if len(holders) >= most:
+                        q.parked[job_id] = (key, most)
+                        heapq.heappush(q.limit_wait.setdefault(key, []), (-job.priority, seq, job_id))
+                        continue
+                    holders.add(job_id)
+                    q.lkey[job_id] = key
                 job.attempts += 1
                 job.started_at, job.finished_at, job.worker = now, None, worker_id
                 job.token, job.lease_until = uuid.uuid4().hex, now + lease_seconds
@@ -314,6 +386,10 @@ class MemoryJobStore(JobStore):
                 results.append(None)
                 continue
             q, job = current
+            if item.cancelled:  # not a run outcome: no counter, no duration
+                self._set_state(q, job, JobState.CANCELLED, now)
+                results.append(JobState.CANCELLED)
+                continue
             if item.error is None:
                 job.result = copy.deepcopy(item.result)
                 self._set_state(q, job, JobState.DONE, now)
@@ -329,7 +405,13 @@ class MemoryJobStore(JobStore):
         return self._extend(claims, lease_seconds, time.time())
 
     def _extend(self, claims: Sequence[Claim], lease_seconds: float, now: float) -> list[Claim]:
+        return self._extend_full(claims, lease_seconds, now)[0]
+
+    def _extend_full(
+        self, claims: Sequence[Claim], lease_seconds: float, now: float
+    ) -> tuple[list[Claim], list[Claim]]:
         stale: list[Claim] = []
+        cancel: list[Claim] = []
         for claim in claims:
             current = self._current(claim)
             if current is None:
@@ -338,7 +420,43 @@ class MemoryJobStore(JobStore):
             q, job = current
             job.lease_until = now + lease_seconds
             heapq.heappush(q.running, (job.lease_until, claim.token, job.id))
-        return stale
+            if job.cancel_requested:
+                cancel.append(claim)
+        return stale, cancel
+
+    async def progress(self, claim: Claim, value: float, message: str = "") -> bool:
+        current = self._current(claim)
+        if current is None:
+            return False
+        job = current[1]
+        job.progress, job.progress_message = float(value), message[:500]
+        self._emit(job, "progress")
+        return True
+
+    async def server_time(self) -> float:
+        return time.time()
+
+    async def set_handler_limits(self, queue: str, limits: dict[str, int]) -> None:
+        if limits:
+            self._queue(queue).hlimits.update(limits)
+
+    async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:
+        for schedule in schedules:
+            self._schedules[schedule.name] = copy.deepcopy(schedule)
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        return [copy.deepcopy(self._schedules[name]) for name in sorted(self._schedules)]
+
+    async def job_events(self, queues: Sequence[str]) -> AsyncIterator[tuple[str, str]]:
+        listener: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        for name in queues:
+            self._listeners.setdefault(name, set()).add(listener)
+        try:
+            while True:
+                yield await listener.get()
+        finally:
+            for name in queues:
+                self._listeners[name].discard(listener)
 
     async def release(self, claims: Sequence[Claim]) -> int:
         now = time.time()
@@ -348,14 +466,20 @@ class MemoryJobStore(JobStore):
             if current is None:
                 continue
             q, job = current
+            released += 1
+            if job.cancel_requested:  # asked to stop: not given back
+                self._set_state(q, job, JobState.CANCELLED, now)
+                continue
             job.attempts -= 1
             job.token = job.lease_until = job.worker = job.started_at = None
             self._make_ready(q, job, now, keep_place=True)
-            released += 1
         return released
 
     async def recover(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
-        return self._recover(queues, time.time(), limit)
+        recovered = self._recover(queues, time.time(), limit)
+        for _, q in self._selected(queues):
+            self._unpark(q)
+        return recovered
 
     def _recover(self, queues: Sequence[str] | None, now: float, limit: int | None) -> int:
         done = 0
@@ -393,6 +517,11 @@ class MemoryJobStore(JobStore):
         now = time.time()
         self._expire(now)
         q, job = self._find(job_id, queue)
+        if job.state is JobState.RUNNING:  # only a request: the worker stops it at a heartbeat
+            if not job.cancel_requested:
+                job.cancel_requested = True
+                self._emit(job, "cancel_requested")
+            return copy.deepcopy(job)
         if job.state not in CANCELLABLE_STATES:
             raise IllegalTransitionError(job_id, job.state.value, "cancel")
         self._set_state(q, job, JobState.CANCELLED, now)
@@ -405,6 +534,7 @@ class MemoryJobStore(JobStore):
         if job.state not in RETRYABLE_STATES:
             raise IllegalTransitionError(job_id, job.state.value, "retry")
         job.attempts, job.finished_at, job.run_at = 0, None, now
+        job.cancel_requested = False
         if job.unique_key is not None and job.unique_key not in q.unique:
             q.unique[job.unique_key] = job.id
         self._make_ready(q, job, now)
@@ -431,14 +561,15 @@ class MemoryJobStore(JobStore):
 
     async def heartbeat(
         self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
-    ) -> tuple[list[Claim], bool]:
+    ) -> HeartbeatReply:
         now = time.time()
         old = self._workers.get(info.id)
         entry = copy.deepcopy(info)
         entry.started_at = entry.started_at or (old.started_at if old else now)
         entry.running, entry.last_heartbeat = len(claims), now
         self._workers[info.id] = entry
-        return self._extend(claims, lease_seconds, now), old is None
+        stale, cancel = self._extend_full(claims, lease_seconds, now)
+        return HeartbeatReply(stale, old is None, cancel)
 
     async def deregister_worker(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)

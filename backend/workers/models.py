@@ -31,6 +31,7 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 WAITING_STATES = frozenset({JobState.SCHEDULED, JobState.RETRY_SCHEDULED})
 CANCELLABLE_STATES = frozenset({JobState.ENQUEUED, JobState.SCHEDULED, JobState.RETRY_SCHEDULED})
+# cancel() on a running job only requests it: the worker stops the handler at its next heartbeat
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.CANCELLED})
 ALL_STATES = tuple(JobState)
 
@@ -145,6 +146,10 @@ class JobSpec:
     timeout: float | None = None  # None: the handler's or the worker's default
     backoff: Backoff = field(default_factory=Backoff)
     unique_key: str | None = None
+    # at most `limit` jobs with this key run at once across all workers (e.g. a customer id)
+    limit_key: str | None = None
+    limit: int | None = None
+    events: bool = False  # publish this job's state changes (see docs/features.md)
 
     def validate(self) -> JobSpec:
         validate_name(self.name)
@@ -167,6 +172,12 @@ class JobSpec:
             raise InvalidJobError("delay must not be negative")
         if self.unique_key is not None and not 0 < len(self.unique_key) <= 200:
             raise InvalidJobError("unique_key must be 1-200 characters")
+        if (self.limit_key is None) != (self.limit is None):
+            raise InvalidJobError("limit_key and limit go together")
+        if self.limit_key is not None and not 0 < len(self.limit_key) <= 200:
+            raise InvalidJobError("limit_key must be 1-200 characters")
+        if self.limit is not None and not (isinstance(self.limit, int) and self.limit >= 1):
+            raise InvalidJobError("limit must be a positive integer")
         return self
 
 
@@ -222,6 +233,12 @@ class Job:
     last_error: JobError | None = None
     result: JSON = None
     unique_key: str | None = None
+    limit_key: str | None = None
+    limit: int | None = None
+    events: bool = False
+    progress: float | None = None  # last value a handler reported (report_progress)
+    progress_message: str | None = None
+    cancel_requested: bool = False  # a running job asked to stop; its worker cancels it at a heartbeat
 
     @property
     def is_terminal(self) -> bool:
@@ -249,6 +266,11 @@ class Job:
             "last_error": self.last_error.to_json() if self.last_error else None,
             "result": self.result,
             "unique_key": self.unique_key,
+            "limit_key": self.limit_key,
+            "limit": self.limit,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "cancel_requested": self.cancel_requested,
         }
 
 
@@ -271,6 +293,41 @@ class Completion:
     error: JobError | None = None
     retryable: bool = True
     retry_delay: float | None = None  # None: the job's own backoff
+    cancelled: bool = False  # the run was stopped on request: running -> cancelled, never retried
+
+
+@dataclass(slots=True)
+class HeartbeatReply:
+    """What a heartbeat learns: claims no longer current, claims whose job was asked to
+    stop (cancel requested), and whether the worker's registry entry had vanished."""
+
+    stale: list[Claim]
+    vanished: bool = False
+    cancel: list[Claim] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ScheduleInfo:
+    """A periodic job as workers declare it: `expression` is a cron line or "every <n>s"."""
+
+    name: str
+    handler: str
+    queue: str
+    expression: str
+    timezone: str = "UTC"
+    args: list[JSON] = field(default_factory=list)
+    kwargs: dict[str, JSON] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"name": self.name, "handler": self.handler, "queue": self.queue,
+                "expression": self.expression, "timezone": self.timezone,
+                "args": self.args, "kwargs": self.kwargs}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScheduleInfo:
+        return cls(str(data["name"]), str(data["handler"]), str(data.get("queue", DEFAULT_QUEUE)),
+                   str(data["expression"]), str(data.get("timezone", "UTC")),
+                   list(data.get("args") or []), dict(data.get("kwargs") or {}))
 
 
 @dataclass(slots=True)

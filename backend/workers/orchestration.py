@@ -51,6 +51,7 @@ from backend.workers.models import (
     WorkerInfo,
     check_json,
 )
+from backend.workers.schedules import Schedule, due_fire, fire_spec, info_of
 from backend.workers.store_reset import ResetWatcher
 
 T = TypeVar("T")
@@ -71,6 +72,7 @@ MAX_REPORT_BATCH = 500
 # report): one round trip then carries many jobs. An idle worker claims at once, so start latency
 # does not pay it.
 COALESCE_SECONDS = 0.001
+PROGRESS_INTERVAL = 0.5  # at most one progress write per job this often; the latest value wins
 
 
 # A result larger than this (as JSON) is stored as a marker with a preview instead: one huge result
@@ -168,7 +170,11 @@ class _Run:
     claim: Claim
     started: float
     task: asyncio.Task[Completion] | None = None
-    cancel_reason: str | None = None  # "stale" or "shutdown": its outcome is not reported
+    # "stale" or "shutdown": its outcome is not reported; "cancel": reported as cancelled
+    cancel_reason: str | None = None
+    progress: tuple[float, str] | None = None  # latest value not yet written
+    progress_at: float = float("-inf")  # monotonic time of the last write
+    progress_task: asyncio.Task[None] | None = None
 
 
 @dataclass(slots=True)
@@ -209,6 +215,7 @@ class Worker:
         self.jobs_failed = 0
         self.jobs_retried = 0
         self.jobs_released = 0
+        self.jobs_cancelled = 0
         self.outcomes_discarded = 0
         self.store_resets = 0  # times Redis was seen to lose its data (see store_reset.py)
         self.registered = False
@@ -228,6 +235,8 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._reset_watch = ResetWatcher.for_store(store, self.queues, who=self.id)
         self._task: asyncio.Task[None] | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._declared = False  # handler limits and schedules published to the store
         self._last_purge = float("-inf")
         self._progress_logged = (0, 0, 0)
         self._said: set[str] = set()  # one-time ✓ log markers already written
@@ -240,6 +249,9 @@ class Worker:
         if not await self._register():
             return
         await self._check_store()
+        await self._declare()
+        if self._schedules():
+            self._scheduler = asyncio.create_task(self._scheduler_loop(), name=f"scheduler:{self.id}")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.id}")
         reporter = asyncio.create_task(self._report_loop(), name=f"report:{self.id}")
         try:
@@ -412,6 +424,11 @@ class Worker:
     def _on_run_done(self, run: _Run, task: asyncio.Task[Completion]) -> None:
         self._runs.pop(run.claim, None)
         self._slot_freed.set()
+        if run.cancel_reason == "cancel":  # stopped on request: running -> cancelled, not retried
+            completion = Completion(run.claim, time.monotonic() - run.started, cancelled=True)
+            self._pending.append(_Outcome(completion, run.job))
+            self._pending_added.set()
+            return
         if task.cancelled() or run.cancel_reason is not None:
             return  # stale: someone else owns the job now; shutdown: released separately
         exc = task.exception()
@@ -433,7 +450,8 @@ class Worker:
             )
             return Completion(claim, 0.0, error=error, retryable=False)
         timeout = job.timeout or handler.timeout or self.settings.job_timeout_seconds
-        token = set_current_job(JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts))
+        ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, self._reporter(run))
+        token = set_current_job(ctx)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout) as scope:
@@ -539,6 +557,9 @@ class Worker:
                             reason="claim no longer current (lease expired; the job was re-queued)"))
         elif state is JobState.DONE:
             log.debug(fmt("job_done", **fields))
+        elif state is JobState.CANCELLED:
+            self.jobs_cancelled += 1
+            log.info(fmt("job_cancelled", **fields, detail="stopped on a cancel request"))
         elif state is JobState.RETRY_SCHEDULED:
             self.jobs_retried += 1
             if "retry" not in self._said:
@@ -583,7 +604,10 @@ class Worker:
 
     async def _beat(self) -> None:
         self.info.running = len(self._runs)
-        stale, vanished = await self.store.heartbeat(self.info, self._claims_held(), self.lease)
+        reply = await self.store.heartbeat(self.info, self._claims_held(), self.lease)
+        stale, vanished = reply.stale, reply.vanished
+        for claim in reply.cancel:
+            self._cancel_on_request(claim)
         if vanished:
             detail = fmt("worker_reregistered", worker=self.id)
             log.warning(f"worker entry vanished (Redis lost data?) – re-registered {detail}")
@@ -624,7 +648,97 @@ class Worker:
                                 reason="lease expired before the result could be reported"))
                 return
 
+    def _cancel_on_request(self, claim: Claim) -> None:
+        """Someone asked to cancel this running job: stop its handler and report it cancelled.
+        An async handler gets CancelledError; a sync one cannot be interrupted: its thread runs
+        on to the end, but its outcome is discarded."""
+        run = self._runs.get(claim)
+        if run is None or run.task is None or run.task.done() or run.cancel_reason is not None:
+            return  # already finished: its own outcome is reported
+        run.cancel_reason = "cancel"
+        run.task.cancel()
+        handler = self.registry.get(run.job.name)
+        log.info(fmt("job_cancel_requested", worker=self.id, job=claim.job_id, queue=claim.queue,
+                     name=run.job.name,
+                     action="handler cancelled" if handler is None or handler.is_async
+                     else "sync handler's thread runs on; its outcome is discarded"))
+
+    # -- progress ------------------------------------------------------------------------------
+
+    def _reporter(self, run: _Run) -> Callable[[float, str], None]:
+        loop = asyncio.get_running_loop()
+
+        def report(value: float, message: str) -> None:  # any thread: sync handlers run in a pool
+            loop.call_soon_threadsafe(self._note_progress, run, value, message)
+
+        return report
+
+    def _note_progress(self, run: _Run, value: float, message: str) -> None:
+        run.progress = (value, message)
+        if run.progress_task is None or run.progress_task.done():
+            run.progress_task = asyncio.create_task(self._write_progress(run), name=f"progress:{run.job.id}")
+
+    async def _write_progress(self, run: _Run) -> None:
+        while run.progress is not None:
+            wait = run.progress_at + PROGRESS_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            value, message = run.progress
+            run.progress = None
+            run.progress_at = time.monotonic()
+            try:
+                await self.store.progress(run.claim, value, message)
+            except Exception as exc:  # progress is best effort: never fail the job for it
+                log.debug(fmt("progress_unsaved", worker=self.id, job=run.job.id, error=repr(exc)))
+
+    # -- periodic jobs and limits -----------------------------------------------------------------
+
+    def _schedules(self) -> list[tuple[Handler, Schedule]]:
+        return [(h, h.schedule) for h in self.registry.handlers() if h.schedule is not None]
+
+    async def _declare(self) -> None:
+        """Publish handler concurrency limits (read by the claim script) and schedules (listed by
+        the API and CLI). Retried by housekeeping while the store is unreachable."""
+        if self._declared:
+            return
+        limits = {h.name: h.limit for h in self.registry.handlers() if h.limit is not None}
+        try:
+            for queue in self.queues:
+                await self.store.set_handler_limits(queue, limits)
+            await self.store.register_schedules([info_of(h.name, sched) for h, sched in self._schedules()])
+        except OUTAGE_ERRORS as exc:
+            self._outage.failed("declare", exc)
+            return
+        self._declared = True
+
+    async def _scheduler_loop(self) -> None:
+        """Enqueue each fire time as a job with a deterministic id: every worker does it, the
+        store's id dedup keeps one. Times come from the store's clock (see schedules.py)."""
+        entries = [(info_of(h.name, sched), sched) for h, sched in self._schedules()]
+        catch_up = self.settings.retention_seconds
+        last: dict[str, float] = {}
+        log.info(fmt("scheduler_started", worker=self.id, schedules=",".join(i.name for i, _ in entries)))
+        while not self._stop.is_set():
+            wait = 1.0
+            try:
+                now = await self.store.server_time()
+                for info, sched in entries:
+                    fire = due_fire(sched, now, catch_up)
+                    if fire is not None and last.get(info.name) != fire:
+                        job = await self.store.enqueue(fire_spec(info, fire))
+                        last[info.name] = fire
+                        log.debug(fmt("schedule_fired", worker=self.id, schedule=info.name, job=job.id))
+                    upcoming = sched.next_after(now)
+                    if upcoming is not None:
+                        wait = min(wait, upcoming - now)
+            except OUTAGE_ERRORS as exc:
+                self._outage.failed("schedule", exc)
+            except Exception as exc:
+                self._unexpected("scheduler_error", exc)
+            await self._sleep_unless_stopped(max(0.01, wait + 0.002))
+
     async def _housekeeping(self) -> None:
+        await self._declare()
         recovered = await self.store.recover(self.queues)
         if recovered:
             log.info(fmt("leases_recovered", worker=self.id, jobs=recovered))
@@ -639,6 +753,9 @@ class Worker:
 
     async def _shutdown(self, heartbeat: asyncio.Task[None], reporter: asyncio.Task[None]) -> None:
         grace = self.settings.shutdown_grace_seconds
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            await asyncio.gather(self._scheduler, return_exceptions=True)
         log.info(fmt("shutdown_started", worker=self.id, running=len(self._runs), grace=grace))
         await self._wait_for_running(grace)
         leftover = [run for run in self._runs.values() if run.task is not None and not run.task.done()]

@@ -64,11 +64,17 @@ def job_from_hash(data: Mapping[str, str]) -> Job:
         last_error=JobError.from_json(loads(data.get("last_error"))),
         result=loads(data.get("result")),
         unique_key=data.get("unique_key") or None,
+        limit_key=data.get("lk") or None,
+        limit=_int(data.get("lm")) if data.get("lm") else None,
+        events=data.get("ev") == "1",
+        progress=float(data["progress"]) if data.get("progress") else None,
+        progress_message=data.get("progress_msg") if data.get("progress") else None,
+        cancel_requested=data.get("cancel_req") == "1",
     )
 
 
 def spec_to_argv(spec: JobSpec, job_id: str, args_json: bytes, kwargs_json: bytes) -> list[Any]:
-    """The 13 per-job fields enqueue.lua reads."""
+    """The 16 per-job fields enqueue.lua reads."""
     return [
         job_id,
         spec.name,
@@ -83,6 +89,9 @@ def spec_to_argv(spec: JobSpec, job_id: str, args_json: bytes, kwargs_json: byte
         -1 if spec.delay is None else s_to_us(spec.delay),
         -1 if spec.run_at is None else s_to_us(spec.run_at),
         spec.unique_key or "",
+        spec.limit_key or "",
+        "" if spec.limit is None else spec.limit,
+        1 if spec.events else 0,
     ]
 
 
@@ -102,4 +111,7 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         run_at=float(run_at_us) / 1e6,
         created_at=float(created_us) / 1e6,
         unique_key=spec.unique_key,
+        limit_key=spec.limit_key,
+        limit=spec.limit,
+        events=spec.events,
     )

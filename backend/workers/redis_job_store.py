@@ -9,9 +9,10 @@ on Redis Cluster. Key names come from `redis_keys.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from importlib import resources
@@ -36,6 +37,7 @@ from backend.workers.models import (
     DURATION_BUCKETS,
     Claim,
     Completion,
+    HeartbeatReply,
     InvalidJobError,
     Job,
     JobPage,
@@ -43,6 +45,7 @@ from backend.workers.models import (
     JobState,
     MetricsSnapshot,
     QueueMetrics,
+    ScheduleInfo,
     StoreHealth,
     WorkerInfo,
     check_json,
@@ -54,7 +57,7 @@ from backend.workers.redis_codec import job_from_hash, new_job, pairs_to_dict, s
 from backend.workers.redis_keys import QueueKeys, RedisKeys
 
 QUEUE_SCRIPTS = ("enqueue", "claim", "finish", "extend", "release", "recover", "promote",
-                 "cancel", "retry", "purge", "wakeup")
+                 "cancel", "retry", "purge", "wakeup", "progress", "unpark")
 REGISTRY_SCRIPTS = ("heartbeat", "workers")
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
 HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
@@ -273,13 +276,18 @@ class RedisJobStore(JobStore):
         top: float | str = "+inf" if after is None else after[0]
         with self._mapped_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
+                sources: list[str] = []
                 for name in queues:
                     qkeys = self.keys.queue(name)
-                    key = _index_key(qkeys, state)
-                    pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count + 100, withscores=True)
+                    keys = [_index_key(qkeys, state)]
+                    if state is JobState.ENQUEUED:
+                        keys.append(qkeys.parked)  # jobs over a concurrency limit are enqueued too
+                    for key in keys:
+                        sources.append(name)
+                        pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count + 100, withscores=True)
                 replies = await pipe.execute()
         merged: list[tuple[float, str, str]] = []
-        for name, reply in zip(queues, replies, strict=True):
+        for name, reply in zip(sources, replies, strict=True):
             for member, score in reply:
                 if after is None or (float(score), str(member)) < after:
                     merged.append((float(score), str(member), name))
@@ -302,9 +310,14 @@ class RedisJobStore(JobStore):
                     qkeys = self.keys.queue(name)
                     for state in ALL_STATES:
                         pipe.zcard(_index_key(qkeys, state))
+                    pipe.zcard(qkeys.parked)
                 replies = await pipe.execute()
         it = iter(replies)
-        return {name: {state.value: int(next(it)) for state in ALL_STATES} for name in queues}
+        out: dict[str, dict[str, int]] = {}
+        for name in queues:
+            out[name] = {state.value: int(next(it)) for state in ALL_STATES}
+            out[name][JobState.ENQUEUED.value] += int(next(it))  # parked jobs are enqueued too
+        return out
 
     async def queues(self) -> list[str]:
         with self._mapped_errors():
@@ -370,14 +383,68 @@ class RedisJobStore(JobStore):
         return results
 
     async def extend(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
+        return (await self._extend(claims, lease_seconds))[0]
+
+    async def _extend(self, claims: Sequence[Claim], lease_seconds: float) -> tuple[list[Claim], list[Claim]]:
+        """(stale claims, current claims whose job has a cancel request)."""
         stale: list[Claim] = []
+        cancel: list[Claim] = []
         for queue, items in _group_claims(claims).items():
             argv: list[Any] = [s_to_us(lease_seconds)]
             for claim in items:
                 argv.extend((claim.job_id, claim.token))
-            lost = set(await self._run("extend", self.keys.queue(queue), argv))
+            lost, asked = await self._run("extend", self.keys.queue(queue), argv)
+            lost, asked = set(lost), set(asked)
             stale.extend(claim for claim in items if claim.job_id in lost)
-        return stale
+            cancel.extend(claim for claim in items if claim.job_id in asked)
+        return stale, cancel
+
+    async def progress(self, claim: Claim, value: float, message: str = "") -> bool:
+        argv = [claim.job_id, claim.token, repr(float(value)), message[:500]]
+        return int(await self._run("progress", self.keys.queue(claim.queue), argv)) == 1
+
+    async def server_time(self) -> float:
+        with self._mapped_errors():
+            seconds, micros = await self.redis.time()
+        return int(seconds) + int(micros) / 1e6
+
+    async def set_handler_limits(self, queue: str, limits: dict[str, int]) -> None:
+        if not limits:
+            return
+        await self._note_queue(queue)
+        with self._mapped_errors():
+            await self.redis.hset(self.keys.queue(queue).hlimits, mapping=dict(limits))
+
+    async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:
+        if not schedules:
+            return
+        with self._mapped_errors():
+            mapping = {schedule.name: dumps(schedule.to_json()) for schedule in schedules}
+            await self.redis.hset(self.keys.schedules, mapping=mapping)
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        with self._mapped_errors():
+            raw = await self.redis.hgetall(self.keys.schedules)
+        return sorted((ScheduleInfo.from_json(loads(value)) for value in raw.values()), key=lambda s: s.name)
+
+    async def job_events(self, queues: Sequence[str]) -> AsyncIterator[tuple[str, str]]:
+        channels = [self.keys.queue(queue).events for queue in queues]
+        with self._mapped_errors():
+            if self.cluster:
+                await self.redis.initialize()  # the cluster pub/sub client needs the slot map
+            pubsub = self.redis.pubsub()
+            await pubsub.subscribe(*channels)
+        try:
+            while True:
+                with self._mapped_errors():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                job_id, _, what = str(message["data"]).partition(" ")
+                yield job_id, what
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     async def release(self, claims: Sequence[Claim]) -> int:
         released = 0
@@ -392,6 +459,7 @@ class RedisJobStore(JobStore):
         total = 0
         for queue in await self._queue_names(queues):
             total += int(await self._run("recover", self.keys.queue(queue), [limit, random.random()]))
+            await self._run("unpark", self.keys.queue(queue), [100])  # limits: see lua/unpark.lua
         return total
 
     async def promote(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
@@ -441,11 +509,11 @@ class RedisJobStore(JobStore):
 
     async def heartbeat(
         self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
-    ) -> tuple[list[Claim], bool]:
+    ) -> HeartbeatReply:
         with self._mapped_errors():
             existed, _ = await self._upsert_worker(info, False, len(claims))
-        stale = await self.extend(claims, lease_seconds) if claims else []
-        return stale, int(existed) == 0
+        stale, cancel = await self._extend(claims, lease_seconds) if claims else ([], [])
+        return HeartbeatReply(stale, int(existed) == 0, cancel)
 
     async def deregister_worker(self, worker_id: str) -> None:
         # Registry entry first: a worker that dies between the two leaves only an unlisted hash.
@@ -526,6 +594,8 @@ def _completion_argv(item: Completion) -> list[Any]:
         ok, payload = 1, check_json("result", item.result)
     else:
         ok, payload = 0, dumps(item.error.to_json()).encode()
+    if item.cancelled:
+        ok, payload = 2, b""
     delay = -1 if item.retry_delay is None else s_to_us(item.retry_delay)
     return [item.claim.job_id, item.claim.token, ok, payload, repr(float(item.duration)),
             1 if item.retryable else 0, delay]

@@ -13,7 +13,13 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:stats         hash    metric counters and histogram buckets
     PREFIX:{queue}:wake          list    wake-up tokens that blocked workers BLPOP
     PREFIX:{queue}:seq           string  enqueue sequence (FIFO order)
+    PREFIX:{queue}:limit:run:<k> set     running ids holding a slot of concurrency-limit key <k>
+    PREFIX:{queue}:limit:wait:<k> zset   ids parked on key <k> (over its limit); score = ready score
+    PREFIX:{queue}:parked        zset    every parked id of the queue; score = ready score
+    PREFIX:{queue}:hlimits       hash    handler name -> at most N running (declared by workers)
+    PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:queues                set     every queue name ever used
+    PREFIX:schedules             hash    schedule name -> ScheduleInfo JSON (declared by workers)
     PREFIX:{workers}:registry    zset    worker id -> last heartbeat (ms)
     PREFIX:{workers}:worker:<id> hash    one worker's details
 """
@@ -36,6 +42,10 @@ class QueueKeys:
     stats: str
     wake: str
     seq: str
+    limit_prefix: str
+    parked: str
+    hlimits: str
+    events: str
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -48,6 +58,7 @@ class QueueKeys:
         return [
             self.job_prefix, self.ready, self.waiting, self.running, self.state_prefix,
             self.jobs, self.unique, self.stats, self.wake, self.seq,
+            self.limit_prefix, self.parked, self.hlimits, self.events,
         ]
 
 
@@ -57,6 +68,7 @@ class RedisKeys:
         self.queues = f"{prefix}:queues"
         self.registry = f"{prefix}:{{workers}}:registry"
         self.worker_prefix = f"{prefix}:{{workers}}:worker:"
+        self.schedules = f"{prefix}:schedules"
 
     def worker(self, worker_id: str) -> str:
         return self.worker_prefix + worker_id
@@ -79,4 +91,8 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         stats=base + "stats",
         wake=base + "wake",
         seq=base + "seq",
+        limit_prefix=base + "limit:",
+        parked=base + "parked",
+        hlimits=base + "hlimits",
+        events=base + "events",
     )

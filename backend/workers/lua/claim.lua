@@ -1,5 +1,8 @@
 -- claim.lua: promote due jobs, recover expired leases, then claim up to `limit` ready jobs:
 -- enqueued -> running, attempts += 1, a fresh token, lease until now + lease.
+-- Concurrency limits: a job with a limit key (its own limit_key/limit, or its handler's limit
+-- from the handler-limits hash) whose key already has `limit` running jobs is not claimed but
+-- parked (wait:<key> and parked zsets, keeping its ready score) until a slot frees (free_slot).
 -- KEYS: see lib.lua.
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
@@ -10,22 +13,62 @@ promote_due(now, tonumber(ARGV[4]))
 recover_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
 local out = {}
 if limit > 0 then
-  local popped = redis.call('ZPOPMIN', K.ready, limit)
+  -- one call per claim (not per job); empty unless some worker declared a handler limit
+  local hl = redis.call('HGETALL', K.hlimits)
+  local hlimits = {}
+  for j = 1, #hl, 2 do hlimits[hl[j]] = tonumber(hl[j + 1]) end
   local lease_until = now + lease_us
-  for i = 1, #popped, 2 do
-    local id = popped[i]
-    local jobkey = K.job .. id
-    local job = redis.call('HGETALL', jobkey)
-    local attempts = 0
-    for j = 1, #job, 2 do
-      if job[j] == 'attempts' then attempts = tonumber(job[j + 1]) break end
+  local n = 0
+  for _ = 1, 20 do -- parked jobs make room for more pops; bounded so one call stays short
+    if #out >= limit then break end
+    local wanted = limit - #out
+    local popped = redis.call('ZPOPMIN', K.ready, wanted)
+    local parked_now = 0
+    for i = 1, #popped, 2 do
+      local id = popped[i]
+      local jobkey = K.job .. id
+      local job = redis.call('HGETALL', jobkey)
+      local attempts, name, lk, lm, oldlkey, ev = 0, nil, nil, nil, nil, nil
+      for j = 1, #job, 2 do
+        local f = job[j]
+        if f == 'attempts' then attempts = tonumber(job[j + 1])
+        elseif f == 'name' then name = job[j + 1]
+        elseif f == 'lk' then lk = job[j + 1]
+        elseif f == 'lm' then lm = tonumber(job[j + 1])
+        elseif f == 'lkey' then oldlkey = job[j + 1]
+        elseif f == 'ev' then ev = job[j + 1] end
+      end
+      if (not lk or lk == '') and name and hlimits[name] then lk, lm = 'h:' .. name, hlimits[name] end
+      if lk == '' then lk = nil end
+      local park = false
+      if lk then
+        local runkey = K.limit .. 'run:' .. lk
+        if redis.call('SCARD', runkey) >= (lm or 1) then
+          park = true
+          parked_now = parked_now + 1
+          redis.call('ZADD', K.limit .. 'wait:' .. lk, popped[i + 1], id)
+          redis.call('ZADD', K.parked, popped[i + 1], id)
+          redis.call('HSET', jobkey, 'parked', lk, 'plim', lm or 1)
+        else
+          redis.call('SADD', runkey, id)
+        end
+      end
+      if not park then
+        n = n + 1
+        local token = ARGV[6] .. '.' .. string.format('%d', n)
+        local changes = {'state', 'running', 'attempts', attempts + 1, 'started_at', now, 'worker', worker,
+          'token', token, 'lease_until', lease_until, 'state_at', now, 'finished_at', ''}
+        if lk or oldlkey then
+          changes[#changes + 1] = 'lkey'
+          changes[#changes + 1] = lk or ''
+        end
+        redis.call('HSET', jobkey, unpack(changes))
+        redis.call('ZADD', K.running, lease_until, id)
+        emit(ev, id, 'running')
+        out[#out + 1] = {job, changes}
+      end
     end
-    local token = ARGV[6] .. '.' .. string.format('%d', (i + 1) / 2)
-    local changes = {'state', 'running', 'attempts', attempts + 1, 'started_at', now, 'worker', worker,
-      'token', token, 'lease_until', lease_until, 'state_at', now, 'finished_at', ''}
-    redis.call('HSET', jobkey, unpack(changes))
-    redis.call('ZADD', K.running, lease_until, id)
-    out[#out + 1] = {job, changes}
+    if parked_now == 0 or #popped < 2 * wanted then break end
   end
 end
 -- Chain wake-ups while work remains; drop stale tokens once the queue is empty.

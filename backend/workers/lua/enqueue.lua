@@ -1,9 +1,10 @@
 -- enqueue.lua: new jobs -> enqueued (due now) or scheduled (due later). Safe to repeat:
 -- an existing id, or a unique_key held by a live job, returns that job unchanged.
 -- KEYS: see lib.lua.
--- ARGV[1] queue  ARGV[2] n  then per job 13 fields:
+-- ARGV[1] queue  ARGV[2] n  then per job 16 fields:
 --   id, name, args json, kwargs json, priority, max_attempts, timeout ('' = none),
---   backoff base s, backoff cap s, backoff jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none)
+--   backoff base s, backoff cap s, backoff jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),
+--   limit_key ('' = none), limit ('' = none), events (1|0)
 -- Returns per job: {1, id, state, created_us, run_at_us} when created, {0, HGETALL of the existing job} when not.
 local queue, n = ARGV[1], tonumber(ARGV[2])
 local now = now_us()
@@ -12,7 +13,7 @@ local woke = false
 -- One INCRBY reserves sequence numbers for the whole batch (unused ones are harmless gaps).
 local seq = redis.call('INCRBY', K.seq, n) - n
 for i = 0, n - 1 do
-  local b = 3 + i * 13
+  local b = 3 + i * 16
   local id, name, unique_key = ARGV[b], ARGV[b + 1], ARGV[b + 12]
   local jobkey = K.job .. id
   local existing = nil
@@ -42,6 +43,9 @@ for i = 0, n - 1 do
       redis.call('ZADD', K.waiting, run_at, id)
     end
     if unique_key ~= '' then redis.call('HSET', K.unique, unique_key, id) end
+    -- optional features cost one HSET each, only for jobs that use them
+    if ARGV[b + 13] ~= '' then redis.call('HSET', jobkey, 'lk', ARGV[b + 13], 'lm', ARGV[b + 14]) end
+    if ARGV[b + 15] == '1' then redis.call('HSET', jobkey, 'ev', '1') end
     redis.call('ZADD', K.jobs, now, id)
     move_state(id, nil, state, now)
     stat('enq|' .. name, 1)

@@ -2,11 +2,15 @@
 -- Every per-queue script receives the same KEYS, built by redis_keys.QueueKeys.script_keys():
 --   KEYS[1] job key prefix   KEYS[2] ready     KEYS[3] waiting   KEYS[4] running   KEYS[5] state index prefix
 --   KEYS[6] jobs index       KEYS[7] unique    KEYS[8] stats     KEYS[9] wake      KEYS[10] seq
+--   KEYS[11] limit key prefix (run:<key> set of running ids, wait:<key> zset of parked ids)
+--   KEYS[12] parked (zset: every parked id -> its ready score)   KEYS[13] handler limits (hash)
+--   KEYS[14] events channel (PUBLISH "<id> <what>" for jobs enqueued with events on)
 -- All share the hash tag {queue}. Times are microseconds on the server clock (TIME).
 
 local K = {
   job = KEYS[1], ready = KEYS[2], waiting = KEYS[3], running = KEYS[4], state = KEYS[5],
   jobs = KEYS[6], unique = KEYS[7], stats = KEYS[8], wake = KEYS[9], seq = KEYS[10],
+  limit = KEYS[11], parked = KEYS[12], hlimits = KEYS[13], events = KEYS[14],
 }
 
 -- Upper bounds (s) of the duration histogram; must match models.DURATION_BUCKETS.
@@ -69,6 +73,27 @@ local function wake_one()
   if redis.call('LLEN', K.wake) < 8 then redis.call('RPUSH', K.wake, 1) end
 end
 
+-- Opt-in job events: only jobs enqueued with events on (field ev = 1) cost a PUBLISH.
+local function emit(ev, id, what)
+  if ev == '1' then redis.call('PUBLISH', K.events, id .. ' ' .. what) end
+end
+
+-- A job with a concurrency-limit key left `running`: free its slot and give the slot to the
+-- oldest job parked on that key (back to ready at its original place; claim re-checks the limit).
+local function free_slot(id, lkey)
+  if not lkey or lkey == '' then return end
+  redis.call('SREM', K.limit .. 'run:' .. lkey, id)
+  local waitkey = K.limit .. 'wait:' .. lkey
+  local first = redis.call('ZRANGE', waitkey, 0, 0, 'WITHSCORES')
+  if first[1] then
+    redis.call('ZREM', waitkey, first[1])
+    redis.call('ZREM', K.parked, first[1])
+    redis.call('HSET', K.job .. first[1], 'parked', '')
+    redis.call('ZADD', K.ready, first[2], first[1])
+    wake_one()
+  end
+end
+
 local function backoff_us(jobkey, attempts, r)
   local f = redis.call('HMGET', jobkey, 'bo_base', 'bo_cap', 'bo_jitter')
   local base, cap, jitter = tonumber(f[1]) or 1, tonumber(f[2]) or 300, tonumber(f[3]) or 0
@@ -96,18 +121,21 @@ end
 -- running -> retry_scheduled (attempts left and retryable) or failed.
 -- delay_us < 0 means "use the job's own backoff". outcome nil means retry/failed as it turns out.
 local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, r)
-  local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts')
+  local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req')
   local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
   redis.call('ZREM', K.running, id)
+  free_slot(id, f[4])
   if retryable and attempts < max_attempts then
     if delay_us < 0 then delay_us = backoff_us(jobkey, attempts, r) end
     local run_at = now + delay_us
     redis.call('HSET', jobkey, 'state', 'retry_scheduled', 'run_at', run_at, 'last_error', err,
       'token', '', 'lease_until', '', 'state_at', now)
     redis.call('ZADD', K.waiting, run_at, id)
+    if f[6] == '1' then redis.call('HSET', jobkey, 'cancel_req', '') end
     stat('retry|' .. name, 1)
     stat('run|' .. name .. '|' .. (outcome or 'retry'), 1)
     move_state(id, 'running', 'retry_scheduled', now)
+    emit(f[5], id, 'retry_scheduled')
     return 'retry_scheduled'
   end
   redis.call('HSET', jobkey, 'state', 'failed', 'finished_at', now, 'last_error', err,
@@ -115,6 +143,7 @@ local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, 
   stat('run|' .. name .. '|' .. (outcome or 'failed'), 1)
   release_unique(jobkey, id)
   move_state(id, 'running', 'failed', now)
+  emit(f[5], id, 'failed')
   return 'failed'
 end
 

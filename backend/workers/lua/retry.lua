@@ -8,7 +8,7 @@ if not state then return {'missing'} end
 if state ~= 'failed' and state ~= 'cancelled' then return {'illegal', state} end
 local now = now_us()
 redis.call('HSET', jobkey, 'state', 'enqueued', 'attempts', 0, 'finished_at', '', 'run_at', now,
-  'token', '', 'lease_until', '', 'state_at', now)
+  'token', '', 'lease_until', '', 'state_at', now, 'cancel_req', '')
 push_ready(jobkey, id)
 local key = redis.call('HGET', jobkey, 'unique_key')
 if key and key ~= '' and redis.call('HSETNX', K.unique, key, id) == 0 then
