@@ -21,6 +21,7 @@ import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -260,6 +261,9 @@ def enqueue(
         "id": job_id,
     }
 
+    if wait:
+        body["events"] = True  # its state changes and progress wake the wait at once
+
     async def action(client: Client) -> JSONDict:
         job = await client.enqueue(body)
         if not wait:
@@ -280,7 +284,8 @@ def enqueue(
 
 
 async def _wait_for(client: Client, job: JSONDict, limit: float | None) -> JSONDict:
-    """Poll until the job is terminal, with a live status line on stderr."""
+    """Follow the job until it is terminal, with a live status line (state, attempt, progress) on
+    stderr: woken by its events when the client can subscribe, else by polling."""
     started = time.monotonic()
     terminal = {s.value for s in TERMINAL_STATES}
     with err.status(f"{job['id']}: {job.get('state')}") as status:
@@ -289,14 +294,26 @@ async def _wait_for(client: Client, job: JSONDict, limit: float | None) -> JSOND
                 raise OpsError(
                     f"gave up after {limit:g}s: job {job['id']} is still {job.get('state')}", ExitCode.FAILED
                 )
-            await asyncio.sleep(0.1)
+            await client.wait_change(job)
+            events = job.get("events")
             job = await client.get(str(job["id"]), str(job.get("queue") or "") or None)
+            job.setdefault("events", events)
             elapsed = time.monotonic() - started
             status.update(
                 f"{job['id']}: {job.get('state')}  attempt {job.get('attempts')}/{job.get('max_attempts')}  "
-                f"{elapsed:.1f}s"
+                f"{_progress_text(job)}{elapsed:.1f}s"
             )
     return job
+
+
+def _progress_text(job: JSONDict) -> str:
+    """`45% step 3 of 7  ` (values in 0..1 read as a fraction), or "" before any progress."""
+    value = job.get("progress")
+    if value is None:
+        return ""
+    shown = f"{float(value) * 100:.0f}%" if 0 <= float(value) <= 1 else f"{float(value):g}"
+    message = str(job.get("progress_message") or "")[:60]
+    return f"{shown} {message}".rstrip() + "  "
 
 
 def _print_outcome(job: JSONDict) -> None:
@@ -399,12 +416,19 @@ def jobs_cancel(
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Cancel a job that has not started (enqueued, scheduled or retry_scheduled)."""
+    """Cancel a job: at once if it has not started (enqueued, scheduled or retry_scheduled); a
+    running job is asked to stop (its worker cancels it within a heartbeat, it ends cancelled)."""
     _print_transition(_run(url, token, lambda c: c.cancel(job_id, queue)), json_out)
 
 
 def _print_transition(job: JSONDict, json_out: bool) -> None:
-    _print_json(job) if json_out else out.print(Text.assemble(f"{job['id']}: ", _state(job.get("state"))))
+    if json_out:
+        _print_json(job)
+        return
+    asked = ""
+    if job.get("cancel_requested"):
+        asked = " (cancel requested: its worker stops it within a heartbeat)"
+    out.print(Text.assemble(f"{job['id']}: ", _state(job.get("state")), asked))
 
 
 # -- queues, workers, purge ----------------------------------------------------------------------
@@ -424,6 +448,24 @@ def queues(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None
     for queue_name, by_state in sorted(counts.items()):
         table.add_row(queue_name, *(str(by_state.get(s.value, 0)) for s in ALL_STATES))
     out.print(table if counts else "no queues yet")
+
+
+@app.command()
+def schedules(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Periodic jobs the workers declare, with their next fire time (docs/features.md)."""
+    listed = _run(url, token, lambda c: c.schedules())
+    if json_out:
+        _print_json(listed)
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("name", "handler", "queue", "schedule", "time zone", "next fire (UTC)"):
+        table.add_column(column, overflow="fold")
+    for entry in listed:
+        nxt = entry.get("next_fire")
+        when = "never" if nxt is None else f"{datetime.fromtimestamp(float(nxt), UTC):%Y-%m-%d %H:%M:%S}"
+        table.add_row(str(entry.get("name")), str(entry.get("handler")), str(entry.get("queue")),
+                      str(entry.get("expression")), str(entry.get("timezone")), when)
+    out.print(table if listed else "no schedules declared (workers publish theirs when they start)")
 
 
 @app.command()

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -89,6 +90,15 @@ class Client(ABC):
     async def close(self) -> None:
         return None
 
+    async def schedules(self) -> list[JSONDict]:
+        """Declared periodic jobs with their next fire time (docs/features.md)."""
+        return []
+
+    async def wait_change(self, job: JSONDict) -> None:
+        """Return when `job` may have changed: at once on a job event where this client can
+        subscribe (jobs enqueued with events on), else after a short poll interval."""
+        await asyncio.sleep(0.1)
+
 
 # -- through the store -------------------------------------------------------------
 
@@ -101,6 +111,8 @@ class StoreClient(Client):
 
         self.store: JobStore = store
         self.where = where
+        self._events: AsyncIterator[tuple[str, str]] | None = None
+        self._events_broken = False
 
     async def enqueue(self, body: JSONDict) -> JSONDict:
         spec = JobSpec(
@@ -114,6 +126,7 @@ class StoreClient(Client):
             max_attempts=int(body.get("max_attempts") or 3),
             timeout=body.get("timeout"),
             unique_key=body.get("unique_key"),
+            events=bool(body.get("events")),
         )
         async with self._errors():
             job = await self.store.enqueue(spec)
@@ -147,6 +160,40 @@ class StoreClient(Client):
         async with self._errors():
             return await self.store.counts()
 
+    async def schedules(self) -> list[JSONDict]:
+        from backend.workers.schedules import ScheduleError, schedule_from_info
+
+        async with self._errors():
+            now = await self.store.server_time()
+            listed = await self.store.list_schedules()
+        out = []
+        for info in listed:
+            try:
+                next_fire = schedule_from_info(info).next_after(now)
+            except ScheduleError:
+                next_fire = None
+            out.append(info.to_json() | {"next_fire": next_fire})
+        return out
+
+    async def wait_change(self, job: JSONDict) -> None:
+        """Woken by the job's events (Redis pub/sub) when it asked for them; re-reads at least
+        once a second anyway (pub/sub is best effort), and polls if it cannot subscribe."""
+        if not job.get("events") or self._events_broken:
+            await asyncio.sleep(0.1)
+            return
+        if self._events is None:
+            self._events = aiter(self.store.job_events([str(job.get("queue") or "default")]))
+        deadline = asyncio.get_running_loop().time() + 1.0
+        try:
+            while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+                job_id, _ = await asyncio.wait_for(anext(self._events), remaining)
+                if job_id == job["id"]:
+                    return
+        except TimeoutError:
+            return
+        except Exception:  # no pub/sub here (e.g. a restricted server): poll instead
+            self._events_broken = True
+
     async def workers(self) -> list[JSONDict]:
         async with self._errors():
             return [w.to_json() for w in await self.store.list_workers()]
@@ -170,6 +217,8 @@ class StoreClient(Client):
         return None
 
     async def close(self) -> None:
+        if self._events is not None:
+            await _close_iterator(self._events)
         await self.store.close()
 
     def _errors(self) -> _StoreErrors:
@@ -273,6 +322,10 @@ class HttpClient(Client):
             return out
         return {str(q): {str(s): int(n) for s, n in c.items()} for q, c in data.items()}
 
+    async def schedules(self) -> list[JSONDict]:
+        data = await self._call("GET", "/api/schedules")
+        return list(data.get("schedules") or []) if isinstance(data, dict) else []
+
     async def workers(self) -> list[JSONDict]:
         data = await self._call("GET", "/api/workers")
         if isinstance(data, dict):
@@ -357,3 +410,12 @@ def _code_for_status(status: int) -> ExitCode:
     if status in (400, 401, 403, 413, 422):
         return ExitCode.USAGE
     return ExitCode.FAILED
+
+
+async def _close_iterator(events: AsyncIterator[tuple[str, str]]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # closing a dropped subscription must not hide the command's outcome
+            return

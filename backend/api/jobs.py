@@ -94,7 +94,9 @@ async def get_job(job_id: str, store: StoreDep, queue: QueueParam = None) -> Job
 
 @router.post("/{job_id}/cancel", dependencies=[AuthDep], responses=_ERRORS)
 async def cancel_job(job_id: str, store: StoreDep, queue: QueueParam = None) -> JobOut:
-    """Cancel a job that has not started (enqueued, scheduled or waiting to retry); else 409."""
+    """Cancel a job that has not started (enqueued, scheduled or waiting to retry) at once.
+    A running job gets a cancel request (`cancel_requested`, state still running): its worker
+    stops the handler within a heartbeat and the job ends `cancelled`. Finished jobs: 409."""
     validate_job_id(job_id)
     if queue is not None:
         validate_queue(queue)

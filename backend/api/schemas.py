@@ -39,12 +39,19 @@ class EnqueueRequest(BaseModel):
         None, min_length=1, max_length=200, description="at most one unfinished job per key and queue"
     )
     id: str | None = Field(None, pattern=ID_PATTERN, description="your own id: repeats are no-ops")
+    limit_key: str | None = Field(
+        None, min_length=1, max_length=200, description="with `limit`: at most `limit` such jobs run at once"
+    )
+    limit: int | None = Field(None, ge=1, le=100_000, description="see limit_key")
+    events: bool = Field(False, description="publish this job's state changes (Redis pub/sub)")
 
     @model_validator(mode="after")
     def _one_schedule(self) -> Self:
         if self.delay is not None and self.run_at is not None:
             raise ValueError("give delay or run_at, not both")
-        for label, value in (("unique_key", self.unique_key), ("id", self.id)):
+        if (self.limit_key is None) != (self.limit is None):
+            raise ValueError("give limit_key and limit together")
+        for label, value in (("unique_key", self.unique_key), ("id", self.id), ("limit_key", self.limit_key)):
             # Control characters and lone surrogates cannot be stored as text: 422 here, not a 500 later.
             if value is not None and not value.isprintable():
                 raise ValueError(f"{label} must be printable text")
@@ -67,6 +74,9 @@ class EnqueueRequest(BaseModel):
             max_attempts=self.max_attempts,
             timeout=self.timeout,
             unique_key=self.unique_key,
+            limit_key=self.limit_key,
+            limit=self.limit,
+            events=self.events,
         )
 
 
@@ -98,6 +108,12 @@ class JobOut(BaseModel):
     last_error: JobErrorOut | None
     result: Any = None
     unique_key: str | None
+    limit_key: str | None = None
+    limit: int | None = None
+    events: bool = False
+    progress: float | None = Field(None, description="the last value the handler reported")
+    progress_message: str | None = None
+    cancel_requested: bool = Field(False, description="running, asked to stop: its worker cancels it")
 
 
 class JobListOut(BaseModel):
@@ -143,6 +159,19 @@ class ReadyOut(BaseModel):
     maxmemory_policy: str
     policy_ok: bool
     detail: str = ""
+
+
+class ScheduleOut(BaseModel):
+    name: str
+    handler: str
+    queue: str
+    expression: str
+    timezone: str
+    next_fire: float | None = Field(description="epoch seconds on the store's clock; null: never")
+
+
+class SchedulesOut(BaseModel):
+    schedules: list[ScheduleOut]
 
 
 class ErrorOut(BaseModel):

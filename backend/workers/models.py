@@ -268,6 +268,7 @@ class Job:
             "unique_key": self.unique_key,
             "limit_key": self.limit_key,
             "limit": self.limit,
+            "events": self.events,
             "progress": self.progress,
             "progress_message": self.progress_message,
             "cancel_requested": self.cancel_requested,
