@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -180,3 +180,42 @@ async def test_each_fire_time_runs_once_across_four_workers_and_one_catch_up(
                                                                                    limit=1000)).jobs)
     missed = [fire for fire in later if stopped < fire < restart - 1]
     assert missed == [], f"fire times while every worker was down were enqueued: {missed}"
+
+
+# -- schedules from configuration, in process ---------------------------------------------------------
+
+
+async def test_a_handler_scheduled_from_config_twice_with_other_args() -> None:
+    from backend.config import Settings
+    from backend.workers.handlers import HandlerRegistry
+    from backend.workers.memory_job_store import MemoryJobStore
+    from backend.workers.orchestration import Worker
+
+    registry = HandlerRegistry()
+    seen: list[int] = []
+
+    @registry.task("cfg.tick")
+    async def tick(n: int) -> int:
+        seen.append(n)
+        return n
+
+    registry.schedule("cfg.tick", Every(seconds=1, name="tick-one", args=[1]))
+    registry.schedule("cfg.tick", Every(seconds=1, name="tick-two", args=[2]))
+    store = MemoryJobStore()
+    worker = Worker(store, Settings(heartbeat_seconds=0.2, lease_seconds=2.0), registry, worker_id="w-cfg")
+    await worker.start()
+    try:
+        await eventually(_true_when(lambda: {1, 2} <= set(seen)), 10, "both schedules fired")
+    finally:
+        await worker.stop()
+    jobs = (await store.list_jobs(name="cfg.tick", limit=100)).jobs
+    assert {job.id.rsplit("-", 1)[0] for job in jobs} == {"sched-tick-one", "sched-tick-two"}
+    assert [(s.name, s.handler) for s in await store.list_schedules()] == [
+        ("tick-one", "cfg.tick"), ("tick-two", "cfg.tick")]
+
+
+def _true_when(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def wrapped() -> bool:
+        return check()
+
+    return wrapped

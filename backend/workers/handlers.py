@@ -93,6 +93,7 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._schedules: dict[str, tuple[str, Schedule]] = {}  # schedule name -> (handler, schedule)
 
     @overload
     def task(self, name: F, /) -> F: ...
@@ -147,6 +148,8 @@ class HandlerRegistry:
                 schedule=schedule,
             )
             self.add(handler)
+            if schedule is not None:
+                self.schedule(handler_name, schedule)
             return fn
 
         return register
@@ -156,6 +159,17 @@ class HandlerRegistry:
         if old is not None and not _same_function(old.fn, handler.fn):
             raise ValueError(f"handler name {handler.name!r} is already registered to {old.fn!r}")
         self._handlers[handler.name] = handler
+
+    def schedule(self, handler: str, schedule: Schedule) -> None:
+        """Run `handler` periodically (the decorator's `schedule=` does this; call it directly to
+        schedule a handler from configuration, or one handler several times with other args under
+        other schedule names). The same name again replaces the schedule."""
+        validate_name(handler)
+        self._schedules[schedule.name or handler] = (handler, schedule)
+
+    def schedules(self) -> list[tuple[str, Schedule]]:
+        """(handler name, schedule) for every declared schedule, by schedule name."""
+        return [self._schedules[name] for name in sorted(self._schedules)]
 
     def get(self, name: str) -> Handler | None:
         return self._handlers.get(name)
@@ -182,6 +196,7 @@ def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
 
 default_registry = HandlerRegistry()
 task = default_registry.task
+schedule = default_registry.schedule
 
 
 # -- built-in diagnostic handlers (DESIGN §7) ----------------------------------------

@@ -693,8 +693,8 @@ class Worker:
 
     # -- periodic jobs and limits -----------------------------------------------------------------
 
-    def _schedules(self) -> list[tuple[Handler, Schedule]]:
-        return [(h, h.schedule) for h in self.registry.handlers() if h.schedule is not None]
+    def _schedules(self) -> list[tuple[str, Schedule]]:
+        return self.registry.schedules()
 
     async def _declare(self) -> None:
         """Publish handler concurrency limits (read by the claim script) and schedules (listed by
@@ -705,7 +705,7 @@ class Worker:
         try:
             for queue in self.queues:
                 await self.store.set_handler_limits(queue, limits)
-            await self.store.register_schedules([info_of(h.name, sched) for h, sched in self._schedules()])
+            await self.store.register_schedules([info_of(name, sched) for name, sched in self._schedules()])
         except OUTAGE_ERRORS as exc:
             self._outage.failed("declare", exc)
             return
@@ -714,7 +714,7 @@ class Worker:
     async def _scheduler_loop(self) -> None:
         """Enqueue each fire time as a job with a deterministic id: every worker does it, the
         store's id dedup keeps one. Times come from the store's clock (see schedules.py)."""
-        entries = [(info_of(h.name, sched), sched) for h, sched in self._schedules()]
+        entries = [(info_of(name, sched), sched) for name, sched in self._schedules()]
         catch_up = self.settings.retention_seconds
         last: dict[str, float] = {}
         log.info(fmt("scheduler_started", worker=self.id, schedules=",".join(i.name for i, _ in entries)))
