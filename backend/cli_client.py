@@ -13,12 +13,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.workers.models import JobSpec, JobState
+
+if TYPE_CHECKING:
+    from backend.workers.event_feed import EventFeed
 
 JSONDict = dict[str, Any]
 
@@ -111,7 +113,7 @@ class StoreClient(Client):
 
         self.store: JobStore = store
         self.where = where
-        self._events: AsyncIterator[tuple[str, str]] | None = None
+        self._events: EventFeed | None = None
         self._events_broken = False
 
     async def enqueue(self, body: JSONDict) -> JSONDict:
@@ -182,15 +184,15 @@ class StoreClient(Client):
             await asyncio.sleep(0.1)
             return
         if self._events is None:
-            self._events = aiter(self.store.job_events([str(job.get("queue") or "default")]))
+            from backend.workers.event_feed import EventFeed
+
+            self._events = EventFeed(self.store, [str(job.get("queue") or "default")])
         deadline = asyncio.get_running_loop().time() + 1.0
         try:
             while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
-                job_id, _ = await asyncio.wait_for(anext(self._events), remaining)
-                if job_id == job["id"]:
+                event = await self._events.get(remaining)
+                if event is None or event[0] == job["id"]:
                     return
-        except TimeoutError:
-            return
         except Exception:  # no pub/sub here (e.g. a restricted server): poll instead
             self._events_broken = True
 
@@ -218,7 +220,7 @@ class StoreClient(Client):
 
     async def close(self) -> None:
         if self._events is not None:
-            await _close_iterator(self._events)
+            await self._events.close()
         await self.store.close()
 
     def _errors(self) -> _StoreErrors:
@@ -411,11 +413,3 @@ def _code_for_status(status: int) -> ExitCode:
         return ExitCode.USAGE
     return ExitCode.FAILED
 
-
-async def _close_iterator(events: AsyncIterator[tuple[str, str]]) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # closing a dropped subscription must not hide the command's outcome
-            return

@@ -135,3 +135,29 @@ async def test_cli_wait_follows_progress_and_lists_schedules(
     asked = bagbot(redis_url, prefix, "jobs", "cancel", "cli-long")
     assert asked.returncode == 0 and "cancel requested" in asked.stdout
     await wait_state(store, "cli-long", JobState.CANCELLED, timeout=20)
+
+
+async def test_job_events_stream_as_server_sent_events(
+    client: httpx.AsyncClient, mem: MemoryJobStore
+) -> None:
+    import asyncio
+
+    async def produce() -> None:
+        await asyncio.sleep(0.3)
+        await mem.enqueue(JobSpec("t.job", id="quiet"))
+        job = await mem.enqueue(JobSpec("t.job", id="loud", events=True))
+        claimed = await mem.claim("w", ["default"], 3, 30)
+        for running in claimed:
+            await mem.complete(Claim(running.queue, running.id, running.token or ""))
+        assert job.events
+
+    await mem.enqueue(JobSpec("t.job", id="first"))  # the queue exists before the stream starts
+    producer = asyncio.create_task(produce())
+    response = await client.get("/api/events", params={"max_seconds": 1.5})
+    await producer
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    lines = response.text.splitlines()
+    data = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+    assert {"id": "loud", "event": "running"} in data and {"id": "loud", "event": "done"} in data
+    assert all(item["id"] == "loud" for item in data)
+    assert (await client.get("/api/events", params={"queue": "bad queue!"})).status_code == 422

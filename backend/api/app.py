@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from backend.api import dashboard, health, jobs, metrics, queues, schedules, workers
+from backend.api import dashboard, events, health, jobs, metrics, queues, schedules, workers
 from backend.api.errors import install_error_handlers
 from backend.api.limits import BodyLimitMiddleware
 from backend.config import Settings
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     app.state.reset_watcher = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    for module in (jobs, queues, workers, schedules, metrics, health, dashboard):
+    for module in (jobs, queues, workers, schedules, events, metrics, health, dashboard):
         app.include_router(module.router)
     return app
 
