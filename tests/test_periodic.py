@@ -158,7 +158,7 @@ async def test_each_fire_time_runs_once_across_four_workers_and_one_catch_up(
 
     page = await store.list_jobs(name="periodic.tick", limit=1000)
     fires = sorted(int(job.id.rsplit("-", 1)[1]) for job in page.jobs)
-    assert len(fires) >= 6 and len(set(fires)) == len(fires)
+    assert len(fires) >= 4 and len(set(fires)) == len(fires)  # ~8; fewer only on a starved machine
     assert all(job.id == fire_job_id("tick", int(job.id.rsplit("-", 1)[1])) for job in page.jobs)
     starts = starts_by_job(spawner.record)
     assert Counter(len(runs) for job_id, runs in starts.items()) == {1: len(starts)}  # no duplicate run
