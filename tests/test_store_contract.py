@@ -351,7 +351,11 @@ async def test_stale_token_after_release_changes_nothing(store: JobStore) -> Non
     second = await claim_one(store)
     await assert_stale(store, claim_of(first))
     assert await store.complete(claim_of(second)) is JobState.DONE
-    await assert_stale(store, claim_of(second))  # finished: its own token is stale too
+    # finished: its token holds the job no longer (a repeated report only hears the outcome again)
+    assert await store.complete(claim_of(second)) is JobState.DONE
+    assert await store.extend([claim_of(second)], 30) == [claim_of(second)]
+    assert await store.release([claim_of(second)]) == 0
+    assert await state_of(store, second.id) is JobState.DONE
 
 
 async def test_a_reused_job_id_gets_fresh_tokens(store: JobStore) -> None:
@@ -763,7 +767,9 @@ async def test_cancel_running_is_a_request_then_a_fenced_transition(store: JobSt
     assert await store.finish([Completion(claim_of(running), 0.1, cancelled=True)]) == [JobState.CANCELLED]
     job = await store.get(running.id)
     assert job is not None and job.state is JobState.CANCELLED and job.finished_at is not None
-    assert await store.finish([Completion(claim_of(running), 0.1)]) == [None]  # fenced from now on
+    # fenced from now on: a repeat with that claim only hears the outcome again, nothing changes
+    assert await store.finish([Completion(claim_of(running), 0.1)]) == [JobState.CANCELLED]
+    assert await state_of(store, running.id) is JobState.CANCELLED
     await asyncio.sleep(0.01)
     assert await store.claim("w", ["default"], 5, 30) == []  # not retried
     assert (await store.metrics()).queues["default"].runs.get(("t.job", "done"), 0) == 0
@@ -900,3 +906,20 @@ async def test_job_events_only_for_jobs_that_opt_in(store: JobStore) -> None:
         await asyncio.gather(listener, return_exceptions=True)
     assert {"running", "progress", "done"} <= {what for job_id, what in seen if job_id == "watched"}
     assert all(job_id == "watched" for job_id, _ in seen)
+
+
+async def test_a_repeated_report_is_applied_once_and_answered_again(store: JobStore) -> None:
+    """redis-py re-sends a script after a lost reply: the repeat must neither apply twice nor say stale."""
+    done_job = await store.enqueue(JobSpec("t.repeat"))
+    failing = await store.enqueue(JobSpec("t.repeat", max_attempts=1))
+    claimed = {job.id: job for job in await store.claim("w1", ["default"], 2, 30)}
+    ok = Completion(Claim("default", done_job.id, claimed[done_job.id].token or ""), 0.01, result=1)
+    bad = Completion(Claim("default", failing.id, claimed[failing.id].token or ""), 0.01,
+                     error=JobError("E", "boom"))
+    first = await store.finish([ok, bad])
+    assert first == [JobState.DONE, JobState.FAILED]
+    assert await store.finish([ok, bad]) == first
+    runs = (await store.metrics()).queues["default"].runs
+    assert runs[("t.repeat", "done")] == 1 and runs[("t.repeat", "failed")] == 1
+    stranger = Completion(Claim("default", done_job.id, "not-a-token"), 0.01)
+    assert await store.finish([stranger]) == [None]

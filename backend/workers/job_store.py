@@ -137,7 +137,9 @@ class JobStore(ABC):
         """Report finished runs, batched. Success → `done`; error → `retry_scheduled`
         (now + retry_delay, or the job's backoff) while attempts remain and it is
         retryable, else `failed`. Each result is the new state, or None when the
-        claim was stale (the job was re-claimed or cancelled: nothing changed)."""
+        claim was stale (the job was re-claimed or cancelled: nothing changed).
+        Safe to repeat: a report sent again with the claim that last finished the job
+        (its first reply was lost) changes nothing and gets that state again."""
 
     async def complete(self, claim: Claim, result: object = None, duration: float = 0.0) -> JobState:
         """`running` → `done`. Raises StaleClaimError when the token is not current."""

@@ -60,6 +60,8 @@ class _Queue:
     counts: Counter[JobState] = field(default_factory=Counter)
     created: dict[str, int] = field(default_factory=dict)  # id -> creation order
     entered: dict[str, int] = field(default_factory=dict)  # id -> order of entering its state
+    # id -> (token, state) of the last report applied: a repeated report gets its answer again
+    reported: dict[str, tuple[str, JobState]] = field(default_factory=dict)
     metrics: QueueMetrics = field(default_factory=QueueMetrics)
     # concurrency limits: handler name -> N; key -> running ids; key -> parked heap; parked id -> (key, N)
     hlimits: dict[str, int] = field(default_factory=dict)
@@ -188,6 +190,12 @@ class MemoryJobStore(JobStore):
         for event in self._waiters.get(queue, ()):
             event.set()
 
+    def _repeated_report(self, claim: Claim) -> JobState | None:
+        """The state a report with this claim produced, if it was the last one applied to the job."""
+        q = self._queues.get(claim.queue)
+        token, state = q.reported.get(claim.job_id, ("", None)) if q else ("", None)
+        return state if token == claim.token else None
+
     def _current(self, claim: Claim) -> tuple[_Queue, Job] | None:
         q = self._queues.get(claim.queue)
         job = q.jobs.get(claim.job_id) if q else None
@@ -212,7 +220,7 @@ class MemoryJobStore(JobStore):
     @staticmethod
     def _delete(q: _Queue, job: Job) -> None:
         q.counts[job.state] -= 1
-        for index in (q.jobs, q.ready_seq, q.created, q.entered):
+        for index in (q.jobs, q.ready_seq, q.created, q.entered, q.reported):
             index.pop(job.id, None)
 
     def _run_error(self, q: _Queue, job: Job, error: JobError, retryable: bool, delay: float | None,
@@ -382,13 +390,14 @@ class MemoryJobStore(JobStore):
         results: list[JobState | None] = []
         for item in completions:
             current = self._current(item.claim)
-            if current is None:
-                results.append(None)
+            if current is None:  # stale, or a repeat of a report that was applied
+                results.append(self._repeated_report(item.claim))
                 continue
             q, job = current
             if item.cancelled:  # not a run outcome: no counter, no duration
                 self._set_state(q, job, JobState.CANCELLED, now)
                 results.append(JobState.CANCELLED)
+                q.reported[job.id] = (item.claim.token, JobState.CANCELLED)
                 continue
             if item.error is None:
                 job.result = copy.deepcopy(item.result)
@@ -399,6 +408,7 @@ class MemoryJobStore(JobStore):
             _bump(q.metrics.runs, (job.name, _OUTCOMES[new_state].value))
             _observe(q.metrics, job.name, item.duration)
             results.append(new_state)
+            q.reported[job.id] = (item.claim.token, new_state)
         return results
 
     async def extend(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:

@@ -4,7 +4,9 @@
 -- KEYS: see lib.lua.
 -- ARGV[1] random seed  ARGV[2] n  then per run 7 fields:
 --   id, token, ok (1|0|2), result json | error json, duration s, retryable (1|0), retry delay µs (-1 = backoff)
--- Returns per run the new state, or '' when the claim was stale (nothing changed).
+-- Returns per run the new state, or '' when the claim was stale (nothing changed). A report re-sent
+-- after its reply was lost (redis-py retries on connection errors) finds its own token in
+-- done_token and gets the state that report produced, so it is neither applied twice nor called stale.
 local seed, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_us()
 local out = {}
@@ -12,9 +14,10 @@ for i = 0, n - 1 do
   local b = 3 + i * 7
   local id, token = ARGV[b], ARGV[b + 1]
   local jobkey = K.job .. id
-  local f = redis.call('HMGET', jobkey, 'state', 'token', 'name', 'unique_key', 'lkey', 'ev')
+  local f = redis.call('HMGET', jobkey, 'state', 'token', 'name', 'unique_key', 'lkey', 'ev', 'done_token',
+    'done_state')
   if f[1] ~= 'running' or f[2] ~= token then
-    out[#out + 1] = ''
+    if f[7] == token and f[8] then out[#out + 1] = f[8] else out[#out + 1] = '' end
   else
     local ok = ARGV[b + 2]
     -- a cancelled run is neither counted as a run outcome nor observed in the duration histogram
@@ -24,10 +27,10 @@ for i = 0, n - 1 do
       if ok == '2' then state = 'cancelled' end
       if ok == '1' then
         redis.call('HSET', jobkey, 'state', 'done', 'result', ARGV[b + 3], 'finished_at', now,
-          'token', '', 'lease_until', '', 'state_at', now)
+          'token', '', 'lease_until', '', 'state_at', now, 'done_token', token, 'done_state', 'done')
       else
         redis.call('HSET', jobkey, 'state', 'cancelled', 'finished_at', now,
-          'token', '', 'lease_until', '', 'state_at', now)
+          'token', '', 'lease_until', '', 'state_at', now, 'done_token', token, 'done_state', 'cancelled')
       end
       redis.call('ZREM', K.running, id)
       if ok == '1' then stat('run|' .. f[3] .. '|done', 1) end
@@ -37,8 +40,10 @@ for i = 0, n - 1 do
       emit(f[6], id, state)
       out[#out + 1] = state
     else
-      out[#out + 1] = fail_running(id, jobkey, ARGV[b + 3], ARGV[b + 5] == '1', tonumber(ARGV[b + 6]),
+      local state = fail_running(id, jobkey, ARGV[b + 3], ARGV[b + 5] == '1', tonumber(ARGV[b + 6]),
         now, nil, rand(seed, i))
+      redis.call('HSET', jobkey, 'done_token', token, 'done_state', state)
+      out[#out + 1] = state
     end
   end
 end
