@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 
 from backend.config import ConfigError, Settings
 from backend.workers.job_store import create_job_store
-from backend.workers.orchestration import Worker, fmt
+from backend.workers.logfmt import fmt
+from backend.workers.orchestration import Worker
 
 log = logging.getLogger("bagbot.worker")
 

@@ -14,11 +14,8 @@ import contextlib
 import contextvars
 import functools
 import inspect
-import json
 import logging
 import os
-import random
-import re
 import socket
 import time
 import traceback
@@ -27,9 +24,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from backend.config import Settings
 from backend.workers.handlers import (
@@ -40,7 +34,8 @@ from backend.workers.handlers import (
     reset_current_job,
     set_current_job,
 )
-from backend.workers.job_store import JobStore, StoreFullError, StoreUnavailableError
+from backend.workers.job_store import JobStore
+from backend.workers.logfmt import fmt
 from backend.workers.models import (
     Claim,
     Completion,
@@ -51,20 +46,13 @@ from backend.workers.models import (
     WorkerInfo,
     check_json,
 )
+from backend.workers.outages import OUTAGE_ERRORS, OutageLog, ReconnectBackoff
 from backend.workers.schedules import Schedule, due_fire, fire_spec, info_of
 from backend.workers.store_reset import ResetWatcher
 
 T = TypeVar("T")
 log = logging.getLogger("bagbot.worker")
 
-# Errors that mean "the store is unreachable for now": wait and retry, never crash.
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    StoreUnavailableError,
-    StoreFullError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-)
 PURGE_EVERY_SECONDS = 300.0
 FINAL_BUDGET_SECONDS = 5.0  # release + last reports + deregister, after the grace period
 MAX_REPORT_BATCH = 500
@@ -79,9 +67,6 @@ PROGRESS_INTERVAL = 0.5  # at most one progress write per job this often; the la
 # must not fill Redis (noeviction: every enqueue would then fail) nor slow every read of the job.
 MAX_RESULT_BYTES = 256 * 1024
 
-_NEEDS_QUOTES = re.compile(r'[\s"=]')
-
-
 def truncated_result(encoded: bytes, limit: int) -> dict[str, object]:
     """The marker stored instead of an oversized result: its size and the start of its JSON text
     (half the limit, so the escaped preview still fits within it)."""
@@ -91,19 +76,6 @@ def truncated_result(encoded: bytes, limit: int) -> dict[str, object]:
         "limit": limit,
         "preview": encoded[: limit // 2].decode("utf-8", errors="ignore"),
     }
-
-
-def fmt(event: str, **fields: object) -> str:
-    """One structured log line: `event=job_done job=... duration=0.012`."""
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        if value is None:
-            continue
-        text = f"{value:.3f}" if isinstance(value, float) else str(value)
-        if text == "" or _NEEDS_QUOTES.search(text):
-            text = json.dumps(text[:500], ensure_ascii=False)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def default_worker_id() -> str:
@@ -118,48 +90,6 @@ def _version() -> str:
         return version("bagbot")
     except Exception:
         return ""
-
-
-class _Backoff:
-    """Reconnect delays: 0.1 s doubling to 5 s, with jitter so workers do not reconnect in step."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first, self.cap, self.current = first, cap, first
-
-    def next(self) -> float:
-        delay = self.current * (0.5 + random.random() / 2)
-        self.current = min(self.cap, self.current * 2)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.first
-
-
-class _Outage:
-    """Logs an outage once when it starts and once when it ends, however many calls fail."""
-
-    def __init__(self, worker_id: str, where: str) -> None:
-        self.worker_id, self.where = worker_id, where
-        self.since: float | None = None
-
-    def failed(self, op: str, exc: BaseException) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning(
-                fmt(
-                    "store_unavailable",
-                    worker=self.worker_id,
-                    store=self.where,
-                    op=op,
-                    error=f"{type(exc).__name__}: {exc}",
-                    action="retrying with backoff; running jobs continue and their results are kept",
-                )
-            )
-
-    def recovered(self) -> None:
-        if self.since is not None:
-            log.info(fmt("store_back", worker=self.worker_id, after=time.monotonic() - self.since))
-            self.since = None
 
 
 @dataclass(slots=True)
@@ -231,7 +161,7 @@ class Worker:
         self._beats_stopped = False
         self._stop_requests = 0
         where = settings.safe_redis_url if store.backend == "redis" else store.backend
-        self._outage = _Outage(self.id, where)
+        self._outage = OutageLog(self.id, where)
         self._executor: ThreadPoolExecutor | None = None
         self._reset_watch = ResetWatcher.for_store(store, self.queues, who=self.id)
         self._task: asyncio.Task[None] | None = None
@@ -301,7 +231,7 @@ class Worker:
     # -- start-up ----------------------------------------------------------------------
 
     async def _register(self) -> bool:
-        backoff = _Backoff()
+        backoff = ReconnectBackoff()
         while not self._stop.is_set():
             try:
                 await self.store.register_worker(self.info)
@@ -348,7 +278,7 @@ class Worker:
     # -- claiming ----------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        backoff = _Backoff()
+        backoff = ReconnectBackoff()
         while not self._stop.is_set():
             free = self.concurrency - len(self._runs)
             if free <= 0:
@@ -508,7 +438,7 @@ class Worker:
 
     async def _report_loop(self) -> None:
         """Send finished outcomes in batches; during an outage keep them and try again."""
-        backoff = _Backoff()
+        backoff = ReconnectBackoff()
         while True:
             if not self._pending:
                 if self._closing:
@@ -575,7 +505,7 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_seconds
-        backoff = _Backoff(cap=min(5.0, interval))
+        backoff = ReconnectBackoff(cap=min(5.0, interval))
         delay = interval
         while not self._beats_stopped:
             await asyncio.sleep(delay)
@@ -811,7 +741,7 @@ class Worker:
         self, op: str, call: Callable[[], Awaitable[T]], deadline: float
     ) -> T | None:
         """`call()` with outage retries, giving up at `deadline` (monotonic)."""
-        backoff = _Backoff()
+        backoff = ReconnectBackoff()
         while True:
             remaining = deadline - time.monotonic()
             try:

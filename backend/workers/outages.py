@@ -1,0 +1,67 @@
+"""Living through store outages: which errors mean "Redis is away for now", how long to wait
+before trying again, and logging each outage once rather than once per failed call."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from backend.workers.job_store import StoreFullError, StoreUnavailableError
+from backend.workers.logfmt import fmt
+
+log = logging.getLogger("bagbot.worker")
+
+# Errors that mean "the store is unreachable for now": wait and retry, never crash.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    StoreUnavailableError,
+    StoreFullError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+)
+
+
+class ReconnectBackoff:
+    """Reconnect delays: 0.1 s doubling to 5 s, with jitter so workers do not reconnect in step."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        delay = self.current * (0.5 + random.random() / 2)
+        self.current = min(self.cap, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class OutageLog:
+    """Logs an outage once when it starts and once when it ends, however many calls fail."""
+
+    def __init__(self, worker_id: str, where: str) -> None:
+        self.worker_id, self.where = worker_id, where
+        self.since: float | None = None
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                fmt(
+                    "store_unavailable",
+                    worker=self.worker_id,
+                    store=self.where,
+                    op=op,
+                    error=f"{type(exc).__name__}: {exc}",
+                    action="retrying with backoff; running jobs continue and their results are kept",
+                )
+            )
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            log.info(fmt("store_back", worker=self.worker_id, after=time.monotonic() - self.since))
+            self.since = None
