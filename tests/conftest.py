@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -49,12 +50,19 @@ def redis_cluster_url() -> Iterator[str]:
         return
     from tests.redis_cluster import RedisClusterNodes
 
-    try:
-        cluster = RedisClusterNodes().start()
-    except (RuntimeError, OSError) as exc:
+    failures: list[str] = []
+    for _ in range(3):  # a port taken between choosing and binding it: try again on fresh ones
+        candidate = RedisClusterNodes()
+        try:
+            cluster = candidate.start()
+            break
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            candidate.cleanup()
+            failures.append(f"{type(exc).__name__}: {exc}")
+    else:
         if in_ci():
-            pytest.fail(f"CI needs a real Redis Cluster: {exc}")
-        pytest.skip(f"no Redis Cluster: {exc}")
+            pytest.fail(f"CI needs a real Redis Cluster: {failures}")
+        pytest.skip(f"no Redis Cluster: {failures}")
     try:
         yield cluster.url
     finally:

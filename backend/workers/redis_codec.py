@@ -10,7 +10,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backend.workers.models import Backoff, Job, JobError, JobSpec, JobState, loads
+from backend.workers.models import (
+    DURATION_BUCKETS,
+    Backoff,
+    Completion,
+    InvalidJobError,
+    Job,
+    JobError,
+    JobSpec,
+    JobState,
+    QueueMetrics,
+    WorkerInfo,
+    check_json,
+    dumps,
+    loads,
+    new_job_id,
+)
 
 
 def pairs_to_dict(flat: Sequence[Any]) -> dict[str, str]:
@@ -115,3 +130,81 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         limit=spec.limit,
         events=spec.events,
     )
+
+
+def enqueue_row(spec: JobSpec) -> list[Any]:
+    """Validate a spec and turn it into enqueue.lua's per-job fields (errors reach the caller now)."""
+    spec.validate()
+    return spec_to_argv(spec, spec.id or new_job_id(), check_json("args", spec.args),
+                        check_json("kwargs", spec.kwargs))
+
+
+def completion_argv(item: Completion) -> list[Any]:
+    if item.error is None:
+        ok, payload = 1, check_json("result", item.result)
+    else:
+        ok, payload = 0, dumps(item.error.to_json()).encode()
+    if item.cancelled:
+        ok, payload = 2, b""
+    delay = -1 if item.retry_delay is None else s_to_us(item.retry_delay)
+    return [item.claim.job_id, item.claim.token, ok, payload, repr(float(item.duration)),
+            1 if item.retryable else 0, delay]
+
+
+def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if not cursor:
+        return None
+    score, sep, job_id = cursor.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return float(score), job_id
+    except ValueError:
+        raise InvalidJobError(f"invalid cursor {cursor!r}") from None
+
+
+def format_cursor(after: tuple[float, str]) -> str:
+    return f"{after[0]:.0f}:{after[1]}"
+
+
+def worker_from_hash(worker_id: str, data: dict[str, str], now_us: float) -> WorkerInfo:
+    last = float(data.get("last_heartbeat") or 0)
+    queues = data.get("queues")
+    return WorkerInfo(
+        id=worker_id,
+        host=data.get("host", ""),
+        pid=int(data.get("pid") or 0),
+        queues=list(_json_list(queues)),
+        concurrency=int(data.get("concurrency") or 0),
+        started_at=float(data.get("started_at") or 0) / 1e6,
+        last_heartbeat=last / 1e6,
+        heartbeat_age=max(0.0, (now_us - last) / 1e6),
+        running=int(data.get("running") or 0),
+        version=data.get("version", ""),
+    )
+
+
+def _json_list(raw: str | None) -> list[str]:
+    value = loads(raw) if raw else []
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def queue_metrics(stats: dict[str, str]) -> QueueMetrics:
+    metrics = QueueMetrics()
+    slots = len(DURATION_BUCKETS) + 1
+    for field, raw in stats.items():
+        kind, _, rest = field.partition("|")
+        if kind == "enq":
+            metrics.enqueued[rest] = int(raw)
+        elif kind == "retry":
+            metrics.retries[rest] = int(raw)
+        elif kind == "run":
+            name, _, outcome = rest.rpartition("|")
+            metrics.runs[(name, outcome)] = int(raw)
+        elif kind == "dur":
+            name, _, slot = rest.rpartition("|")
+            buckets = metrics.duration_buckets.setdefault(name, [0] * slots)
+            buckets[min(int(slot), slots) - 1] += int(raw)
+        elif kind == "dursum":
+            metrics.duration_sum[rest] = float(raw)
+    return metrics

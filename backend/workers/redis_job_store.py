@@ -34,26 +34,33 @@ from backend.workers.job_store import (
 )
 from backend.workers.models import (
     ALL_STATES,
-    DURATION_BUCKETS,
     Claim,
     Completion,
     HeartbeatReply,
-    InvalidJobError,
     Job,
     JobPage,
     JobSpec,
     JobState,
     MetricsSnapshot,
-    QueueMetrics,
     ScheduleInfo,
     StoreHealth,
     WorkerInfo,
-    check_json,
     dumps,
     loads,
     new_job_id,
 )
-from backend.workers.redis_codec import job_from_hash, new_job, pairs_to_dict, s_to_us, spec_to_argv
+from backend.workers.redis_codec import (
+    completion_argv,
+    enqueue_row,
+    format_cursor,
+    job_from_hash,
+    new_job,
+    pairs_to_dict,
+    parse_cursor,
+    queue_metrics,
+    s_to_us,
+    worker_from_hash,
+)
 from backend.workers.redis_keys import QueueKeys, RedisKeys
 
 QUEUE_SCRIPTS = ("enqueue", "claim", "finish", "extend", "release", "recover", "promote",
@@ -159,7 +166,7 @@ class RedisJobStore(JobStore):
     async def enqueue(self, spec: JobSpec) -> Job:
         """Concurrent calls made in the same event-loop turn share one script call per queue
         (each job still gets its own atomic create-or-return-existing step inside it)."""
-        row = _enqueue_row(spec)
+        row = enqueue_row(spec)
         future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._pending_enqueues[spec.queue].append((spec, row, future))
         if not self._flush_scheduled:
@@ -192,7 +199,7 @@ class RedisJobStore(JobStore):
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[Job]:
         rows_by_queue: dict[str, list[tuple[int, JobSpec, list[Any]]]] = defaultdict(list)
         for index, spec in enumerate(specs):
-            rows_by_queue[spec.queue].append((index, spec, _enqueue_row(spec)))
+            rows_by_queue[spec.queue].append((index, spec, enqueue_row(spec)))
         results: list[Job | None] = [None] * len(specs)
         for queue, rows in rows_by_queue.items():
             jobs = await self._send_enqueues(queue, [(spec, row) for _, spec, row in rows])
@@ -251,7 +258,7 @@ class RedisJobStore(JobStore):
     ) -> JobPage:
         limit = max(1, min(limit, 1000))
         queues = [queue] if queue is not None else await self.queues()
-        after = _parse_cursor(cursor)
+        after = parse_cursor(cursor)
         found: list[Job] = []
         for _ in range(20):  # bounded scan when a name filter drops most entries
             batch = limit * (1 if name is None else 4)
@@ -264,10 +271,10 @@ class RedisJobStore(JobStore):
                 if job is not None and (name is None or job.name == name):
                     found.append(job)
                     if len(found) == limit:
-                        return JobPage(found, _format_cursor(after))
+                        return JobPage(found, format_cursor(after))
             if len(entries) < batch:
                 return JobPage(found, None)
-        return JobPage(found, _format_cursor(after) if after else None)
+        return JobPage(found, format_cursor(after) if after else None)
 
     async def _index_page(
         self, queues: Sequence[str], state: JobState | None, after: tuple[float, str] | None, count: int
@@ -376,7 +383,7 @@ class RedisJobStore(JobStore):
         for queue, items in by_queue.items():
             argv: list[Any] = [random.random(), len(items)]
             for _, item in items:
-                argv.extend(_completion_argv(item))
+                argv.extend(completion_argv(item))
             replies = await self._run("finish", self.keys.queue(queue), argv)
             for (index, _), reply in zip(items, replies, strict=True):
                 results[index] = JobState(reply) if reply else None
@@ -528,7 +535,7 @@ class RedisJobStore(JobStore):
                 args=[-1 if stale_after is None else s_to_us(stale_after)],
             )
         now_us = float(reply[0])
-        return sorted((_worker_from_hash(wid, pairs_to_dict(flat), now_us) for wid, flat in reply[1:]),
+        return sorted((worker_from_hash(wid, pairs_to_dict(flat), now_us) for wid, flat in reply[1:]),
                       key=lambda w: w.id)
 
     # -- observability -----------------------------------------------------------
@@ -542,7 +549,7 @@ class RedisJobStore(JobStore):
                 replies = await pipe.execute()
         workers = await self.list_workers()
         return MetricsSnapshot(
-            queues={name: _queue_metrics(stats) for name, stats in zip(queues, replies, strict=True)},
+            queues={name: queue_metrics(stats) for name, stats in zip(queues, replies, strict=True)},
             counts=await self.counts(),
             heartbeat_ages={worker.id: worker.heartbeat_age for worker in workers},
         )
@@ -582,25 +589,6 @@ def is_cluster(url: str) -> bool:
         return False
 
 
-def _enqueue_row(spec: JobSpec) -> list[Any]:
-    """Validate a spec and turn it into enqueue.lua's per-job fields (errors reach the caller now)."""
-    spec.validate()
-    return spec_to_argv(spec, spec.id or new_job_id(), check_json("args", spec.args),
-                        check_json("kwargs", spec.kwargs))
-
-
-def _completion_argv(item: Completion) -> list[Any]:
-    if item.error is None:
-        ok, payload = 1, check_json("result", item.result)
-    else:
-        ok, payload = 0, dumps(item.error.to_json()).encode()
-    if item.cancelled:
-        ok, payload = 2, b""
-    delay = -1 if item.retry_delay is None else s_to_us(item.retry_delay)
-    return [item.claim.job_id, item.claim.token, ok, payload, repr(float(item.duration)),
-            1 if item.retryable else 0, delay]
-
-
 def _index_key(qkeys: QueueKeys, state: JobState | None) -> str:
     """The sorted set that lists the jobs in `state` (every job when None): enqueued and running
     jobs are listed by the ready and running sets themselves, so the hot path keeps no extra index."""
@@ -618,63 +606,3 @@ def _group_claims(claims: Iterable[Claim]) -> dict[str, list[Claim]]:
     for claim in claims:
         grouped[claim.queue].append(claim)
     return grouped
-
-
-def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
-    if not cursor:
-        return None
-    score, sep, job_id = cursor.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        return float(score), job_id
-    except ValueError:
-        raise InvalidJobError(f"invalid cursor {cursor!r}") from None
-
-
-def _format_cursor(after: tuple[float, str]) -> str:
-    return f"{after[0]:.0f}:{after[1]}"
-
-
-def _worker_from_hash(worker_id: str, data: dict[str, str], now_us: float) -> WorkerInfo:
-    last = float(data.get("last_heartbeat") or 0)
-    queues = data.get("queues")
-    return WorkerInfo(
-        id=worker_id,
-        host=data.get("host", ""),
-        pid=int(data.get("pid") or 0),
-        queues=list(_json_list(queues)),
-        concurrency=int(data.get("concurrency") or 0),
-        started_at=float(data.get("started_at") or 0) / 1e6,
-        last_heartbeat=last / 1e6,
-        heartbeat_age=max(0.0, (now_us - last) / 1e6),
-        running=int(data.get("running") or 0),
-        version=data.get("version", ""),
-    )
-
-
-def _json_list(raw: str | None) -> list[str]:
-    value = loads(raw) if raw else []
-    return [str(item) for item in value] if isinstance(value, list) else []
-
-
-def _queue_metrics(stats: dict[str, str]) -> QueueMetrics:
-    metrics = QueueMetrics()
-    slots = len(DURATION_BUCKETS) + 1
-    for field, raw in stats.items():
-        kind, _, rest = field.partition("|")
-        if kind == "enq":
-            metrics.enqueued[rest] = int(raw)
-        elif kind == "retry":
-            metrics.retries[rest] = int(raw)
-        elif kind == "run":
-            name, _, outcome = rest.rpartition("|")
-            metrics.runs[(name, outcome)] = int(raw)
-        elif kind == "dur":
-            name, _, slot = rest.rpartition("|")
-            buckets = metrics.duration_buckets.setdefault(name, [0] * slots)
-            buckets[min(int(slot), slots) - 1] += int(raw)
-        elif kind == "dursum":
-            metrics.duration_sum[rest] = float(raw)
-    return metrics
-
