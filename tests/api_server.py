@@ -17,7 +17,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.redis_server import free_port
+from tests.redis_server import delete_prefix, free_port
+
+__all__ = ["delete_prefix"]  # tests import it from here with the other server helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,19 +102,6 @@ class BackendProcess(ServiceProcess):
             if time.monotonic() > deadline:
                 raise AssertionError(f"backend did not answer on {self.base_url}:\n{self.log()[-3000:]}")
             time.sleep(0.1)
-
-
-async def delete_prefix(url: str, prefix: str) -> None:
-    """Delete exactly one test's keys (SCAN on its prefix): never anyone else's data."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.delete(*keys[start : start + 500])
-    finally:
-        await client.aclose()
 
 
 def worker_process(tmp: Path, env: Mapping[str, str], name: str = "worker") -> ServiceProcess:

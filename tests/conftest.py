@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from backend.workers.job_store import JobStore
-from tests.redis_server import RedisServer, in_ci
+from backend.workers.redis_job_store import RedisJobStore
+from tests.redis_server import RedisServer, delete_keys, delete_prefix, in_ci
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +40,17 @@ def redis_url() -> Iterator[str]:
 def prefix() -> str:
     """A key prefix no other test uses, so tests never see or delete each other's keys."""
     return f"bbtest-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
+    """A Redis store on the real server under this test's prefix; its keys are deleted afterwards."""
+    store = RedisJobStore.from_url(redis_url, prefix=prefix)
+    try:
+        yield store
+    finally:
+        await delete_keys(store.redis, prefix)
+        await store.close()
 
 
 @pytest.fixture(scope="session")
@@ -106,20 +118,6 @@ async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Jo
             await delete_prefix(request.getfixturevalue("redis_url"), prefix)
         elif kind == "cluster":
             await delete_cluster_prefix(request.getfixturevalue("redis_cluster_url"), prefix)
-
-
-async def delete_prefix(url: str, prefix: str) -> int:
-    """Delete exactly the keys under `prefix` (SCAN, then DEL): never anyone else's data."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.delete(*keys[start : start + 500])
-        return len(keys)
-    finally:
-        await client.aclose()
 
 
 async def delete_cluster_prefix(url: str, prefix: str) -> int:

@@ -7,13 +7,12 @@ from pathlib import Path
 
 from backend.workers.models import Job, JobState
 from backend.workers.redis_job_store import RedisJobStore
+from tests.redis_server import delete_keys
 from tests.worker_procs import WorkerProcess, eventually, worker_env
 
 
 async def drop_prefix(store: RedisJobStore, prefix: str) -> None:
-    keys = [key async for key in store.redis.scan_iter(match=f"{prefix}:*", count=1000)]
-    for i in range(0, len(keys), 500):
-        await store.redis.delete(*keys[i : i + 500])
+    await delete_keys(store.redis, prefix)
 
 
 class Spawner:

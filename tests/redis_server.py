@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -77,3 +78,23 @@ class RedisServer:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+async def delete_keys(client: Any, prefix: str) -> int:
+    """Delete exactly the keys under `prefix` (SCAN, then DEL) through an open asyncio client:
+    tests never flush a database, so they never touch anyone else's data."""
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    for start in range(0, len(keys), 500):
+        await client.delete(*keys[start : start + 500])
+    return len(keys)
+
+
+async def delete_prefix(url: str, prefix: str) -> int:
+    """`delete_keys` on the server at `url`."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        return await delete_keys(client, prefix)
+    finally:
+        await client.aclose()

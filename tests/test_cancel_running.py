@@ -8,25 +8,22 @@ discarded) and reports running -> cancelled, fenced by its claim token. The job 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backend.workers.models import JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
-from tests.feature_workers import Spawner, drop_prefix, wait_state
+from tests.feature_workers import Spawner, wait_state
 from tests.worker_procs import eventually, read_records
 
 pytestmark = [pytest.mark.redis_only]
 
 
 @pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
-    s = RedisJobStore.from_url(redis_url, prefix=prefix)
-    yield s
-    await drop_prefix(s, prefix)
-    await s.close()
+def store(redis_store: RedisJobStore) -> RedisJobStore:
+    return redis_store
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -26,13 +26,8 @@ SKEW = 600.0  # ten minutes: far more than any lease, heartbeat or backoff here
 
 
 @pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
-    s = RedisJobStore.from_url(redis_url, prefix=prefix)
-    yield s
-    keys = [key async for key in s.redis.scan_iter(match=f"{prefix}:*", count=1000)]
-    for i in range(0, len(keys), 500):
-        await s.redis.delete(*keys[i : i + 500])
-    await s.close()
+def store(redis_store: RedisJobStore) -> RedisJobStore:
+    return redis_store
 
 
 class Skewed:

@@ -7,14 +7,14 @@ once across every worker. (tests/test_limits.py is about payload and memory limi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backend.workers.models import JobSpec
 from backend.workers.redis_job_store import RedisJobStore
-from tests.feature_workers import Spawner, drop_prefix
+from tests.feature_workers import Spawner
 from tests.tasks_features import read_overlap
 from tests.worker_procs import eventually, starts_by_job
 
@@ -22,11 +22,8 @@ pytestmark = [pytest.mark.redis_only]
 
 
 @pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
-    s = RedisJobStore.from_url(redis_url, prefix=prefix)
-    yield s
-    await drop_prefix(s, prefix)
-    await s.close()
+def store(redis_store: RedisJobStore) -> RedisJobStore:
+    return redis_store
 
 
 @pytest.fixture

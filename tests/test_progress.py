@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +15,14 @@ from backend.workers.handlers import report_progress
 from backend.workers.models import JobSpec, JobState
 from backend.workers.orchestration import PROGRESS_INTERVAL
 from backend.workers.redis_job_store import RedisJobStore
-from tests.feature_workers import Spawner, drop_prefix, wait_state
+from tests.feature_workers import Spawner, wait_state
 
 pytestmark = [pytest.mark.redis_only]
 
 
 @pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
-    s = RedisJobStore.from_url(redis_url, prefix=prefix)
-    yield s
-    await drop_prefix(s, prefix)
-    await s.close()
+def store(redis_store: RedisJobStore) -> RedisJobStore:
+    return redis_store
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +18,8 @@ pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
 
 
 @pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
-    s = RedisJobStore.from_url(redis_url, prefix=prefix)
-    yield s
-    keys = [key async for key in s.redis.scan_iter(match=f"{prefix}:*", count=1000)]
-    for i in range(0, len(keys), 500):
-        await s.redis.delete(*keys[i : i + 500])
-    await s.close()
+def store(redis_store: RedisJobStore) -> RedisJobStore:
+    return redis_store
 
 
 @pytest.fixture
