@@ -159,8 +159,11 @@ async def test_outage_longer_than_the_lease_never_loses_or_overwrites(
         starts = [ex for ex in read_records(record) if ex.event == "start"]
         if got.attempts == 1:  # the report arrived before anyone recovered the lease
             assert len(starts) == 1
-        else:  # recovered first: the late report was refused, the job ran once more
-            assert got.attempts == 2 and len(starts) == 2
+        else:  # recovered first: the late report was refused, the job ran again
+            # Usually 2 attempts, each started once. Under load a re-run's lease (or a claim whose
+            # reply was lost while reconnecting) can also run out first: that costs one more
+            # attempt, never a lost job nor a run without its attempt being counted.
+            assert got.attempts >= len(starts) >= 2
             assert got.last_error is not None and got.last_error.type == "LeaseExpired"
             assert "event=job_outcome_discarded" in worker.log()
     finally:

@@ -456,7 +456,7 @@ class Worker:
             except OUTAGE_ERRORS as exc:
                 self._pending[:0] = batch
                 self._outage.failed("finish", exc)
-                await asyncio.sleep(backoff.next())
+                await self._outage.pause(backoff.next())
                 continue
             except Exception as exc:
                 log.exception(fmt("report_error", worker=self.id, jobs=len(batch), error=repr(exc),
@@ -508,7 +508,10 @@ class Worker:
         backoff = ReconnectBackoff(cap=min(5.0, interval))
         delay = interval
         while not self._beats_stopped:
-            await asyncio.sleep(delay)
+            if self._outage.since is None:
+                await asyncio.sleep(delay)
+            else:  # backing off: beat again as soon as any loop finds the store back
+                await self._outage.pause(delay)
             try:
                 await self._beat()
                 if not self._closing:

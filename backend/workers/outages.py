@@ -3,6 +3,8 @@ before trying again, and logging each outage once rather than once per failed ca
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -41,15 +43,24 @@ class ReconnectBackoff:
 
 
 class OutageLog:
-    """Logs an outage once when it starts and once when it ends, however many calls fail."""
+    """Logs an outage once when it starts and once when it ends, however many calls fail, and
+    wakes every loop waiting out its backoff as soon as one of them reaches the store again."""
 
     def __init__(self, worker_id: str, where: str) -> None:
         self.worker_id, self.where = worker_id, where
         self.since: float | None = None
+        self._back = asyncio.Event()
+
+    async def pause(self, seconds: float) -> None:
+        """Wait `seconds` of backoff, or less when the store answers again meanwhile: results kept
+        through an outage are reported, and leases extended, before they can expire."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._back.wait(), timeout=seconds)
 
     def failed(self, op: str, exc: BaseException) -> None:
         if self.since is None:
             self.since = time.monotonic()
+            self._back.clear()
             log.warning(
                 fmt(
                     "store_unavailable",
@@ -65,3 +76,4 @@ class OutageLog:
         if self.since is not None:
             log.info(fmt("store_back", worker=self.worker_id, after=time.monotonic() - self.since))
             self.since = None
+            self._back.set()
