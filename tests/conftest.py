@@ -53,6 +53,23 @@ async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStor
         await store.close()
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def app_store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[JobStore]:
+    """The two stores a deployment runs the backend on: embedded memory, or a real Redis."""
+    if request.param == "memory":
+        from backend.workers.memory_job_store import MemoryJobStore
+
+        yield MemoryJobStore()
+        return
+    url: str = request.getfixturevalue("redis_url")
+    built = RedisJobStore.from_url(url, prefix=prefix)
+    try:
+        yield built
+    finally:
+        await built.close()
+        await delete_prefix(url, prefix)
+
+
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     """A real 3-master Redis Cluster: REDIS_CLUSTER_URL (any one node) when given, else started here."""

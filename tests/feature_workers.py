@@ -7,12 +7,7 @@ from pathlib import Path
 
 from backend.workers.models import Job, JobState
 from backend.workers.redis_job_store import RedisJobStore
-from tests.redis_server import delete_keys
 from tests.worker_procs import WorkerProcess, eventually, worker_env
-
-
-async def drop_prefix(store: RedisJobStore, prefix: str) -> None:
-    await delete_keys(store.redis, prefix)
 
 
 class Spawner:

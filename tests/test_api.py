@@ -20,27 +20,16 @@ import pytest
 from backend.api.app import create_app
 from backend.config import Settings
 from backend.workers.job_store import JobStore
-from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.models import Claim, JobError, JobSpec, WorkerInfo
 from backend.workers.redis_job_store import RedisJobStore
-from tests.api_server import delete_prefix
 from tests.redis_server import RedisServer, free_port
 
 TOKEN = "s3cret-token-for-tests"
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[JobStore]:
-    if request.param == "memory":
-        yield MemoryJobStore()
-        return
-    url: str = request.getfixturevalue("redis_url")
-    built = RedisJobStore.from_url(url, prefix=prefix)
-    try:
-        yield built
-    finally:
-        await built.close()
-        await delete_prefix(url, prefix)
+@pytest.fixture
+def store(app_store: JobStore) -> JobStore:
+    return app_store
 
 
 def client_for(store: JobStore, **settings: Any) -> httpx.AsyncClient:
@@ -336,7 +325,7 @@ async def test_retry_puts_a_failed_or_cancelled_job_back(client: httpx.AsyncClie
 # -- auth and limits ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("store", ["memory"], indirect=True)
+@pytest.mark.parametrize("app_store", ["memory"], indirect=True)
 async def test_token_guards_every_mutating_endpoint(store: JobStore) -> None:
     async with client_for(store, api_token=TOKEN) as c:
         job = await store.enqueue(JobSpec("bagbot.noop"))
@@ -374,13 +363,13 @@ async def test_token_guards_every_mutating_endpoint(store: JobStore) -> None:
             assert (await c.get(path)).status_code == 200, path
 
 
-@pytest.mark.parametrize("store", ["memory"], indirect=True)
+@pytest.mark.parametrize("app_store", ["memory"], indirect=True)
 async def test_token_check_runs_before_body_validation(store: JobStore) -> None:
     async with client_for(store, api_token=TOKEN) as c:
         assert (await c.post("/api/jobs", json={"bogus": True})).status_code == 401
 
 
-@pytest.mark.parametrize("store", ["memory"], indirect=True)
+@pytest.mark.parametrize("app_store", ["memory"], indirect=True)
 async def test_oversized_body_gets_413(store: JobStore) -> None:
     limit = 2048
     async with client_for(store, max_body_bytes=limit) as c:

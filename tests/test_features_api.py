@@ -22,7 +22,7 @@ from backend.config import Settings
 from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.models import Claim, JobSpec, JobState, ScheduleInfo
 from backend.workers.redis_job_store import RedisJobStore
-from tests.feature_workers import Spawner, drop_prefix, wait_state
+from tests.feature_workers import Spawner, wait_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,11 +85,8 @@ def test_progress_text() -> None:
 
 
 @pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
-    s = RedisJobStore.from_url(redis_url, prefix=prefix)
-    yield s
-    await drop_prefix(s, prefix)
-    await s.close()
+def store(redis_store: RedisJobStore) -> RedisJobStore:
+    return redis_store
 
 
 @pytest.fixture

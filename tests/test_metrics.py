@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +59,9 @@ def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
     return samples.get((metric, frozenset(labels.items())))
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[JobStore]:
-    if request.param == "memory":
-        yield MemoryJobStore()
-        return
-    url: str = request.getfixturevalue("redis_url")
-    built = RedisJobStore.from_url(url, prefix=prefix)
-    try:
-        yield built
-    finally:
-        await built.close()
-        await delete_prefix(url, prefix)
+@pytest.fixture
+def store(app_store: JobStore) -> JobStore:
+    return app_store
 
 
 def client_for(store: JobStore) -> httpx.AsyncClient:

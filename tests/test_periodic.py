@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,7 +24,7 @@ from backend.workers.schedules import (
     info_of,
     schedule_from_info,
 )
-from tests.feature_workers import Spawner, drop_prefix
+from tests.feature_workers import Spawner
 from tests.worker_procs import eventually, starts_by_job
 
 
@@ -130,11 +130,8 @@ def test_schedule_info_round_trip() -> None:
 
 
 @pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
-    s = RedisJobStore.from_url(redis_url, prefix=prefix)
-    yield s
-    await drop_prefix(s, prefix)
-    await s.close()
+def store(redis_store: RedisJobStore) -> RedisJobStore:
+    return redis_store
 
 
 @pytest.fixture
