@@ -14,8 +14,6 @@ Redis out of memory.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import json
 import shlex
 import sys
@@ -29,9 +27,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from backend.cli_client import Client, ExitCode, HttpClient, JSONDict, OpsError, StoreClient, map_store_error
 from backend.config import ConfigError, Settings
-from backend.workers.models import ALL_STATES, DEFAULT_MAX_ATTEMPTS, TERMINAL_STATES
+from backend.ops import bench as bench_command
+from backend.ops.client import Client, ExitCode, HttpClient, JSONDict, OpsError, StoreClient, map_store_error
+from backend.workers.models import ALL_STATES, TERMINAL_STATES
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ def _client(url: str | None, token: str | None, allow_memory: bool = False) -> C
             "pass --url http://HOST:PORT of the backend, or set JOB_STORE=redis and REDIS_URL",
             ExitCode.USAGE,
         )
-    from backend.workers.job_store import create_job_store
+    from backend.workers.stores import create_job_store
 
     return StoreClient(create_job_store(settings), settings.safe_redis_url)
 
@@ -522,7 +522,7 @@ def purge(
 @app.command()
 def check(json_out: JsonOpt = False) -> None:
     """Check that REDIS_URL answers and keeps jobs safe (maxmemory-policy noeviction)."""
-    from backend.redis_check import check_redis
+    from backend.ops.redis_check import check_redis
 
     settings = _settings()
     report = asyncio.run(check_redis(settings.redis_url, settings.prefix))
@@ -578,7 +578,7 @@ def smoke(
     json_out: JsonOpt = False,
 ) -> None:
     """Post-deployment verification: run diagnostic jobs and print the guide's validation checklist."""
-    from backend.smoke import SmokeOptions, run_smoke
+    from backend.ops.smoke import SmokeOptions, run_smoke
 
     options = SmokeOptions(queue=queue, noop_jobs=jobs, timeout=timeout, max_heartbeat_age=max_heartbeat_age)
 
@@ -612,7 +612,7 @@ def smoke(
 
 async def _maybe_embedded_worker(client: Client, url: str | None) -> Callable[[], Awaitable[None]] | None:
     """Without --url and with the memory store nothing else can run the jobs: run a worker here."""
-    if url or not isinstance(client, StoreClient) or client.store.backend != "memory":
+    if url or not isinstance(client, StoreClient) or not client.store.needs_embedded_worker:
         return None
     from backend.workers.orchestration import Worker
 
@@ -626,18 +626,9 @@ async def _maybe_embedded_worker(client: Client, url: str | None) -> Callable[[]
     return stop
 
 
-def _load_bench() -> None:
-    """`bagbot bench` (issue 6) lives in backend/bench.py; when present, its `register(app)` adds it."""
-    if importlib.util.find_spec("backend.bench") is None:
-        return
-    register = getattr(importlib.import_module("backend.bench"), "register", None)
-    if callable(register):
-        register(app)
-
-
 def main() -> None:
     """Console-script entry point."""
-    _load_bench()
+    bench_command.register(app)
     app()
 
 

@@ -145,7 +145,7 @@ def _prefix(raw: str) -> str:
 
 
 def _queue_list(raw: str) -> tuple[str, ...]:
-    from backend.workers.models import InvalidJobError, validate_queue
+    from backend.workers.rules import InvalidJobError, validate_queue
 
     names = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not names:

@@ -367,7 +367,7 @@ def test_smoke_on_the_memory_store_runs_an_embedded_worker() -> None:
 
 
 def fail_job_observed(delay: float, attempts: int = 2) -> Any:
-    from backend.smoke import Observed
+    from backend.ops.smoke import Observed
 
     first = {"id": "f", "state": "enqueued", "attempts": 0}
     waiting = {
@@ -385,7 +385,7 @@ def fail_job_observed(delay: float, attempts: int = 2) -> Any:
 
 
 def test_smoke_accepts_a_retry_delay_within_the_backoff_bounds() -> None:
-    from backend.smoke import _retry_backoff, expected_backoff
+    from backend.ops.smoke import _retry_backoff, expected_backoff
 
     low, high = expected_backoff().bounds(1)
     assert _retry_backoff(fail_job_observed((low + high) / 2)).ok
@@ -393,14 +393,14 @@ def test_smoke_accepts_a_retry_delay_within_the_backoff_bounds() -> None:
 
 @pytest.mark.parametrize("delay", [0.0, 0.5, 10.0])
 def test_smoke_rejects_a_retry_delay_outside_the_backoff_bounds(delay: float) -> None:
-    from backend.smoke import _retry_backoff
+    from backend.ops.smoke import _retry_backoff
 
     item = _retry_backoff(fail_job_observed(delay))
     assert not item.ok and "outside backoff bounds" in item.detail
 
 
 def test_smoke_rejects_a_retry_never_seen_waiting_or_with_wrong_attempts() -> None:
-    from backend.smoke import Observed, _retry_backoff
+    from backend.ops.smoke import Observed, _retry_backoff
 
     done = {"id": "f", "state": "done", "attempts": 2}
     assert not _retry_backoff(Observed(done, done, {"done": done})).ok
@@ -408,7 +408,7 @@ def test_smoke_rejects_a_retry_never_seen_waiting_or_with_wrong_attempts() -> No
 
 
 def test_smoke_infers_the_retry_delay_when_the_waiting_window_was_missed() -> None:
-    from backend.smoke import Observed, _retry_backoff
+    from backend.ops.smoke import Observed, _retry_backoff
 
     def done(second_start: float) -> Observed:
         job = {"id": "f", "state": "done", "attempts": 2, "created_at": 100.0, "started_at": second_start}
@@ -419,7 +419,7 @@ def test_smoke_infers_the_retry_delay_when_the_waiting_window_was_missed() -> No
 
 
 def test_smoke_counts_a_metric_only_with_samples() -> None:
-    from backend.smoke import GUIDE_METRICS, _metrics_names
+    from backend.ops.smoke import GUIDE_METRICS, _metrics_names
 
     help_only = "\n".join(f"# HELP {n} x\n# TYPE {n} counter" for n in GUIDE_METRICS)
     assert not _metrics_names(help_only).ok

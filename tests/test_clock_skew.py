@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.workers.models import Backoff, JobSpec, JobState
+from backend.workers.models import JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
+from backend.workers.rules import Backoff
 from tests.api_server import ServiceProcess
 from tests.worker_procs import eventually, read_records, worker_env
 

@@ -27,9 +27,10 @@ from backend.config import Settings
 from backend.workers.handlers import HandlerRegistry
 from backend.workers.job_store import JobStore, StoreFullError
 from backend.workers.memory_job_store import MemoryJobStore
-from backend.workers.models import InvalidJobError, JobSpec, JobState
+from backend.workers.models import JobSpec, JobState
 from backend.workers.orchestration import Worker
 from backend.workers.redis_job_store import RedisJobStore
+from backend.workers.rules import InvalidJobError
 from tests.redis_server import RedisServer, in_ci
 from tests.worker_procs import ROOT, WorkerProcess, eventually, read_records, worker_env
 

@@ -27,16 +27,9 @@ from backend.api.metrics import GUIDE_METRICS, cumulative_buckets, render
 from backend.config import Settings
 from backend.workers.job_store import JobStore
 from backend.workers.memory_job_store import MemoryJobStore
-from backend.workers.models import (
-    DURATION_BUCKETS,
-    Claim,
-    Completion,
-    JobError,
-    JobSpec,
-    MetricsSnapshot,
-    WorkerInfo,
-)
+from backend.workers.models import Claim, Completion, JobError, JobSpec, MetricsSnapshot, WorkerInfo
 from backend.workers.redis_job_store import RedisJobStore
+from backend.workers.rules import DURATION_BUCKETS
 from tests.api_server import delete_prefix
 from tests.redis_server import free_port
 

@@ -24,8 +24,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from backend.workers.job_store import StaleClaimError, StoreUnavailableError
-from backend.workers.models import Backoff, Claim, Job, JobSpec, JobState
+from backend.workers.models import Claim, Job, JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
+from backend.workers.rules import Backoff
 from tests.tcp_proxy import TcpProxy
 from tests.worker_procs import WorkerProcess, eventually, read_records, worker_env
 

@@ -22,8 +22,9 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
-from backend.workers.models import Backoff, Claim, Job, JobError, JobSpec, JobState, WorkerInfo
+from backend.workers.models import Claim, Job, JobError, JobSpec, JobState, WorkerInfo
 from backend.workers.redis_job_store import RedisJobStore
+from backend.workers.rules import Backoff
 
 MakeStore = Callable[[], RedisJobStore]
 BOOM = JobError("RuntimeError", "boom")

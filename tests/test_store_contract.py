@@ -19,19 +19,8 @@ from backend.workers.job_store import (
     JobStore,
     StaleClaimError,
 )
-from backend.workers.models import (
-    ALL_STATES,
-    DURATION_BUCKETS,
-    Backoff,
-    Claim,
-    Completion,
-    InvalidJobError,
-    Job,
-    JobError,
-    JobSpec,
-    JobState,
-    WorkerInfo,
-)
+from backend.workers.models import ALL_STATES, Claim, Completion, Job, JobError, JobSpec, JobState, WorkerInfo
+from backend.workers.rules import DURATION_BUCKETS, Backoff, InvalidJobError
 
 EPS = 0.05  # slack for the stores' millisecond clocks and scheduling noise
 NO_WAIT = Backoff(base=0.0, cap=0.0, jitter=0.0)  # a failed run is due again at once

@@ -28,8 +28,9 @@ from hypothesis.stateful import (
 
 from backend.workers.job_store import JobStore
 from backend.workers.memory_job_store import MemoryJobStore
-from backend.workers.models import Backoff, Claim, Completion, Job, JobError, JobSpec
+from backend.workers.models import Claim, Completion, Job, JobError, JobSpec
 from backend.workers.redis_job_store import RedisJobStore
+from backend.workers.rules import Backoff
 
 FAR = 1_000_000.0  # seconds: nothing scheduled in a test ever becomes due
 LEASE = 3600.0

@@ -19,7 +19,6 @@ import redis
 from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.models import JobSpec
 from backend.workers.redis_job_store import RedisJobStore
-from backend.workers.store_reset import ResetWatcher
 from tests.api_server import BackendProcess
 from tests.conftest import delete_prefix
 from tests.redis_server import RedisServer, in_ci
@@ -45,8 +44,8 @@ async def test_watcher_sees_a_reset_and_restores_the_queue_index(redis_url: str,
     store = RedisJobStore.from_url(redis_url, prefix=prefix)
     other = RedisJobStore.from_url(redis_url, prefix=prefix)  # another process that enqueues
     try:
-        watcher = ResetWatcher.for_store(store, ["default"])
-        assert watcher is not None and ResetWatcher.for_store(MemoryJobStore()) is None
+        watcher = store.reset_watch(["default"])
+        assert watcher is not None and MemoryJobStore().reset_watch() is None
         await other.enqueue(JobSpec("bagbot.noop", queue="mail"))
         assert await watcher.check() is False
         assert await watcher.check() is False  # nothing changed

@@ -12,8 +12,9 @@ import pytest
 from backend.config import Settings
 from backend.workers.handlers import HandlerRegistry, current_job, default_registry
 from backend.workers.memory_job_store import MemoryJobStore
-from backend.workers.models import Backoff, Claim, Job, JobSpec, JobState
+from backend.workers.models import Claim, Job, JobSpec, JobState
 from backend.workers.orchestration import Worker
+from backend.workers.rules import Backoff
 
 SETTINGS = Settings(heartbeat_seconds=0.1, lease_seconds=1.0, concurrency=4, shutdown_grace_seconds=2.0)
 

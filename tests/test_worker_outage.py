@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.workers.models import Backoff, JobSpec, JobState
+from backend.workers.models import JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
+from backend.workers.rules import Backoff
 from tests.redis_server import RedisServer, in_ci
 from tests.worker_procs import WorkerProcess, eventually, read_records, worker_env
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.workers.models import Backoff, JobSpec, JobState
+from backend.workers.models import JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
+from backend.workers.rules import Backoff
 from tests.worker_procs import WorkerProcess, eventually, read_records, starts_by_job, worker_env
 
 pytestmark = [pytest.mark.redis_only, pytest.mark.slow]

@@ -22,10 +22,10 @@ from backend.api import dashboard, events, health, jobs, metrics, queues, schedu
 from backend.api.errors import install_error_handlers
 from backend.api.limits import BodyLimitMiddleware
 from backend.config import Settings
-from backend.workers.job_store import JobStore, create_job_store
+from backend.workers.job_store import JobStore
 from backend.workers.models import StoreHealth
 from backend.workers.orchestration import Worker
-from backend.workers.store_reset import ResetWatcher
+from backend.workers.stores import create_job_store
 
 log = logging.getLogger("bagbot.api")
 
@@ -66,14 +66,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     stop_watching = asyncio.Event()
     try:
         app.state.startup_health = await check_store(store, settings)
-        # Embedded mode follows the store, not the setting: only a memory store needs an
-        # in-process worker (no other process can see it); with Redis, workers run apart.
-        if store.backend == "memory":
+        # Embedded mode follows the store, not the setting: a store only this process can see
+        # needs an in-process worker; with Redis, workers run apart.
+        if store.needs_embedded_worker:
             app.state.embedded_worker = await _start_embedded_worker(store, settings)
         else:
             log.info("job store is %s: jobs run in separate worker processes (python -m backend.workers)",
                      store.backend)
-        watcher = app.state.reset_watcher = ResetWatcher.for_store(store, settings.queues, who="backend")
+        watcher = app.state.reset_watcher = store.reset_watch(settings.queues, who="backend")
         if watcher is not None:  # notices within one heartbeat interval that Redis lost its data
             watching = asyncio.create_task(watcher.run(settings.heartbeat_seconds, stop_watching))
         yield
@@ -93,7 +93,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def check_store(store: JobStore, settings: Settings) -> StoreHealth:
     """Read the store's health once at start-up and say loudly what is wrong with it."""
     health = await store.health()
-    where = settings.safe_redis_url if store.backend == "redis" else store.backend
+    where = store.label
     if not health.ok:
         log.error("job store %s is not answering at start-up (%s); /api/ready answers 503 until it does",
                   where, health.detail)

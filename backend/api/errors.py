@@ -20,7 +20,7 @@ from backend.workers.job_store import (
     StoreFullError,
     StoreUnavailableError,
 )
-from backend.workers.models import InvalidJobError
+from backend.workers.rules import InvalidJobError
 
 log = logging.getLogger("bagbot.api")
 

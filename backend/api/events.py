@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from backend.api.deps import SettingsDep, StoreDep
 from backend.workers.event_feed import EventFeed
 from backend.workers.job_store import JobStore
-from backend.workers.models import validate_queue
+from backend.workers.rules import validate_queue
 
 router = APIRouter(prefix="/api/events", tags=["events"])
 

@@ -9,15 +9,8 @@ from fastapi import APIRouter, Query, Response
 from backend.api.deps import AuthDep, StoreDep
 from backend.api.schemas import EnqueueRequest, ErrorOut, JobListOut, JobOut
 from backend.workers.job_store import JobNotFoundError
-from backend.workers.models import (
-    InvalidJobError,
-    Job,
-    JobState,
-    new_job_id,
-    validate_job_id,
-    validate_name,
-    validate_queue,
-)
+from backend.workers.models import Job, JobState
+from backend.workers.rules import InvalidJobError, new_job_id, validate_job_id, validate_name, validate_queue
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 

@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 from backend.api.deps import StoreDep
 from backend.api.schemas import ErrorOut
 from backend.workers.job_store import JobStore
-from backend.workers.models import DURATION_BUCKETS, MetricsSnapshot, QueueMetrics, RunOutcome
+from backend.workers.models import MetricsSnapshot, QueueMetrics, RunOutcome
+from backend.workers.rules import DURATION_BUCKETS
 
 router = APIRouter(prefix="/api", tags=["metrics"])
 

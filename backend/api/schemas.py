@@ -11,7 +11,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from backend.workers.models import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PRIORITY, JobSpec
+from backend.workers.models import JobSpec
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PRIORITY
 
 _YEAR = 366 * 24 * 3600.0
 # The store's own rules (models.py), stated in the schema so clients see them; pydantic's regex

@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable, Sequence
 
 from backend.config import ConfigError, Settings
-from backend.workers.job_store import create_job_store
 from backend.workers.logfmt import fmt
 from backend.workers.orchestration import Worker
+from backend.workers.stores import create_job_store
 
 log = logging.getLogger("bagbot.worker")
 

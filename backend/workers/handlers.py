@@ -7,14 +7,13 @@ retrying) lives here so the worker can apply it without knowing the handler.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from backend.workers.models import JSON, Backoff, validate_name
+from backend.workers.rules import Backoff, validate_name
 
 if TYPE_CHECKING:
     from backend.workers.schedules import Schedule
@@ -197,40 +196,3 @@ def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
 default_registry = HandlerRegistry()
 task = default_registry.task
 schedule = default_registry.schedule
-
-
-# -- built-in diagnostic handlers (DESIGN §7) ----------------------------------------
-
-
-@task("bagbot.noop")
-async def noop(*args: JSON, **kwargs: JSON) -> None:
-    """Does nothing: measures the queue itself."""
-    return None
-
-
-@task("bagbot.echo")
-async def echo(*args: JSON, **kwargs: JSON) -> JSON:
-    """Returns its args (and kwargs, if any): proves payloads round-trip."""
-    if kwargs:
-        return {"args": list(args), "kwargs": kwargs}
-    return list(args)
-
-
-@task("bagbot.sleep")
-async def sleep(seconds: float = 1.0) -> dict[str, float]:
-    """Sleeps: exercises timeouts, shutdown grace and lease extension."""
-    await asyncio.sleep(float(seconds))
-    return {"slept": float(seconds)}
-
-
-class DiagnosticFailure(RuntimeError):
-    """Raised on purpose by `bagbot.fail`."""
-
-
-@task("bagbot.fail")
-async def fail(times: int = 1) -> dict[str, int]:
-    """Raises while the attempt number is <= `times`, then succeeds: exercises retries."""
-    attempt = current_job().attempt
-    if attempt <= int(times):
-        raise DiagnosticFailure(f"bagbot.fail: attempt {attempt} of {int(times)} planned failures")
-    return {"attempt": attempt, "failed_before": int(times)}

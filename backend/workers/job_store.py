@@ -1,14 +1,18 @@
-"""The job-store contract every backend implements, and the factory that picks one.
+"""The job-store contract every backend implements: its methods, its errors, nothing else.
 
 The worker, the API and the CLI import only this module: the memory and the
 Redis store are interchangeable behind it and pass one conformance suite.
+What differs between backends (an embedded worker, a reset watch, the memory
+policy a server needs) is asked of the store here, never decided by its name;
+`stores.py` is the only module that names backends.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from backend.workers.models import (
     Claim,
@@ -24,9 +28,6 @@ from backend.workers.models import (
     StoreHealth,
     WorkerInfo,
 )
-
-if TYPE_CHECKING:
-    from backend.config import Settings
 
 
 class JobStoreError(Exception):
@@ -57,6 +58,20 @@ class StoreFullError(JobStoreError):
     """Redis refused a write because it is out of memory (maxmemory with noeviction)."""
 
 
+class ResetWatch(Protocol):
+    """Notices that a store lost its data behind our back (a Redis without persistence restarted)."""
+
+    resets: int
+
+    async def check(self) -> bool:
+        """True when the data set changed since the last check."""
+        ...
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """`check()` every `interval` seconds until `stop` is set."""
+        ...
+
+
 class JobStore(ABC):
     """Durable job storage. Every method that changes a job is one atomic step.
 
@@ -64,7 +79,19 @@ class JobStore(ABC):
     server's `TIME`), never the caller's.
     """
 
-    backend: str = "abstract"
+    backend: str = "abstract"  # a name for health replies and logs; never branch on it
+    # Jobs in this store are visible to this process only, so the process that holds it
+    # must run the worker too (the API embeds one).
+    needs_embedded_worker: bool = False
+
+    @property
+    def label(self) -> str:
+        """Where the jobs live, for logs (a Redis URL without its password, or the backend name)."""
+        return self.backend
+
+    def reset_watch(self, queues: Sequence[str] = (), who: str = "") -> ResetWatch | None:
+        """A watch that notices the store losing its data, or None when it cannot happen unseen."""
+        return None
 
     # -- producers -----------------------------------------------------------
 
@@ -265,19 +292,3 @@ class JobStore(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold connections
         """Release connections."""
-
-
-def create_job_store(settings: Settings) -> JobStore:
-    """Build the store that `settings.job_store` names."""
-    if settings.job_store == "redis":
-        from backend.workers.redis_job_store import RedisJobStore
-
-        return RedisJobStore.from_url(
-            settings.redis_url,
-            prefix=settings.prefix,
-            retention_seconds=settings.retention_seconds,
-            cluster=True if settings.redis_cluster else None,
-        )
-    from backend.workers.memory_job_store import MemoryJobStore
-
-    return MemoryJobStore(retention_seconds=settings.retention_seconds)

@@ -1,19 +1,16 @@
-"""The job record, its states, and the JSON codec shared by every store.
+"""The records every store and every caller share: the job's states and the dataclasses.
 
-Payloads are JSON only: a queue that unpickles what it finds in Redis lets
-anyone who can write to Redis run code in every worker.
+Records only: what is valid, how retries back off and how payloads are encoded live in
+`rules.py`.
 """
 
 from __future__ import annotations
 
-import random
-import re
-import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import orjson
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Backoff, validate_spec
 
 JSON = Any  # what orjson can encode: dict, list, str, int, float, bool, None
 
@@ -45,69 +42,6 @@ class RunOutcome(StrEnum):
     EXPIRED = "expired"
 
 
-# Upper bounds (seconds) of the run-duration histogram; +Inf is implied.
-DURATION_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-)
-
-DEFAULT_QUEUE = "default"
-DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_TIMEOUT = 300.0
-MAX_PRIORITY = 1000
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-class InvalidJobError(ValueError):
-    """A job spec that can never be stored: bad name, id, queue, or non-JSON payload."""
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
-
-
-def validate_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not _ID_RE.fullmatch(job_id):
-        raise InvalidJobError(f"invalid job id {job_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
-    return job_id
-
-
-def validate_queue(queue: str) -> str:
-    if not isinstance(queue, str) or not _QUEUE_RE.fullmatch(queue):
-        raise InvalidJobError(f"invalid queue name {queue!r}: use 1-64 of A-Z a-z 0-9 _ . -")
-    return queue
-
-
-def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise InvalidJobError(f"invalid handler name {name!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
-    return name
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter and a cap: delay = min(cap, base * 2**(attempt-1)) * (1 - jitter*r)."""
-
-    base: float = 1.0
-    cap: float = 300.0
-    jitter: float = 0.25
-
-    def __post_init__(self) -> None:
-        if self.base < 0 or self.cap < 0 or not 0 <= self.jitter <= 1:
-            raise InvalidJobError(f"invalid backoff {self}: base, cap >= 0 and 0 <= jitter <= 1")
-
-    def bounds(self, attempt: int) -> tuple[float, float]:
-        """The smallest and largest delay after failed attempt number `attempt` (1-based)."""
-        full = min(self.cap, self.base * 2.0 ** max(0, attempt - 1))
-        return full * (1.0 - self.jitter), full
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        low, high = self.bounds(attempt)
-        r = (rng or random).random()
-        return high - (high - low) * r
-
-
 @dataclass(slots=True)
 class JobError:
     """The last error of a job: exception type, message and a trimmed traceback."""
@@ -132,7 +66,7 @@ class JobError:
 
 @dataclass(slots=True)
 class JobSpec:
-    """What a caller asks for: validated before it reaches a store."""
+    """What a caller asks for: validated (rules.validate_spec) before it reaches a store."""
 
     name: str
     args: list[JSON] = field(default_factory=list)
@@ -152,60 +86,8 @@ class JobSpec:
     events: bool = False  # publish this job's state changes (see docs/features.md)
 
     def validate(self) -> JobSpec:
-        validate_name(self.name)
-        validate_queue(self.queue)
-        if self.id is not None:
-            validate_job_id(self.id)
-        if not isinstance(self.args, list):
-            raise InvalidJobError("args must be a JSON list")
-        if not isinstance(self.kwargs, dict):
-            raise InvalidJobError("kwargs must be a JSON object")
-        check_json("args", self.args)
-        check_json("kwargs", self.kwargs)
-        if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
-            raise InvalidJobError(f"priority must be within ±{MAX_PRIORITY}")
-        if self.max_attempts < 1:
-            raise InvalidJobError("max_attempts must be at least 1")
-        if self.timeout is not None and self.timeout <= 0:
-            raise InvalidJobError("timeout must be positive")
-        if self.delay is not None and self.delay < 0:
-            raise InvalidJobError("delay must not be negative")
-        if self.unique_key is not None and not 0 < len(self.unique_key) <= 200:
-            raise InvalidJobError("unique_key must be 1-200 characters")
-        if (self.limit_key is None) != (self.limit is None):
-            raise InvalidJobError("limit_key and limit go together")
-        if self.limit_key is not None and not 0 < len(self.limit_key) <= 200:
-            raise InvalidJobError("limit_key must be 1-200 characters")
-        if self.limit is not None and not (isinstance(self.limit, int) and self.limit >= 1):
-            raise InvalidJobError("limit must be a positive integer")
-        return self
+        return validate_spec(self)
 
-
-def check_json(field_name: str, value: Any) -> bytes:
-    """Encode `value` as JSON, or raise an error that names the offending field."""
-    try:
-        return orjson.dumps(value)
-    except TypeError as exc:
-        path = _find_non_json(value, field_name)
-        raise InvalidJobError(f"{path} is not JSON-serializable: {exc}") from None
-
-
-def _find_non_json(value: Any, path: str) -> str:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{path} key {key!r}"
-            try:
-                orjson.dumps(item)
-            except TypeError:
-                return _find_non_json(item, f"{path}.{key}")
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            try:
-                orjson.dumps(item)
-            except TypeError:
-                return _find_non_json(item, f"{path}[{index}]")
-    return path
 
 
 @dataclass(slots=True)
@@ -394,15 +276,11 @@ class StoreHealth:
     maxmemory_policy: str = ""
     used_memory: int = 0
     detail: str = ""
+    # A server that evicts keys under memory pressure would drop jobs: such a store says so here.
+    needs_noeviction: bool = False
 
     @property
     def policy_ok(self) -> bool:
-        return self.backend != "redis" or self.maxmemory_policy == "noeviction"
+        return not self.needs_noeviction or self.maxmemory_policy == "noeviction"
 
 
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def loads(raw: str | bytes | None) -> Any:
-    return None if raw is None or raw == "" else orjson.loads(raw)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from backend.config import Settings
+from backend.workers import diagnostics  # noqa: F401 - registers the built-in bagbot.* handlers
 from backend.workers.handlers import (
     Handler,
     HandlerRegistry,
@@ -36,19 +37,10 @@ from backend.workers.handlers import (
 )
 from backend.workers.job_store import JobStore
 from backend.workers.logfmt import fmt
-from backend.workers.models import (
-    Claim,
-    Completion,
-    InvalidJobError,
-    Job,
-    JobError,
-    JobState,
-    WorkerInfo,
-    check_json,
-)
+from backend.workers.models import Claim, Completion, Job, JobError, JobState, WorkerInfo
 from backend.workers.outages import OUTAGE_ERRORS, OutageLog, ReconnectBackoff
+from backend.workers.rules import InvalidJobError, check_json
 from backend.workers.schedules import Schedule, due_fire, fire_spec, info_of
-from backend.workers.store_reset import ResetWatcher
 
 T = TypeVar("T")
 log = logging.getLogger("bagbot.worker")
@@ -160,10 +152,9 @@ class Worker:
         self._closing = False
         self._beats_stopped = False
         self._stop_requests = 0
-        where = settings.safe_redis_url if store.backend == "redis" else store.backend
-        self._outage = OutageLog(self.id, where)
+        self._outage = OutageLog(self.id, store.label)
         self._executor: ThreadPoolExecutor | None = None
-        self._reset_watch = ResetWatcher.for_store(store, self.queues, who=self.id)
+        self._reset_watch = store.reset_watch(self.queues, who=self.id)
         self._task: asyncio.Task[None] | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._declared = False  # handler limits and schedules published to the store
@@ -253,7 +244,7 @@ class Worker:
                 queues=",".join(self.queues),
                 concurrency=self.concurrency,
                 store=self.store.backend,
-                url=self.settings.safe_redis_url if self.store.backend == "redis" else None,
+                url=self.store.label if self.store.label != self.store.backend else None,
                 heartbeat=self.settings.heartbeat_seconds,
                 lease=self.lease,
                 handlers=len(self.registry),

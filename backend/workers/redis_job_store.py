@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractContextManager
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -29,8 +29,7 @@ from backend.workers.job_store import (
     IllegalTransitionError,
     JobNotFoundError,
     JobStore,
-    StoreFullError,
-    StoreUnavailableError,
+    ResetWatch,
 )
 from backend.workers.models import (
     ALL_STATES,
@@ -45,11 +44,8 @@ from backend.workers.models import (
     ScheduleInfo,
     StoreHealth,
     WorkerInfo,
-    dumps,
-    loads,
-    new_job_id,
 )
-from backend.workers.redis_codec import (
+from backend.workers.redis.codec import (
     completion_argv,
     enqueue_row,
     format_cursor,
@@ -61,7 +57,10 @@ from backend.workers.redis_codec import (
     s_to_us,
     worker_from_hash,
 )
-from backend.workers.redis_keys import QueueKeys, RedisKeys
+from backend.workers.redis.errors import mapped_errors
+from backend.workers.redis.keys import QueueKeys, RedisKeys
+from backend.workers.redis.reset import ResetWatcher
+from backend.workers.rules import dumps, loads, new_job_id
 
 QUEUE_SCRIPTS = ("enqueue", "claim", "finish", "extend", "release", "recover", "promote",
                  "cancel", "retry", "purge", "wakeup", "progress", "unpark")
@@ -73,7 +72,7 @@ MAX_BLOCK_SECONDS = 5.0  # BLPOP stays well under the client's socket timeout
 
 @cache
 def _script_source(name: str) -> str:
-    lua = resources.files("backend.workers").joinpath("lua")
+    lua = resources.files("backend.workers.redis").joinpath("lua")
     body = lua.joinpath(f"{name}.lua").read_text()
     if name in QUEUE_SCRIPTS:
         return lua.joinpath("lib.lua").read_text() + "\n" + body
@@ -133,20 +132,15 @@ class RedisJobStore(JobStore):
 
     # -- plumbing ------------------------------------------------------------
 
-    @contextmanager
-    def _mapped_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise StoreUnavailableError(f"Redis at {self.safe_url} is unavailable: {exc}") from exc
-        except redis_errors.ResponseError as exc:
-            # redis-py raises OutOfMemoryError with the "OOM" code stripped from the message
-            if isinstance(exc, redis_errors.OutOfMemoryError) or str(exc).startswith("OOM"):
-                raise StoreFullError(
-                    f"Redis at {self.safe_url} is out of memory (maxmemory reached with noeviction): "
-                    "the job was not stored"
-                ) from exc
-            raise
+    def _mapped_errors(self) -> AbstractContextManager[None]:
+        return mapped_errors(self.safe_url)
+
+    @property
+    def label(self) -> str:
+        return self.safe_url
+
+    def reset_watch(self, queues: Sequence[str] = (), who: str = "") -> ResetWatch | None:
+        return ResetWatcher(self.redis, self.keys, queues, who, errors=self._mapped_errors)
 
     async def _run(self, script: str, qkeys: QueueKeys, args: Sequence[Any]) -> Any:
         with self._mapped_errors():
@@ -560,13 +554,14 @@ class RedisJobStore(JobStore):
                 await self.redis.ping()
                 server, memory = await self._server_info()
         except Exception as exc:  # health must answer, whatever went wrong
-            return StoreHealth(ok=False, backend=self.backend, detail=str(exc))
+            return StoreHealth(ok=False, backend=self.backend, detail=str(exc), needs_noeviction=True)
         return StoreHealth(
             ok=True,
             backend=self.backend,
             version=str(server.get("redis_version", "unknown")),
             maxmemory_policy=str(memory.get("maxmemory_policy", "unknown")),
             used_memory=int(memory.get("used_memory", 0)),
+            needs_noeviction=True,
         )
 
     async def _server_info(self) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from backend.workers.models import DEFAULT_QUEUE, JSON, JobSpec, ScheduleInfo
+from backend.workers.models import JSON, JobSpec, ScheduleInfo
+from backend.workers.rules import DEFAULT_QUEUE
 
 _FIELDS = (
     ("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7),

@@ -256,7 +256,7 @@ def map_store_error(exc: BaseException, where: str) -> OpsError | None:
         StoreFullError,
         StoreUnavailableError,
     )
-    from backend.workers.models import InvalidJobError
+    from backend.workers.rules import InvalidJobError
 
     if isinstance(exc, JobNotFoundError):
         return OpsError(str(exc) or "no such job", ExitCode.NOT_FOUND)

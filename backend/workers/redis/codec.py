@@ -10,17 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backend.workers.models import (
+from backend.workers.models import Completion, Job, JobError, JobSpec, JobState, QueueMetrics, WorkerInfo
+from backend.workers.rules import (
     DURATION_BUCKETS,
     Backoff,
-    Completion,
     InvalidJobError,
-    Job,
-    JobError,
-    JobSpec,
-    JobState,
-    QueueMetrics,
-    WorkerInfo,
     check_json,
     dumps,
     loads,

@@ -19,8 +19,9 @@ from datetime import datetime
 from typing import Any
 
 from backend.api.metrics import GUIDE_METRICS
-from backend.cli_client import Client, JSONDict, OpsError
-from backend.workers.models import TERMINAL_STATES, Backoff
+from backend.ops.client import Client, JSONDict, OpsError
+from backend.workers.models import TERMINAL_STATES
+from backend.workers.rules import Backoff
 
 CHECKLIST = (
     "Redis service is running and healthy",
@@ -318,6 +319,7 @@ def _exclusive(watched: dict[str, Observed]) -> Item:
 def expected_backoff() -> Backoff:
     """The backoff the worker applies to bagbot.fail: its handler's, else the job default."""
     try:
+        from backend.workers import diagnostics  # noqa: F401 - registers bagbot.fail
         from backend.workers.handlers import default_registry
 
         handler = default_registry.get("bagbot.fail")

@@ -3,7 +3,7 @@
 Layout (PREFIX defaults to "bagbot"; `{queue}` is a hash tag, so every key of
 one queue lives in one Redis Cluster slot and each script touches one slot):
 
-    PREFIX:{queue}:job:<id>      hash    one job (fields: see redis_codec.py)
+    PREFIX:{queue}:job:<id>      hash    one job (fields: see codec.py)
     PREFIX:{queue}:ready         zset    enqueued jobs; score = (1000 - priority) * 2**40 + seq
     PREFIX:{queue}:waiting       zset    scheduled + retry_scheduled jobs; score = run_at (ms)
     PREFIX:{queue}:running       zset    running jobs; score = lease deadline (ms)
@@ -19,6 +19,7 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:hlimits       hash    handler name -> at most N running (declared by workers)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:queues                set     every queue name ever used
+    PREFIX:epoch                 string  a random marker of this data set (see reset.py)
     PREFIX:schedules             hash    schedule name -> ScheduleInfo JSON (declared by workers)
     PREFIX:{workers}:registry    zset    worker id -> last heartbeat (ms)
     PREFIX:{workers}:worker:<id> hash    one worker's details
@@ -69,6 +70,7 @@ class RedisKeys:
         self.registry = f"{prefix}:{{workers}}:registry"
         self.worker_prefix = f"{prefix}:{{workers}}:worker:"
         self.schedules = f"{prefix}:schedules"
+        self.epoch = f"{prefix}:epoch"
 
     def worker(self, worker_id: str) -> str:
         return self.worker_prefix + worker_id

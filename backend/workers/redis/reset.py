@@ -19,10 +19,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from backend.workers.job_store import JobStore
+from backend.workers.redis.keys import RedisKeys
 
 log = logging.getLogger("bagbot.store")
 
@@ -30,25 +31,31 @@ log = logging.getLogger("bagbot.store")
 class ResetWatcher:
     """One process's view of the Redis data set it works on."""
 
-    def __init__(self, store: JobStore, queues: Iterable[str] = (), who: str = "") -> None:
-        self.redis: Any = getattr(store, "redis")  # noqa: B009 - only Redis stores have one
-        prefix: str = store.keys.prefix  # type: ignore[attr-defined]
-        self.epoch_key = f"{prefix}:epoch"
-        self.queues_key = f"{prefix}:queues"
+    def __init__(
+        self,
+        client: Any,
+        keys: RedisKeys,
+        queues: Iterable[str] = (),
+        who: str = "",
+        errors: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        self._errors = errors  # the store's error mapping: outages surface as the contract's errors
+        self.redis: Any = client  # the store's own client (standalone or cluster)
+        self.epoch_key = keys.epoch
+        self.queues_key = keys.queues
         self.who = who
         self.epoch: str | None = None
         self.queues: set[str] = set(queues)  # every queue seen so far, restored after a reset
         self.resets = 0
         self.last_reset_at: float | None = None  # epoch seconds, this process's clock
 
-    @classmethod
-    def for_store(cls, store: JobStore, queues: Iterable[str] = (), who: str = "") -> ResetWatcher | None:
-        """A watcher for a Redis store; None for the memory store (it cannot lose data behind our back)."""
-        return cls(store, queues, who) if store.backend == "redis" and hasattr(store, "redis") else None
-
     async def check(self) -> bool:
         """True when the data set changed since the last check (a reset). One round trip of reads
         while nothing changed, so it also works while Redis is full and refuses writes."""
+        with self._errors():
+            return await self._check()
+
+    async def _check(self) -> bool:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(self.epoch_key)
             pipe.smembers(self.queues_key)

@@ -1,0 +1,1 @@
+"""Operator tools: the CLI's HTTP/store client, the smoke check, the benchmark, the Redis check."""

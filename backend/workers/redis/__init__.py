@@ -1,0 +1,1 @@
+"""Private to the Redis store: key names, scripts, the record codec, the reset watch, lua/."""

@@ -1,0 +1,148 @@
+"""The rules every job follows, whatever store holds it: what a valid spec is, how retries back
+off, how run durations are bucketed, and how payloads are encoded (JSON only).
+
+Payloads are JSON only: a queue that unpickles what it finds in Redis lets anyone who can write
+to Redis run code in every worker. The Lua scripts read their constants from here (see
+`redis/scripts.py`), so Python and Lua cannot disagree on them.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from backend.workers.models import JobSpec
+
+# Upper bounds (seconds) of the run-duration histogram; +Inf is implied.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TIMEOUT = 300.0
+MAX_PRIORITY = 1000
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class InvalidJobError(ValueError):
+    """A job spec that can never be stored: bad name, id, queue, or non-JSON payload."""
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def validate_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _ID_RE.fullmatch(job_id):
+        raise InvalidJobError(f"invalid job id {job_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
+    return job_id
+
+
+def validate_queue(queue: str) -> str:
+    if not isinstance(queue, str) or not _QUEUE_RE.fullmatch(queue):
+        raise InvalidJobError(f"invalid queue name {queue!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+    return queue
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidJobError(f"invalid handler name {name!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter and a cap: delay = min(cap, base * 2**(attempt-1)) * (1 - jitter*r)."""
+
+    base: float = 1.0
+    cap: float = 300.0
+    jitter: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.cap < 0 or not 0 <= self.jitter <= 1:
+            raise InvalidJobError(f"invalid backoff {self}: base, cap >= 0 and 0 <= jitter <= 1")
+
+    def bounds(self, attempt: int) -> tuple[float, float]:
+        """The smallest and largest delay after failed attempt number `attempt` (1-based)."""
+        full = min(self.cap, self.base * 2.0 ** max(0, attempt - 1))
+        return full * (1.0 - self.jitter), full
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        low, high = self.bounds(attempt)
+        r = (rng or random).random()
+        return high - (high - low) * r
+
+
+def validate_spec(spec: JobSpec) -> JobSpec:
+    """Raise InvalidJobError naming the first field that can never be stored."""
+    validate_name(spec.name)
+    validate_queue(spec.queue)
+    if spec.id is not None:
+        validate_job_id(spec.id)
+    if not isinstance(spec.args, list):
+        raise InvalidJobError("args must be a JSON list")
+    if not isinstance(spec.kwargs, dict):
+        raise InvalidJobError("kwargs must be a JSON object")
+    check_json("args", spec.args)
+    check_json("kwargs", spec.kwargs)
+    if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
+        raise InvalidJobError(f"priority must be within ±{MAX_PRIORITY}")
+    if spec.max_attempts < 1:
+        raise InvalidJobError("max_attempts must be at least 1")
+    if spec.timeout is not None and spec.timeout <= 0:
+        raise InvalidJobError("timeout must be positive")
+    if spec.delay is not None and spec.delay < 0:
+        raise InvalidJobError("delay must not be negative")
+    if spec.unique_key is not None and not 0 < len(spec.unique_key) <= 200:
+        raise InvalidJobError("unique_key must be 1-200 characters")
+    if (spec.limit_key is None) != (spec.limit is None):
+        raise InvalidJobError("limit_key and limit go together")
+    if spec.limit_key is not None and not 0 < len(spec.limit_key) <= 200:
+        raise InvalidJobError("limit_key must be 1-200 characters")
+    if spec.limit is not None and not (isinstance(spec.limit, int) and spec.limit >= 1):
+        raise InvalidJobError("limit must be a positive integer")
+    return spec
+
+
+def check_json(field_name: str, value: Any) -> bytes:
+    """Encode `value` as JSON, or raise an error that names the offending field."""
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:
+        path = _find_non_json(value, field_name)
+        raise InvalidJobError(f"{path} is not JSON-serializable: {exc}") from None
+
+
+def _find_non_json(value: Any, path: str) -> str:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} key {key!r}"
+            try:
+                orjson.dumps(item)
+            except TypeError:
+                return _find_non_json(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            try:
+                orjson.dumps(item)
+            except TypeError:
+                return _find_non_json(item, f"{path}[{index}]")
+    return path
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def loads(raw: str | bytes | None) -> Any:
+    return None if raw is None or raw == "" else orjson.loads(raw)
