@@ -303,6 +303,23 @@ async def test_finish_in_a_batch(store: JobStore) -> None:
     assert await state_of(store, jobs[2].id) is JobState.RUNNING
 
 
+async def test_finish_applies_the_handlers_retry_policy(store: JobStore) -> None:
+    """The worker sends the handler's policy with the report; the store alone decides retry or fail."""
+    spec = JobSpec("t.job", max_attempts=5, backoff=Backoff(base=100_000, cap=100_000, jitter=0))
+    first, second = await store.enqueue(spec), await store.enqueue(spec)
+    claimed = {job.id: job for job in await store.claim("w", ["default"], 2, 30)}
+    now = await store.server_time()
+    handler_backoff = Backoff(base=1000, cap=1000, jitter=0)
+    results = await store.finish([
+        Completion(claim_of(claimed[first.id]), 0.1, error=BOOM, backoff=handler_backoff),
+        Completion(claim_of(claimed[second.id]), 0.1, error=BOOM, max_attempts=1),
+    ])
+    assert results == [JobState.RETRY_SCHEDULED, JobState.FAILED]
+    retried = await store.get(first.id)
+    assert retried is not None and retried.run_at is not None
+    assert 990 <= retried.run_at - now <= 1010  # the handler's backoff, not the job's 100,000 s
+
+
 # -- fencing and leases ------------------------------------------------------------
 
 

@@ -175,8 +175,11 @@ class Completion:
     result: JSON = None
     error: JobError | None = None
     retryable: bool = True
-    retry_delay: float | None = None  # None: the job's own backoff
+    retry_delay: float | None = None  # None: the backoff below, else the job's own
     cancelled: bool = False  # the run was stopped on request: running -> cancelled, never retried
+    # The handler's retry policy, applied by the store's finish step (the worker decides nothing):
+    max_attempts: int | None = None  # the handler's cap; the lower of it and the job's wins
+    backoff: Backoff | None = None  # the handler's backoff; None: the job's own
 
 
 @dataclass(slots=True)

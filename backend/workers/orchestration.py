@@ -401,11 +401,9 @@ class Worker:
     def _failure(
         self, run: _Run, handler: Handler, error: JobError, retryable: bool, duration: float
     ) -> Completion:
-        attempts = run.job.attempts
-        if handler.max_attempts is not None and attempts >= handler.max_attempts:
-            retryable = False
-        delay = handler.backoff.delay(attempts) if retryable and handler.backoff is not None else None
-        return Completion(run.claim, duration, error=error, retryable=retryable, retry_delay=delay)
+        """A failed run, with the handler's policy attached: the store's finish step decides."""
+        return Completion(run.claim, duration, error=error, retryable=retryable,
+                          max_attempts=handler.max_attempts, backoff=handler.backoff)
 
     async def _invoke(self, handler: Handler, job: Job) -> Any:
         if handler.is_async:

@@ -141,8 +141,11 @@ def completion_argv(item: Completion) -> list[Any]:
     if item.cancelled:
         ok, payload = 2, b""
     delay = -1 if item.retry_delay is None else s_to_us(item.retry_delay)
+    cap = -1 if item.max_attempts is None else item.max_attempts
+    bo = item.backoff
+    backoff = ["", "", ""] if bo is None else [repr(float(v)) for v in (bo.base, bo.cap, bo.jitter)]
     return [item.claim.job_id, item.claim.token, ok, payload, repr(float(item.duration)),
-            1 if item.retryable else 0, delay]
+            1 if item.retryable else 0, delay, cap, *backoff]
 
 
 def parse_cursor(cursor: str | None) -> tuple[float, str] | None:

@@ -2,8 +2,9 @@
 -- success: running -> done. error: running -> retry_scheduled or failed (see fail_running).
 -- cancelled (ok = 2, the worker stopped the handler on a cancel request): running -> cancelled.
 -- KEYS: see lib.lua.
--- ARGV[1] random seed  ARGV[2] n  then per run 7 fields:
---   id, token, ok (1|0|2), result json | error json, duration s, retryable (1|0), retry delay µs (-1 = backoff)
+-- ARGV[1] random seed  ARGV[2] n  then per run 11 fields:
+--   id, token, ok (1|0|2), result json | error json, duration s, retryable (1|0), retry delay µs (-1 = backoff),
+--   handler's max attempts (-1 = none), handler's backoff base s, cap s, jitter ('' = the job's own backoff)
 -- Returns per run the new state, or '' when the claim was stale (nothing changed). A report re-sent
 -- after its reply was lost (redis-py retries on connection errors) finds its own token in
 -- done_token and gets the state that report produced, so it is neither applied twice nor called stale.
@@ -11,7 +12,7 @@ local seed, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_us()
 local out = {}
 for i = 0, n - 1 do
-  local b = 3 + i * 7
+  local b = 3 + i * 11
   local id, token = ARGV[b], ARGV[b + 1]
   local jobkey = K.job .. id
   local f = redis.call('HMGET', jobkey, 'state', 'token', 'name', 'unique_key', 'lkey', 'ev', 'done_token',
@@ -40,8 +41,10 @@ for i = 0, n - 1 do
       emit(f[6], id, state)
       out[#out + 1] = state
     else
+      local bo = nil
+      if ARGV[b + 8] ~= '' then bo = {ARGV[b + 8], ARGV[b + 9], ARGV[b + 10]} end
       local state = fail_running(id, jobkey, ARGV[b + 3], ARGV[b + 5] == '1', tonumber(ARGV[b + 6]),
-        now, nil, rand(seed, i))
+        now, nil, rand(seed, i), tonumber(ARGV[b + 7]), bo)
       redis.call('HSET', jobkey, 'done_token', token, 'done_state', state)
       out[#out + 1] = state
     end

@@ -94,8 +94,9 @@ local function free_slot(id, lkey)
   end
 end
 
-local function backoff_us(jobkey, attempts, r)
-  local f = redis.call('HMGET', jobkey, 'bo_base', 'bo_cap', 'bo_jitter')
+-- `bo` is the handler's {base, cap, jitter} when it has its own backoff, else the job's is read.
+local function backoff_us(jobkey, attempts, r, bo)
+  local f = bo or redis.call('HMGET', jobkey, 'bo_base', 'bo_cap', 'bo_jitter')
   local base, cap, jitter = tonumber(f[1]) or 1, tonumber(f[2]) or 300, tonumber(f[3]) or 0
   local full = math.min(cap, base * 2 ^ math.max(0, attempts - 1))
   return math.floor((full - full * jitter * r) * 1000000)
@@ -118,15 +119,18 @@ local function observe_duration(name, seconds)
   DURSUM[name] = (DURSUM[name] or 0) + seconds
 end
 
--- running -> retry_scheduled (attempts left and retryable) or failed.
--- delay_us < 0 means "use the job's own backoff". outcome nil means retry/failed as it turns out.
-local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, r)
+-- running -> retry_scheduled (attempts left and retryable) or failed: the one retry policy.
+-- delay_us < 0 means "use the backoff": the handler's `bo` when given, else the job's own.
+-- cap (optional, >= 1) is the handler's max attempts: the lower of it and the job's wins.
+-- outcome nil means retry/failed as it turns out.
+local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, r, cap, bo)
   local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req')
   local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
+  if cap and cap >= 1 and cap < max_attempts then max_attempts = cap end
   redis.call('ZREM', K.running, id)
   free_slot(id, f[4])
   if retryable and attempts < max_attempts then
-    if delay_us < 0 then delay_us = backoff_us(jobkey, attempts, r) end
+    if delay_us < 0 then delay_us = backoff_us(jobkey, attempts, r, bo) end
     local run_at = now + delay_us
     redis.call('HSET', jobkey, 'state', 'retry_scheduled', 'run_at', run_at, 'last_error', err,
       'token', '', 'lease_until', '', 'state_at', now)
