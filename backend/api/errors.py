@@ -1,4 +1,5 @@
-"""One place that turns store errors into HTTP statuses, so no route maps them by hand.
+"""One place that turns the store contract's errors into HTTP statuses, so no route maps them by
+hand. Stores map their own backend's errors to the contract's (redis/errors.py), so none appear here.
 
 Every error body is `{"detail": ...}` (FastAPI's own shape), and nothing a
 store raises on purpose ever reaches the client as a 500 trace.
@@ -11,7 +12,6 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from redis import exceptions as redis_errors
 
 from backend.workers.job_store import (
     IllegalTransitionError,
@@ -33,10 +33,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (IllegalTransitionError, 409),
     (StaleClaimError, 409),
     (StoreFullError, 507),
-    (redis_errors.OutOfMemoryError, 507),
     (StoreUnavailableError, 503),
-    (redis_errors.ConnectionError, 503),
-    (redis_errors.TimeoutError, 503),
 )
 
 

@@ -9,22 +9,14 @@ import logging
 import random
 import time
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from backend.workers.job_store import StoreFullError, StoreUnavailableError
 from backend.workers.logfmt import fmt
 
 log = logging.getLogger("bagbot.worker")
 
-# Errors that mean "the store is unreachable for now": wait and retry, never crash.
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    StoreUnavailableError,
-    StoreFullError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-)
+# Errors that mean "the store is unreachable for now": wait and retry, never crash. Only the
+# contract's: each store maps its backend's errors to these in one place (redis/errors.py).
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailableError, StoreFullError)
 
 
 class ReconnectBackoff:
