@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from backend.config import ConfigError, Settings
 from backend.workers.logfmt import fmt
 from backend.workers.orchestration import Worker
-from backend.workers.stores import create_job_store
+from backend.workers.stores import create_job_store, private_to_one_process
 
 log = logging.getLogger("bagbot.worker")
 
@@ -93,7 +93,7 @@ def main() -> int:
     except ImportError as exc:
         print(f"bagbot worker: {exc}", file=sys.stderr)
         return 2
-    runner = _idle if settings.job_store == "memory" else _serve
+    runner = _idle if private_to_one_process(settings) else _serve
     return asyncio.run(runner(settings))
 
 

@@ -12,12 +12,9 @@ import random
 import re
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
-
-if TYPE_CHECKING:
-    from backend.workers.models import JobSpec
 
 # Upper bounds (seconds) of the run-duration histogram; +Inf is implied.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -82,7 +79,27 @@ class Backoff:
         return high - (high - low) * r
 
 
-def validate_spec(spec: JobSpec) -> JobSpec:
+class SpecFields(Protocol):
+    """The fields of a job spec the rules look at (models.JobSpec has them)."""
+
+    name: str
+    queue: str
+    id: str | None
+    args: Any
+    kwargs: Any
+    priority: int
+    max_attempts: int
+    timeout: float | None
+    delay: float | None
+    unique_key: str | None
+    limit_key: str | None
+    limit: int | None
+
+
+S = TypeVar("S", bound=SpecFields)
+
+
+def validate_spec(spec: S) -> S:
     """Raise InvalidJobError naming the first field that can never be stored."""
     validate_name(spec.name)
     validate_queue(spec.queue)

@@ -20,3 +20,9 @@ def create_job_store(settings: Settings) -> JobStore:
     from backend.workers.memory_job_store import MemoryJobStore
 
     return MemoryJobStore(retention_seconds=settings.retention_seconds)
+
+
+def private_to_one_process(settings: Settings) -> bool:
+    """Whether the store `settings` name is visible only inside the process that opens it (memory):
+    a separate worker or CLI process could then never see the backend's jobs."""
+    return settings.job_store != "redis"
