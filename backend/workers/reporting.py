@@ -97,6 +97,7 @@ class Reporter:
             try:
                 states = await self.store.finish([item.completion for item in batch])
             except OUTAGE_ERRORS as exc:
+                self.reporting = []  # back in pending before the pause: heartbeats hold each claim once
                 self.pending[:0] = batch
                 state.outage.failed("finish", exc)
                 await state.outage.pause(backoff.next())
