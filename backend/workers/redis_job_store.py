@@ -10,14 +10,12 @@ unchanged on Redis Cluster. Key names come from `redis/keys.py`; the read querie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-import redis
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
@@ -39,7 +37,9 @@ from backend.workers.models import (
     WorkerInfo,
 )
 from backend.workers.redis import scripts as sc
+from backend.workers.redis.batching import EnqueueBatcher
 from backend.workers.redis.codec import job_from_hash, new_job, queue_metrics, s_to_us, worker_from_hash
+from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.reads import Reads
@@ -48,11 +48,9 @@ from backend.workers.rules import dumps, loads, new_job_id
 
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
 HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
-MAX_BLOCK_SECONDS = 5.0  # BLPOP stays well under the client's socket timeout
 
 A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
-_Pending = tuple[JobSpec, sc.EnqueueItem, "asyncio.Future[Job]"]
 
 
 class RedisJobStore(JobStore):
@@ -78,9 +76,7 @@ class RedisJobStore(JobStore):
         }
         self._reads = Reads(client, self.keys, self._mapped_errors)
         self._known_queues: set[str] = set()
-        self._pending_enqueues: dict[str, list[_Pending]] = defaultdict(list)
-        self._flush_scheduled = False
-        self._flushes: set[asyncio.Future[None]] = set()
+        self._batcher = EnqueueBatcher(self._send_enqueues)
 
     @classmethod
     def from_url(
@@ -91,18 +87,7 @@ class RedisJobStore(JobStore):
         cluster: bool | None = None,
     ) -> RedisJobStore:
         """A store on `url`; `cluster=None` asks the server whether it is a Redis Cluster node."""
-        options: dict[str, Any] = {
-            "decode_responses": True,
-            "socket_connect_timeout": 5,
-            "socket_timeout": MAX_BLOCK_SECONDS + 5,
-        }
-        if cluster is None:
-            cluster = is_cluster(url)
-        client: aioredis.Redis | RedisCluster
-        if cluster:
-            client = RedisCluster.from_url(url, **options)
-        else:
-            client = aioredis.Redis.from_url(url, health_check_interval=15, **options)
+        client = connect(url, cluster)
         return cls(client, prefix=prefix, retention_seconds=retention_seconds, url=url)
 
     # -- plumbing ------------------------------------------------------------
@@ -136,36 +121,8 @@ class RedisJobStore(JobStore):
 
     async def enqueue(self, spec: JobSpec) -> Job:
         """Concurrent calls made in the same event-loop turn share one script call per queue
-        (each job still gets its own atomic create-or-return-existing step inside it)."""
-        item = sc.EnqueueItem.from_spec(spec)
-        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        self._pending_enqueues[spec.queue].append((spec, item, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_enqueues)
-        return await future
-
-    def _flush_enqueues(self) -> None:
-        self._flush_scheduled = False
-        pending, self._pending_enqueues = self._pending_enqueues, defaultdict(list)
-        for queue, rows in pending.items():
-            task = asyncio.ensure_future(self._deliver(queue, rows))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-
-    async def _deliver(self, queue: str, rows: list[_Pending]) -> None:
-        try:
-            jobs = await self._send_enqueues(queue, [(spec, item) for spec, item, _ in rows])
-        except BaseException as exc:
-            for _, _, future in rows:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, _, future), job in zip(rows, jobs, strict=True):
-            if not future.done():
-                future.set_result(job)
+        (see redis/batching.py)."""
+        return await self._batcher.enqueue(spec)
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[Job]:
         rows_by_queue: dict[str, list[tuple[int, JobSpec, sc.EnqueueItem]]] = defaultdict(list)
@@ -318,24 +275,8 @@ class RedisJobStore(JobStore):
             raw = await self.redis.hgetall(self.keys.schedules)
         return sorted((ScheduleInfo.from_json(loads(value)) for value in raw.values()), key=lambda s: s.name)
 
-    async def job_events(self, queues: Sequence[str]) -> AsyncIterator[tuple[str, str]]:
-        channels = [self.keys.queue(queue).events for queue in queues]
-        with self._mapped_errors():
-            if self.cluster:
-                await self.redis.initialize()  # the cluster pub/sub client needs the slot map
-            pubsub = self.redis.pubsub()
-            await pubsub.subscribe(*channels)
-        try:
-            while True:
-                with self._mapped_errors():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is None or message.get("type") != "message":
-                    continue
-                job_id, _, what = str(message["data"]).partition(" ")
-                yield job_id, what
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+    def job_events(self, queues: Sequence[str]) -> AsyncIterator[tuple[str, str]]:
+        return self._reads.events([self.keys.queue(queue).events for queue in queues], self.cluster)
 
     async def release(self, claims: Sequence[Claim]) -> int:
         released = 0
@@ -448,15 +389,6 @@ class RedisJobStore(JobStore):
     async def close(self) -> None:
         with self._mapped_errors():
             await self.redis.aclose()
-
-
-def is_cluster(url: str) -> bool:
-    """Whether the server at `url` runs in cluster mode (False when it cannot be asked now)."""
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as probe:
-            return bool(probe.info("cluster").get("cluster_enabled"))
-    except (redis_errors.RedisError, OSError):
-        return False
 
 
 def _group_claims(claims: Iterable[Claim]) -> dict[str, list[Claim]]:

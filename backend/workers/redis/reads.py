@@ -1,4 +1,4 @@
-"""The Redis store's read side: jobs by id, paged listings, counts and metric counters.
+"""The Redis store's read side: jobs by id, paged listings, counts, metric counters and job events.
 
 Plain pipelined reads (no script): each one reads keys of one queue, so they work unchanged on
 Redis Cluster (the cluster client splits a pipeline by slot).
@@ -6,7 +6,8 @@ Redis Cluster (the cluster client splits a pipeline by slot).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -118,3 +119,22 @@ class Reads:
     async def stats(self, queues: Sequence[str]) -> list[dict[str, str]]:
         """Each queue's metric counters (the stats hash)."""
         return await self._hgetall([self.keys.queue(name).stats for name in queues])
+
+    async def events(self, channels: Sequence[str], cluster: bool) -> AsyncIterator[tuple[str, str]]:
+        """(job id, what) from the queues' event channels, until the caller stops iterating."""
+        with self.errors():
+            if cluster:
+                await self.redis.initialize()  # the cluster pub/sub client needs the slot map
+            pubsub = self.redis.pubsub()
+            await pubsub.subscribe(*channels)
+        try:
+            while True:
+                with self.errors():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                job_id, _, what = str(message["data"]).partition(" ")
+                yield job_id, what
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
