@@ -22,7 +22,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis_errors.ClusterError,
     redis_errors.TryAgainError,
     redis_errors.ReadOnlyError,
-    redis_errors.RedisClusterException,
+    redis_errors.SlotNotCoveredError,
 )
 
 
