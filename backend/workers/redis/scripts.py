@@ -351,13 +351,13 @@ def prelude(script: Script[Any, Any]) -> str:
     ])
 
 
-_Q = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake", "seq",
-      "limit_prefix", "parked")  # what the paths that leave `running` (fail_running) touch
+# what the paths that leave `running` (fail_running, leave_running) touch
+_LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
                              "wake", "seq"), EnqueueArgs, _enqueued, EnqueueItem)
-CLAIM = Script("claim", (*_Q, "hlimits", "events"), ClaimArgs, _claimed)
-FINISH = Script("finish", (*_Q, "events"), FinishArgs, _finished, FinishItem)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events"), ClaimArgs, _claimed)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events"), FinishArgs, _finished, FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
