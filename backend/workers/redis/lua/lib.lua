@@ -1,7 +1,7 @@
 -- lib.lua: helpers prepended to every per-queue script (never called alone).
 -- Before it comes the prelude that redis/scripts.py generates for each script: `K` (the script's
 -- own KEYS by name, e.g. K.ready, K.job_prefix; see the script's header), the constants shared
--- with Python (BUCKETS, PRIORITY_SPAN, MAX_PRIORITY from rules.py), the reply codes (ERR) and
+-- with Python (BUCKETS, PRIORITY_SPAN, MAX_PRIORITY from rules.py), the reply codes (CODE), WIDTH and
 -- `unpack`. A helper may only be called by a script whose KEYS hold every K.* it reads
 -- (tests/test_scripts.py checks it). All keys share the hash tag {queue}.
 -- Times are microseconds on the server clock (TIME).
