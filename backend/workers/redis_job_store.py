@@ -142,11 +142,9 @@ class RedisJobStore(JobStore):
         for start in range(0, len(rows), ENQUEUE_BATCH):
             chunk = rows[start : start + ENQUEUE_BATCH]
             replies = await self._call(sc.ENQUEUE, qkeys, sc.EnqueueArgs(queue, [item for _, item in chunk]))
-            for (spec, item), reply in zip(chunk, replies, strict=True):
-                if reply.existing is None:
-                    jobs.append(new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us))
-                else:
-                    jobs.append(job_from_hash(reply.existing))
+            jobs.extend(job_from_hash(reply.existing) if reply.existing is not None
+                        else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us)
+                        for (spec, item), reply in zip(chunk, replies, strict=True))
         return jobs
 
     # -- reading -------------------------------------------------------------
@@ -332,9 +330,8 @@ class RedisJobStore(JobStore):
     async def register_worker(self, info: WorkerInfo) -> None:
         await self._upsert_worker(info, True, info.running)
 
-    async def heartbeat(
-        self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
-    ) -> HeartbeatReply:
+    async def heartbeat(self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
+                        ) -> HeartbeatReply:
         upserted = await self._upsert_worker(info, False, len(claims))
         stale, cancel = await self._extend(claims, lease_seconds) if claims else ([], [])
         return HeartbeatReply(stale, not upserted.existed, cancel)
