@@ -10,15 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backend.workers.models import Completion, Job, JobError, JobSpec, JobState, QueueMetrics, WorkerInfo
+from backend.workers.models import Job, JobError, JobSpec, JobState, QueueMetrics, WorkerInfo
 from backend.workers.rules import (
     DURATION_BUCKETS,
     Backoff,
     InvalidJobError,
-    check_json,
-    dumps,
     loads,
-    new_job_id,
 )
 
 
@@ -82,28 +79,6 @@ def job_from_hash(data: Mapping[str, str]) -> Job:
     )
 
 
-def spec_to_argv(spec: JobSpec, job_id: str, args_json: bytes, kwargs_json: bytes) -> list[Any]:
-    """The 16 per-job fields enqueue.lua reads."""
-    return [
-        job_id,
-        spec.name,
-        args_json,
-        kwargs_json,
-        spec.priority,
-        spec.max_attempts,
-        "" if spec.timeout is None else repr(float(spec.timeout)),
-        repr(float(spec.backoff.base)),
-        repr(float(spec.backoff.cap)),
-        repr(float(spec.backoff.jitter)),
-        -1 if spec.delay is None else s_to_us(spec.delay),
-        -1 if spec.run_at is None else s_to_us(spec.run_at),
-        spec.unique_key or "",
-        spec.limit_key or "",
-        "" if spec.limit is None else spec.limit,
-        1 if spec.events else 0,
-    ]
-
-
 def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any) -> Job:
     """The record enqueue.lua just wrote, rebuilt without reading it back."""
     return Job(
@@ -124,28 +99,6 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         limit=spec.limit,
         events=spec.events,
     )
-
-
-def enqueue_row(spec: JobSpec) -> list[Any]:
-    """Validate a spec and turn it into enqueue.lua's per-job fields (errors reach the caller now)."""
-    spec.validate()
-    return spec_to_argv(spec, spec.id or new_job_id(), check_json("args", spec.args),
-                        check_json("kwargs", spec.kwargs))
-
-
-def completion_argv(item: Completion) -> list[Any]:
-    if item.error is None:
-        ok, payload = 1, check_json("result", item.result)
-    else:
-        ok, payload = 0, dumps(item.error.to_json()).encode()
-    if item.cancelled:
-        ok, payload = 2, b""
-    delay = -1 if item.retry_delay is None else s_to_us(item.retry_delay)
-    cap = -1 if item.max_attempts is None else item.max_attempts
-    bo = item.backoff
-    backoff = ["", "", ""] if bo is None else [repr(float(v)) for v in (bo.base, bo.cap, bo.jitter)]
-    return [item.claim.job_id, item.claim.token, ok, payload, repr(float(item.duration)),
-            1 if item.retryable else 0, delay, cap, *backoff]
 
 
 def parse_cursor(cursor: str | None) -> tuple[float, str] | None:

@@ -1,10 +1,11 @@
-"""The only place Redis key names are built.
+"""The only place Redis key names are built (scripts.py says which of them each script takes).
 
 Layout (PREFIX defaults to "bagbot"; `{queue}` is a hash tag, so every key of
 one queue lives in one Redis Cluster slot and each script touches one slot):
 
     PREFIX:{queue}:job:<id>      hash    one job (fields: see codec.py)
-    PREFIX:{queue}:ready         zset    enqueued jobs; score = (1000 - priority) * 2**40 + seq
+    PREFIX:{queue}:ready         zset    enqueued jobs; score = (MAX_PRIORITY - priority) * PRIORITY_SPAN
+                                         + seq (both constants in rules.py)
     PREFIX:{queue}:waiting       zset    scheduled + retry_scheduled jobs; score = run_at (ms)
     PREFIX:{queue}:running       zset    running jobs; score = lease deadline (ms)
     PREFIX:{queue}:state:<state> zset    per-state index; score = when the job entered it (ms)
@@ -53,14 +54,6 @@ class QueueKeys:
 
     def state(self, state: str) -> str:
         return self.state_prefix + state
-
-    def script_keys(self) -> list[str]:
-        """KEYS for every per-queue script, in the order lua/lib.lua's queue_keys() reads them."""
-        return [
-            self.job_prefix, self.ready, self.waiting, self.running, self.state_prefix,
-            self.jobs, self.unique, self.stats, self.wake, self.seq,
-            self.limit_prefix, self.parked, self.hlimits, self.events,
-        ]
 
 
 class RedisKeys:

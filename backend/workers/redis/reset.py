@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import RedisKeys
 
 log = logging.getLogger("bagbot.store")
@@ -37,9 +38,10 @@ class ResetWatcher:
         keys: RedisKeys,
         queues: Iterable[str] = (),
         who: str = "",
-        errors: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        errors: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
-        self._errors = errors  # the store's error mapping: outages surface as the contract's errors
+        # the store's error mapping: outages surface as the contract's errors
+        self._errors = errors or (lambda: mapped_errors("redis"))
         self.redis: Any = client  # the store's own client (standalone or cluster)
         self.epoch_key = keys.epoch
         self.queues_key = keys.queues

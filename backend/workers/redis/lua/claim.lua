@@ -3,7 +3,10 @@
 -- Concurrency limits: a job with a limit key (its own limit_key/limit, or its handler's limit
 -- from the handler-limits hash) whose key already has `limit` running jobs is not claimed but
 -- parked (wait:<key> and parked zsets, keeping its ready score) until a slot frees (free_slot).
--- KEYS: see lib.lua.
+-- KEYS (scripts.CLAIM; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
+--    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
+--    KEYS[8] wake  KEYS[9] seq  KEYS[10] limit_prefix  KEYS[11] parked  KEYS[12] hlimits
+--    KEYS[13] events
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
 -- Returns per claimed job {HGETALL before the claim, the fields the claim changed}.
@@ -26,7 +29,7 @@ if limit > 0 then
     local parked_now = 0
     for i = 1, #popped, 2 do
       local id = popped[i]
-      local jobkey = K.job .. id
+      local jobkey = K.job_prefix .. id
       local job = redis.call('HGETALL', jobkey)
       local attempts, name, lk, lm, oldlkey, ev = 0, nil, nil, nil, nil, nil
       for j = 1, #job, 2 do
@@ -42,11 +45,11 @@ if limit > 0 then
       if lk == '' then lk = nil end
       local park = false
       if lk then
-        local runkey = K.limit .. 'run:' .. lk
+        local runkey = K.limit_prefix .. 'run:' .. lk
         if redis.call('SCARD', runkey) >= (lm or 1) then
           park = true
           parked_now = parked_now + 1
-          redis.call('ZADD', K.limit .. 'wait:' .. lk, popped[i + 1], id)
+          redis.call('ZADD', K.limit_prefix .. 'wait:' .. lk, popped[i + 1], id)
           redis.call('ZADD', K.parked, popped[i + 1], id)
           redis.call('HSET', jobkey, 'parked', lk, 'plim', lm or 1)
         else

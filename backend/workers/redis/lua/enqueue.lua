@@ -1,9 +1,11 @@
 -- enqueue.lua: new jobs -> enqueued (due now) or scheduled (due later). Safe to repeat:
 -- an existing id, or a unique_key held by a live job, returns that job unchanged.
--- KEYS: see lib.lua.
--- ARGV[1] queue  ARGV[2] n  then per job 16 fields:
+-- KEYS (scripts.ENQUEUE; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
+--    KEYS[3] waiting  KEYS[4] state_prefix  KEYS[5] jobs  KEYS[6] unique  KEYS[7] stats
+--    KEYS[8] wake  KEYS[9] seq
+-- ARGV[1] queue  ARGV[2] n  ARGV[3..] n records of WIDTH fields (scripts.EnqueueItem):
 --   id, name, args json, kwargs json, priority, max_attempts, timeout ('' = none),
---   backoff base s, backoff cap s, backoff jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),
+--   backoff base s, cap s, jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),
 --   limit_key ('' = none), limit ('' = none), events (1|0)
 -- Returns per job: {1, id, state, created_us, run_at_us} when created, {0, HGETALL of the existing job} when not.
 local queue, n = ARGV[1], tonumber(ARGV[2])
@@ -13,39 +15,40 @@ local woke = false
 -- One INCRBY reserves sequence numbers for the whole batch (unused ones are harmless gaps).
 local seq = redis.call('INCRBY', K.seq, n) - n
 for i = 0, n - 1 do
-  local b = 3 + i * 16
-  local id, name, unique_key = ARGV[b], ARGV[b + 1], ARGV[b + 12]
-  local jobkey = K.job .. id
+  local b = 3 + i * WIDTH
+  local id, name, args, kwargs, priority, max_attempts, timeout, bo_base, bo_cap, bo_jitter, delay_us,
+    run_at_us, unique_key, limit_key, limit, events = unpack(ARGV, b, b + WIDTH - 1)
+  local jobkey = K.job_prefix .. id
   local existing = nil
   if redis.call('EXISTS', jobkey) == 1 then
     existing = jobkey
   elseif unique_key ~= '' then
     local holder = redis.call('HGET', K.unique, unique_key)
-    if holder and redis.call('EXISTS', K.job .. holder) == 1 then existing = K.job .. holder end
+    if holder and redis.call('EXISTS', K.job_prefix .. holder) == 1 then existing = K.job_prefix .. holder end
   end
   if existing then
     out[#out + 1] = {0, redis.call('HGETALL', existing)}
   else
-    local delay_us, run_at_abs = tonumber(ARGV[b + 10]), tonumber(ARGV[b + 11])
+    local delay, run_abs = tonumber(delay_us), tonumber(run_at_us)
     local run_at = now
-    if delay_us >= 0 then run_at = now + delay_us elseif run_at_abs >= 0 then run_at = run_at_abs end
+    if delay >= 0 then run_at = now + delay elseif run_abs >= 0 then run_at = run_abs end
     local state = 'enqueued'
     if run_at > now then state = 'scheduled' end
     seq = seq + 1
-    redis.call('HSET', jobkey, 'id', id, 'name', name, 'queue', queue, 'args', ARGV[b + 2],
-      'kwargs', ARGV[b + 3], 'priority', ARGV[b + 4], 'max_attempts', ARGV[b + 5], 'timeout', ARGV[b + 6],
-      'bo_base', ARGV[b + 7], 'bo_cap', ARGV[b + 8], 'bo_jitter', ARGV[b + 9], 'unique_key', unique_key,
+    redis.call('HSET', jobkey, 'id', id, 'name', name, 'queue', queue, 'args', args,
+      'kwargs', kwargs, 'priority', priority, 'max_attempts', max_attempts, 'timeout', timeout,
+      'bo_base', bo_base, 'bo_cap', bo_cap, 'bo_jitter', bo_jitter, 'unique_key', unique_key,
       'state', state, 'attempts', 0, 'run_at', run_at, 'created_at', now, 'state_at', now, 'seq', seq)
     if state == 'enqueued' then
-      redis.call('ZADD', K.ready, ready_score(tonumber(ARGV[b + 4]), seq), id)
+      redis.call('ZADD', K.ready, ready_score(tonumber(priority), seq), id)
       woke = true
     else
       redis.call('ZADD', K.waiting, run_at, id)
     end
     if unique_key ~= '' then redis.call('HSET', K.unique, unique_key, id) end
     -- optional features cost one HSET each, only for jobs that use them
-    if ARGV[b + 13] ~= '' then redis.call('HSET', jobkey, 'lk', ARGV[b + 13], 'lm', ARGV[b + 14]) end
-    if ARGV[b + 15] == '1' then redis.call('HSET', jobkey, 'ev', '1') end
+    if limit_key ~= '' then redis.call('HSET', jobkey, 'lk', limit_key, 'lm', limit) end
+    if events == '1' then redis.call('HSET', jobkey, 'ev', '1') end
     redis.call('ZADD', K.jobs, now, id)
     move_state(id, nil, state, now)
     stat('enq|' .. name, 1)

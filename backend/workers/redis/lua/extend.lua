@@ -1,18 +1,20 @@
 -- extend.lua: push the leases of current claims to now + lease.
--- KEYS: see lib.lua.
--- ARGV[1] lease µs  ARGV[2..] pairs of id, token
+-- KEYS (scripts.EXTEND; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] running
+-- ARGV[1] lease µs  ARGV[2] n  ARGV[3..] n records of WIDTH fields (scripts.ClaimRef): job_id, token
 -- Returns {ids whose claim is no longer current, ids of current claims whose job has a cancel request}.
 local lease_until = now_us() + tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local stale, cancel = {}, {}
-for b = 2, #ARGV, 2 do
-  local id, token = ARGV[b], ARGV[b + 1]
-  local f = redis.call('HMGET', K.job .. id, 'state', 'token', 'cancel_req')
+for i = 0, n - 1 do
+  local b = 3 + i * WIDTH
+  local job_id, token = unpack(ARGV, b, b + WIDTH - 1)
+  local f = redis.call('HMGET', K.job_prefix .. job_id, 'state', 'token', 'cancel_req')
   if f[1] == 'running' and f[2] == token then
-    redis.call('HSET', K.job .. id, 'lease_until', lease_until)
-    redis.call('ZADD', K.running, 'XX', lease_until, id)
-    if f[3] == '1' then cancel[#cancel + 1] = id end
+    redis.call('HSET', K.job_prefix .. job_id, 'lease_until', lease_until)
+    redis.call('ZADD', K.running, 'XX', lease_until, job_id)
+    if f[3] == '1' then cancel[#cancel + 1] = job_id end
   else
-    stale[#stale + 1] = id
+    stale[#stale + 1] = job_id
   end
 end
 return {stale, cancel}

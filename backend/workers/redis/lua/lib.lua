@@ -1,21 +1,10 @@
 -- lib.lua: helpers prepended to every per-queue script (never called alone).
--- Every per-queue script receives the same KEYS, built by redis_keys.QueueKeys.script_keys():
---   KEYS[1] job key prefix   KEYS[2] ready     KEYS[3] waiting   KEYS[4] running   KEYS[5] state index prefix
---   KEYS[6] jobs index       KEYS[7] unique    KEYS[8] stats     KEYS[9] wake      KEYS[10] seq
---   KEYS[11] limit key prefix (run:<key> set of running ids, wait:<key> zset of parked ids)
---   KEYS[12] parked (zset: every parked id -> its ready score)   KEYS[13] handler limits (hash)
---   KEYS[14] events channel (PUBLISH "<id> <what>" for jobs enqueued with events on)
--- All share the hash tag {queue}. Times are microseconds on the server clock (TIME).
-
-local K = {
-  job = KEYS[1], ready = KEYS[2], waiting = KEYS[3], running = KEYS[4], state = KEYS[5],
-  jobs = KEYS[6], unique = KEYS[7], stats = KEYS[8], wake = KEYS[9], seq = KEYS[10],
-  limit = KEYS[11], parked = KEYS[12], hlimits = KEYS[13], events = KEYS[14],
-}
-
--- Upper bounds (s) of the duration histogram; must match models.DURATION_BUCKETS.
-local BUCKETS = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
-local PRIORITY_SPAN = 1099511627776 -- 2^40 enqueue sequence numbers per priority level
+-- Before it comes the prelude that redis/scripts.py generates for each script: `K` (the script's
+-- own KEYS by name, e.g. K.ready, K.job_prefix; see the script's header), the constants shared
+-- with Python (BUCKETS, PRIORITY_SPAN, MAX_PRIORITY from rules.py), the reply codes (CODE), WIDTH and
+-- `unpack`. A helper may only be called by a script whose KEYS hold every K.* it reads
+-- (tests/test_scripts.py checks it). All keys share the hash tag {queue}.
+-- Times are microseconds on the server clock (TIME).
 
 -- Metric increments are summed here and written once per script call (flush_stats), so a batch of
 -- 100 jobs costs one HINCRBY per distinct counter instead of one per job.
@@ -53,12 +42,12 @@ end
 local INDEXED = {scheduled = true, retry_scheduled = true, done = true, failed = true, cancelled = true}
 
 local function move_state(id, old, new, now)
-  if old and INDEXED[old] then redis.call('ZREM', K.state .. old, id) end
-  if INDEXED[new] then redis.call('ZADD', K.state .. new, now, id) end
+  if old and INDEXED[old] then redis.call('ZREM', K.state_prefix .. old, id) end
+  if INDEXED[new] then redis.call('ZADD', K.state_prefix .. new, now, id) end
 end
 
 local function ready_score(priority, seq)
-  return (1000 - priority) * PRIORITY_SPAN + seq
+  return (MAX_PRIORITY - priority) * PRIORITY_SPAN + seq
 end
 
 -- Put a job at the back of its priority level in the ready set.
@@ -78,20 +67,35 @@ local function emit(ev, id, what)
   if ev == '1' then redis.call('PUBLISH', K.events, id .. ' ' .. what) end
 end
 
+-- Take a parked job off its limit key's wait list (it is back in play, or gone).
+local function drop_parked(id, lkey)
+  redis.call('ZREM', K.limit_prefix .. 'wait:' .. lkey, id)
+  redis.call('ZREM', K.parked, id)
+  redis.call('HSET', K.job_prefix .. id, 'parked', '')
+end
+
 -- A job with a concurrency-limit key left `running`: free its slot and give the slot to the
 -- oldest job parked on that key (back to ready at its original place; claim re-checks the limit).
 local function free_slot(id, lkey)
   if not lkey or lkey == '' then return end
-  redis.call('SREM', K.limit .. 'run:' .. lkey, id)
-  local waitkey = K.limit .. 'wait:' .. lkey
-  local first = redis.call('ZRANGE', waitkey, 0, 0, 'WITHSCORES')
+  redis.call('SREM', K.limit_prefix .. 'run:' .. lkey, id)
+  local first = redis.call('ZRANGE', K.limit_prefix .. 'wait:' .. lkey, 0, 0, 'WITHSCORES')
   if first[1] then
-    redis.call('ZREM', waitkey, first[1])
-    redis.call('ZREM', K.parked, first[1])
-    redis.call('HSET', K.job .. first[1], 'parked', '')
+    drop_parked(first[1], lkey)
     redis.call('ZADD', K.ready, first[2], first[1])
     wake_one()
   end
+end
+
+-- The one way out of `running`: state `new`, no token or lease, off the running set, its limit
+-- slot freed, the state index moved and the event emitted. `lkey` and `ev` are the job's fields
+-- (as the caller read them); `fields` are the new state's own field, value pairs for the same HSET.
+local function leave_running(id, jobkey, new, now, lkey, ev, fields)
+  redis.call('HSET', jobkey, 'state', new, 'token', '', 'lease_until', '', 'state_at', now, unpack(fields))
+  redis.call('ZREM', K.running, id)
+  free_slot(id, lkey)
+  move_state(id, 'running', new, now)
+  emit(ev, id, new)
 end
 
 -- `bo` is the handler's {base, cap, jitter} when it has its own backoff, else the job's is read.
@@ -127,27 +131,20 @@ local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, 
   local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req')
   local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
   if cap and cap >= 1 and cap < max_attempts then max_attempts = cap end
-  redis.call('ZREM', K.running, id)
-  free_slot(id, f[4])
   if retryable and attempts < max_attempts then
     if delay_us < 0 then delay_us = backoff_us(jobkey, attempts, r, bo) end
     local run_at = now + delay_us
-    redis.call('HSET', jobkey, 'state', 'retry_scheduled', 'run_at', run_at, 'last_error', err,
-      'token', '', 'lease_until', '', 'state_at', now)
+    local fields = {'run_at', run_at, 'last_error', err}
+    if f[6] == '1' then fields[5], fields[6] = 'cancel_req', '' end
+    leave_running(id, jobkey, 'retry_scheduled', now, f[4], f[5], fields)
     redis.call('ZADD', K.waiting, run_at, id)
-    if f[6] == '1' then redis.call('HSET', jobkey, 'cancel_req', '') end
     stat('retry|' .. name, 1)
     stat('run|' .. name .. '|' .. (outcome or 'retry'), 1)
-    move_state(id, 'running', 'retry_scheduled', now)
-    emit(f[5], id, 'retry_scheduled')
     return 'retry_scheduled'
   end
-  redis.call('HSET', jobkey, 'state', 'failed', 'finished_at', now, 'last_error', err,
-    'token', '', 'lease_until', '', 'state_at', now)
+  leave_running(id, jobkey, 'failed', now, f[4], f[5], {'finished_at', now, 'last_error', err})
   stat('run|' .. name .. '|' .. (outcome or 'failed'), 1)
   release_unique(jobkey, id)
-  move_state(id, 'running', 'failed', now)
-  emit(f[5], id, 'failed')
   return 'failed'
 end
 
@@ -155,7 +152,7 @@ end
 local function promote_due(now, limit)
   local ids = redis.call('ZRANGEBYSCORE', K.waiting, '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
-    local jobkey = K.job .. id
+    local jobkey = K.job_prefix .. id
     redis.call('ZREM', K.waiting, id)
     local old = redis.call('HGET', jobkey, 'state')
     if old then
@@ -172,7 +169,7 @@ end
 local function recover_expired(now, limit, seed)
   local ids = redis.call('ZRANGEBYSCORE', K.running, '-inf', now, 'LIMIT', 0, limit)
   for i, id in ipairs(ids) do
-    local jobkey = K.job .. id
+    local jobkey = K.job_prefix .. id
     local worker = redis.call('HGET', jobkey, 'worker')
     if worker then
       -- worker ids are plain names; drop anything that could break the JSON string

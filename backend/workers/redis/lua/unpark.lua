@@ -1,13 +1,16 @@
 -- unpark.lua: self-healing pass for concurrency limits: a parked job whose key has a free slot
 -- (its limit was raised, or a slot was freed by a path that could not hand it on) goes back to
 -- ready at its original place. Run by housekeeping; costs one ZRANGE when nothing is parked.
--- KEYS: see lib.lua.  ARGV[1] limit (parked jobs looked at).  Returns how many moved.
+-- KEYS (scripts.UNPARK; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
+--    KEYS[3] wake  KEYS[4] limit_prefix  KEYS[5] parked  KEYS[6] hlimits
+-- ARGV[1] limit (parked jobs looked at)
+-- Returns how many moved.
 local ids = redis.call('ZRANGE', K.parked, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
 local moved = 0
 local hl = nil
 for i = 1, #ids, 2 do
   local id = ids[i]
-  local f = redis.call('HMGET', K.job .. id, 'state', 'parked', 'plim', 'name')
+  local f = redis.call('HMGET', K.job_prefix .. id, 'state', 'parked', 'plim', 'name')
   local lk = f[2]
   if f[1] ~= 'enqueued' or not lk or lk == '' then
     redis.call('ZREM', K.parked, id)
@@ -21,10 +24,8 @@ for i = 1, #ids, 2 do
       end
       lm = hl[f[4]] or 1000000000
     end
-    if redis.call('SCARD', K.limit .. 'run:' .. lk) < lm then
-      redis.call('ZREM', K.parked, id)
-      redis.call('ZREM', K.limit .. 'wait:' .. lk, id)
-      redis.call('HSET', K.job .. id, 'parked', '')
+    if redis.call('SCARD', K.limit_prefix .. 'run:' .. lk) < lm then
+      drop_parked(id, lk)
       redis.call('ZADD', K.ready, ids[i + 1], id)
       moved = moved + 1
     end

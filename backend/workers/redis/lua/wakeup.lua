@@ -1,6 +1,7 @@
 -- wakeup.lua: how long until something in this queue needs a worker: the earliest scheduled
 -- run_at or lease deadline, measured on this queue's own server clock.
--- KEYS: see lib.lua.  No ARGV.
+-- KEYS (scripts.WAKEUP; the script reads them as K.<name>):  KEYS[1] waiting  KEYS[2] running
+-- No ARGV.
 -- Returns µs until then (0 if already due), or -1 when nothing is waiting or running.
 local now = now_us()
 local best = -1

@@ -1,0 +1,385 @@
+"""The Lua/Python boundary: one description per script of `lua/`.
+
+A description (`Script`) names the script, the keys it takes (fields of `QueueKeys`, or of
+`RedisKeys` for the worker registry, in KEYS order), the record its arguments are built from and
+the parser of its reply. The store calls scripts only through these; nothing else builds ARGV or
+reads a reply by position.
+
+Arguments are NamedTuples of wire values: their fields, in order, are the script's ARGV. A last
+field `items` (records of one NamedTuple type) is sent as its count followed by each record's
+fields; the Lua side reads a record with `local <its fields> = unpack(ARGV, b, b + WIDTH - 1)`.
+
+Each script's source is a generated prelude, then `lib.lua` (per-queue scripts), then its file.
+The prelude holds what Python and Lua share, written once here or in `rules.py`: `K` (the
+script's keys by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY and
+the reply codes (`CODE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+from importlib import resources
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from backend.workers.job_store import IllegalTransitionError, JobNotFoundError, JobStoreError
+from backend.workers.models import Completion, JobSpec, JobState
+from backend.workers.redis.codec import pairs_to_dict, s_to_us
+from backend.workers.redis.keys import QueueKeys, RedisKeys
+from backend.workers.rules import (
+    DURATION_BUCKETS,
+    MAX_PRIORITY,
+    PRIORITY_SPAN,
+    check_json,
+    dumps,
+    new_job_id,
+)
+
+
+class Code(StrEnum):
+    """Reply codes of the scripts (Lua: CODE.OK, CODE.NOT_FOUND, ...)."""
+
+    OK = "ok"
+    NOT_FOUND = "not_found"  # no such job
+    ILLEGAL = "illegal"  # the job's state does not allow the transition; detail = that state
+    STALE = "stale"  # per report (finish): the claim token is no longer current; nothing changed
+
+
+# What each error code raises: (job id, detail, action) -> the contract's exception.
+ERRORS: dict[Code, Callable[[str, str, str], JobStoreError]] = {
+    Code.NOT_FOUND: lambda job_id, detail, action: JobNotFoundError(f"no job {job_id}"),
+    Code.ILLEGAL: lambda job_id, detail, action: IllegalTransitionError(job_id, detail, action),
+}
+
+
+def _float(value: float) -> str:
+    return repr(float(value))
+
+
+# -- argument records ----------------------------------------------------------------------------
+
+
+class EnqueueItem(NamedTuple):
+    """One new job, as enqueue.lua reads it."""
+
+    id: str
+    name: str
+    args: bytes  # JSON
+    kwargs: bytes  # JSON
+    priority: int
+    max_attempts: int
+    timeout: str  # seconds, '' = none
+    bo_base: str
+    bo_cap: str
+    bo_jitter: str
+    delay_us: int  # -1 = none
+    run_at_us: int  # -1 = none
+    unique_key: str  # '' = none
+    limit_key: str  # '' = none
+    limit: int | str  # '' = none
+    events: int  # 1 | 0
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> EnqueueItem:
+        """Validate a spec (errors reach the caller now) and turn it into enqueue.lua's fields."""
+        spec.validate()
+        bo = spec.backoff
+        return cls(
+            spec.id or new_job_id(), spec.name, check_json("args", spec.args),
+            check_json("kwargs", spec.kwargs), spec.priority, spec.max_attempts,
+            "" if spec.timeout is None else _float(spec.timeout),
+            _float(bo.base), _float(bo.cap), _float(bo.jitter),
+            -1 if spec.delay is None else s_to_us(spec.delay),
+            -1 if spec.run_at is None else s_to_us(spec.run_at),
+            spec.unique_key or "", spec.limit_key or "", "" if spec.limit is None else spec.limit,
+            1 if spec.events else 0,
+        )
+
+
+class EnqueueArgs(NamedTuple):
+    queue: str
+    items: Sequence[EnqueueItem]
+
+
+class ClaimArgs(NamedTuple):
+    worker_id: str
+    limit: int
+    lease_us: int
+    housekeeping_limit: int
+    seed: float
+    nonce: str  # unique per call: claim tokens never repeat
+
+
+class FinishItem(NamedTuple):
+    """One finished run, as finish.lua reads it."""
+
+    job_id: str
+    token: str
+    ok: int  # 1 success, 0 error, 2 cancelled
+    payload: bytes  # result JSON | error JSON | b'' when cancelled
+    duration: str  # seconds
+    retryable: int  # 1 | 0
+    retry_delay_us: int  # -1 = the backoff
+    max_attempts: int  # the handler's, -1 = none
+    bo_base: str  # the handler's backoff, '' = the job's own
+    bo_cap: str
+    bo_jitter: str
+
+    @classmethod
+    def from_completion(cls, item: Completion) -> FinishItem:
+        if item.cancelled:
+            ok, payload = 2, b""
+        elif item.error is None:
+            ok, payload = 1, check_json("result", item.result)
+        else:
+            ok, payload = 0, dumps(item.error.to_json()).encode()
+        bo = item.backoff
+        base, cap, jitter = ("", "", "") if bo is None else (_float(bo.base), _float(bo.cap),
+                                                             _float(bo.jitter))
+        return cls(
+            item.claim.job_id, item.claim.token, ok, payload, _float(item.duration),
+            1 if item.retryable else 0, -1 if item.retry_delay is None else s_to_us(item.retry_delay),
+            -1 if item.max_attempts is None else item.max_attempts, base, cap, jitter,
+        )
+
+
+class FinishArgs(NamedTuple):
+    seed: float
+    items: Sequence[FinishItem]
+
+
+class ClaimRef(NamedTuple):
+    job_id: str
+    token: str
+
+
+class ExtendArgs(NamedTuple):
+    lease_us: int
+    items: Sequence[ClaimRef]
+
+
+class ReleaseArgs(NamedTuple):
+    items: Sequence[ClaimRef]
+
+
+class ProgressArgs(NamedTuple):
+    job_id: str
+    token: str
+    value: str
+    message: str
+
+
+class LimitArgs(NamedTuple):
+    """promote, unpark: at most `limit` jobs looked at."""
+
+    limit: int
+
+
+class RecoverArgs(NamedTuple):
+    limit: int
+    seed: float
+
+
+class PurgeArgs(NamedTuple):
+    older_than_us: int
+    limit: int
+
+
+class JobArgs(NamedTuple):
+    """cancel, retry."""
+
+    job_id: str
+
+
+class NoArgs(NamedTuple):
+    pass
+
+
+class WorkerField(NamedTuple):
+    field: str
+    value: str | int
+
+
+class HeartbeatArgs(NamedTuple):
+    worker_id: str
+    register: int  # 1 | 0
+    items: Sequence[WorkerField]
+
+
+class WorkersArgs(NamedTuple):
+    stale_after_us: int  # -1 = keep all
+
+
+def to_argv(args: tuple[Any, ...]) -> list[Any]:
+    """A NamedTuple of arguments -> ARGV (a last field `items` becomes its count, then its records)."""
+    argv = list(args)
+    if getattr(args, "_fields", ())[-1:] == ("items",):
+        items = argv.pop()
+        argv.append(len(items))
+        for item in items:
+            argv.extend(item)
+    return argv
+
+
+# -- replies -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    created: bool
+    state: str = ""  # created: its state and times (µs)
+    created_us: float = 0.0
+    run_at_us: float = 0.0
+    existing: dict[str, str] | None = None  # not created: the existing job's hash
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendReply:
+    stale: frozenset[str]
+    cancel: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    existed: bool
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersReply:
+    now_us: float
+    workers: list[tuple[str, dict[str, str]]]
+
+
+def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
+    out = []
+    for reply in raw:
+        if int(reply[0]) == 1:
+            out.append(Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4])))
+        else:
+            out.append(Enqueued(False, existing=pairs_to_dict(reply[1])))
+    return out
+
+
+def _claimed(raw: Any, args: ClaimArgs) -> list[dict[str, str]]:
+    return [pairs_to_dict(before) | pairs_to_dict(changes) for before, changes in raw]
+
+
+def _finished(raw: Any, args: FinishArgs) -> list[JobState | None]:
+    return [None if reply == Code.STALE else JobState(reply) for reply in raw]
+
+
+def _extended(raw: Any, args: ExtendArgs) -> ExtendReply:
+    stale, cancel = raw
+    return ExtendReply(frozenset(map(str, stale)), frozenset(map(str, cancel)))
+
+
+def _count(raw: Any, args: Any) -> int:
+    return int(raw)
+
+
+def _flag(raw: Any, args: Any) -> bool:
+    return int(raw) == 1
+
+
+def _wait_us(raw: Any, args: NoArgs) -> int | None:
+    wait = int(raw)
+    return wait if wait >= 0 else None
+
+
+def _job_hash(action: str) -> Callable[[Any, JobArgs], dict[str, str]]:
+    def parse(raw: Any, args: JobArgs) -> dict[str, str]:
+        code = Code(raw[0])
+        if code is not Code.OK:
+            raise ERRORS[code](args.job_id, str(raw[1]) if len(raw) > 1 else "", action)
+        return pairs_to_dict(raw[1])
+
+    return parse
+
+
+def _heartbeat(raw: Any, args: HeartbeatArgs) -> HeartbeatResult:
+    existed, now = raw
+    return HeartbeatResult(int(existed) == 1, int(now))
+
+
+def _workers(raw: Any, args: WorkersArgs) -> WorkersReply:
+    return WorkersReply(float(raw[0]), [(str(wid), pairs_to_dict(flat)) for wid, flat in raw[1:]])
+
+
+# -- descriptions --------------------------------------------------------------------------------
+
+A = TypeVar("A", bound=tuple[Any, ...])
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Script(Generic[A, R]):
+    name: str  # lua/<name>.lua
+    keys: tuple[str, ...]  # fields of QueueKeys (per-queue) or RedisKeys (registry), KEYS order
+    args: type[A]
+    parse: Callable[[Any, A], R]
+    item: type[tuple[Any, ...]] | None = None  # the record type of `args.items`
+    registry: bool = False  # keys from RedisKeys, no lib.lua
+
+    def key_values(self, holder: QueueKeys | RedisKeys) -> list[str]:
+        return [getattr(holder, key) for key in self.keys]
+
+    @cached_property
+    def source(self) -> str:
+        lua = resources.files("backend.workers.redis").joinpath("lua")
+        lib = "" if self.registry else lua.joinpath("lib.lua").read_text() + "\n"
+        return prelude(self) + lib + lua.joinpath(f"{self.name}.lua").read_text()
+
+
+def prelude(script: Script[Any, Any]) -> str:
+    """The Lua constants of one script, generated from Python."""
+    keys = ", ".join(f"{key} = KEYS[{i}]" for i, key in enumerate(script.keys, 1))
+    codes = ", ".join(f"{code.name} = '{code.value}'" for code in Code)
+    width = len(getattr(script.item, "_fields", ()))
+    return "\n".join([
+        f"-- prelude of {script.name}.lua, generated by backend/workers/redis/scripts.py",
+        "local unpack = unpack or table.unpack",
+        f"local K = {{{keys}}}",
+        f"local WIDTH = {width}",
+        f"local BUCKETS = {{{', '.join(repr(float(b)) for b in DURATION_BUCKETS)}}}",
+        f"local PRIORITY_SPAN = {PRIORITY_SPAN}",
+        f"local MAX_PRIORITY = {MAX_PRIORITY}",
+        f"local CODE = {{{codes}}}",
+        "",
+    ])
+
+
+# what the paths that leave `running` (fail_running, leave_running) touch
+_LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
+
+ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
+                             "wake", "seq"), EnqueueArgs, _enqueued, EnqueueItem)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events"), ClaimArgs, _claimed)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events"), FinishArgs, _finished, FinishItem)
+EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
+RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
+                             "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
+RECOVER = Script("recover", ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique",
+                             "stats", "wake", "limit_prefix", "parked", "events"), RecoverArgs, _count)
+PROMOTE = Script("promote", ("job_prefix", "ready", "waiting", "state_prefix", "wake", "seq"),
+                 LimitArgs, _count)
+CANCEL = Script("cancel", ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix",
+                           "parked", "events"), JobArgs, _job_hash("cancel"))
+RETRY = Script("retry", ("job_prefix", "ready", "state_prefix", "unique", "wake", "seq"), JobArgs,
+               _job_hash("retry"))
+PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs"), PurgeArgs, _count)
+WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)
+PROGRESS = Script("progress", ("job_prefix", "events"), ProgressArgs, _flag)
+UNPARK = Script("unpark", ("job_prefix", "ready", "wake", "limit_prefix", "parked", "hlimits"),
+                LimitArgs, _count)
+HEARTBEAT = Script("heartbeat", ("registry", "worker_prefix"), HeartbeatArgs, _heartbeat, WorkerField,
+                   registry=True)
+WORKERS = Script("workers", ("registry", "worker_prefix"), WorkersArgs, _workers, registry=True)
+
+SCRIPTS: dict[str, Script[Any, Any]] = {
+    script.name: script
+    for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, PURGE,
+                   WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS)
+}
