@@ -29,7 +29,9 @@ from rich.text import Text
 
 from backend.config import ConfigError, Settings
 from backend.ops import bench as bench_command
-from backend.ops.client import Client, ExitCode, HttpClient, JSONDict, OpsError, StoreClient, map_store_error
+from backend.ops.client import Client, ExitCode, JSONDict, OpsError
+from backend.ops.http_client import HttpClient
+from backend.ops.store_client import StoreClient, map_store_error
 from backend.workers.models import ALL_STATES, TERMINAL_STATES
 from backend.workers.rules import DEFAULT_MAX_ATTEMPTS
 
