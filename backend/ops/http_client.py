@@ -1,0 +1,152 @@
+"""The CLI's client on a running backend's HTTP API (`--url`), with the standard library only.
+
+The only way to reach a memory store, which lives inside the backend process; HTTP statuses
+and unreachable hosts become `OpsError`s with the CLI's exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from backend.ops.client import Client, ExitCode, JSONDict, OpsError, Page
+
+
+class HttpClient(Client):
+    """Talks to a running backend (DESIGN §9) with the standard library only."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 15.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.where = self.base
+
+    async def enqueue(self, body: JSONDict) -> JSONDict:
+        payload = {key: value for key, value in body.items() if value is not None}
+        return _as_dict(await self._call("POST", "/api/jobs", payload))
+
+    async def get(self, job_id: str, queue: str | None = None) -> JSONDict:
+        query = f"?queue={_q(queue)}" if queue else ""
+        return _as_dict(await self._call("GET", f"/api/jobs/{_q(job_id)}{query}"))
+
+    async def list_jobs(
+        self, queue: str | None, state: str | None, name: str | None, limit: int, cursor: str | None
+    ) -> Page:
+        params = {"queue": queue, "state": state, "name": name, "limit": str(limit), "cursor": cursor}
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
+        data = await self._call("GET", f"/api/jobs?{query}")
+        if isinstance(data, list):
+            return Page(data, None)
+        return Page(list(data.get("jobs") or data.get("items") or []), data.get("cursor") or None)
+
+    async def cancel(self, job_id: str, queue: str | None = None) -> JSONDict:
+        return _as_dict(await self._call("POST", f"/api/jobs/{_q(job_id)}/cancel"))
+
+    async def retry(self, job_id: str, queue: str | None = None) -> JSONDict:
+        return _as_dict(await self._call("POST", f"/api/jobs/{_q(job_id)}/retry"))
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        data = await self._call("GET", "/api/queues")
+        if isinstance(data, dict) and isinstance(data.get("queues"), dict | list):
+            data = data["queues"]
+        if isinstance(data, list):  # [{"queue"|"name": q, "counts": {...}}] or flat rows
+            out: dict[str, dict[str, int]] = {}
+            for row in data:
+                name = row.get("queue") or row.get("name")
+                counts = row.get("counts") or {k: v for k, v in row.items() if isinstance(v, int)}
+                out[str(name)] = {str(k): int(v) for k, v in counts.items()}
+            return out
+        return {str(q): {str(s): int(n) for s, n in c.items()} for q, c in data.items()}
+
+    async def schedules(self) -> list[JSONDict]:
+        data = await self._call("GET", "/api/schedules")
+        return list(data.get("schedules") or []) if isinstance(data, dict) else []
+
+    async def workers(self) -> list[JSONDict]:
+        data = await self._call("GET", "/api/workers")
+        if isinstance(data, dict):
+            data = data.get("workers") or []
+        return list(data)
+
+    async def purge(self, older_than: float, queues: list[str] | None) -> int:
+        raise OpsError(
+            "purge is not offered over HTTP: run it with JOB_STORE=redis and REDIS_URL", ExitCode.USAGE
+        )
+
+    async def ready(self) -> tuple[bool, JSONDict]:
+        try:
+            status, raw = await asyncio.to_thread(self._request, "GET", "/api/ready", None)
+        except OpsError as exc:
+            return False, {"detail": str(exc)}
+        body = _parse_json(raw)
+        return status == 200, body if isinstance(body, dict) else {"detail": raw.decode(errors="replace")}
+
+    async def metrics_text(self) -> str | None:
+        status, raw = await asyncio.to_thread(self._request, "GET", "/api/metrics", None)
+        if status != 200:
+            raise OpsError(f"GET /api/metrics answered {status}", ExitCode.FAILED)
+        return raw.decode(errors="replace")
+
+    async def _call(self, method: str, path: str, payload: JSONDict | None = None) -> Any:
+        status, raw = await asyncio.to_thread(self._request, method, path, payload)
+        data = _parse_json(raw)
+        if 200 <= status < 300:
+            return data
+        detail = data.get("detail") if isinstance(data, dict) else raw.decode(errors="replace")[:300]
+        hint = ""
+        if status == 401:
+            hint = " (pass --token or set BAGBOT_API_TOKEN to the backend's token)"
+        raise OpsError(f"{method} {path} answered {status}: {detail}{hint}", _code_for_status(status))
+
+    def _request(self, method: str, path: str, payload: JSONDict | None) -> tuple[int, bytes]:
+        headers = {"Accept": "application/json"}
+        data = None
+        if payload is not None or method == "POST":
+            data = json.dumps(payload or {}).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise OpsError(f"cannot reach {self.base}: {reason}", ExitCode.UNAVAILABLE) from None
+
+
+def _q(job_id: str) -> str:
+    return urllib.parse.quote(job_id, safe="")
+
+
+def _as_dict(data: Any) -> JSONDict:
+    if isinstance(data, dict) and isinstance(data.get("job"), dict):
+        return dict(data["job"])
+    if not isinstance(data, dict):
+        raise OpsError(f"unexpected answer from the backend: {data!r:.200}", ExitCode.FAILED)
+    return data
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _code_for_status(status: int) -> ExitCode:
+    if status == 404:
+        return ExitCode.NOT_FOUND
+    if status in (409, 507):
+        return ExitCode.REFUSED
+    if status in (502, 503, 504):
+        return ExitCode.UNAVAILABLE
+    if status in (400, 401, 403, 413, 422):
+        return ExitCode.USAGE
+    return ExitCode.FAILED

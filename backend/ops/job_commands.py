@@ -1,0 +1,212 @@
+"""`bagbot enqueue` and `bagbot jobs list|show|retry|cancel`: making jobs and steering one job.
+
+`backend/cli.py` registers `enqueue` on the `bagbot` app and mounts `jobs_app` as `bagbot jobs`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from backend.ops.cli_support import JsonOpt, QueueOpt, TokenOpt, UrlOpt, err, fail, out, print_json, run
+from backend.ops.client import Client, ExitCode, JSONDict, OpsError
+from backend.ops.render import job_detail, jobs_table, print_outcome, progress_text, state_pill
+from backend.workers.models import ALL_STATES, TERMINAL_STATES
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS
+
+jobs_app = typer.Typer(help="List, show, retry and cancel jobs.", no_args_is_help=True)
+
+
+def _parse_arg(raw: str) -> Any:
+    """ARGS are JSON when they parse as JSON (1, true, {"a": 1}), else plain strings."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+# -- producing ------------------------------------------------------------------------------
+
+
+def enqueue(
+    name: Annotated[str, typer.Argument(help="Handler name, e.g. bagbot.echo.")],
+    args: Annotated[
+        list[str] | None, typer.Argument(help="Positional args; each is JSON if it parses, else a string.")
+    ] = None,
+    kwargs: Annotated[
+        str | None, typer.Option("--kwargs", help="Keyword args as a JSON object, e.g. '{\"times\": 1}'.")
+    ] = None,
+    queue: Annotated[str, typer.Option("--queue", "-q")] = "default",
+    delay: Annotated[
+        float | None, typer.Option(help="Run no earlier than this many seconds from now.")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first (-1000..1000).")] = 0,
+    max_attempts: Annotated[int, typer.Option(help="Runs before the job is failed.")] = DEFAULT_MAX_ATTEMPTS,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds a run may take (default: the handler's).")
+    ] = None,
+    unique_key: Annotated[
+        str | None, typer.Option(help="At most one live job per key in this queue.")
+    ] = None,
+    job_id: Annotated[
+        str | None, typer.Option("--id", help="Your own job id: enqueueing it again is a no-op.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress until the job ends; exit 1 if it failed.")
+    ] = False,
+    wait_timeout: Annotated[
+        float | None, typer.Option(help="Give up waiting after this many seconds.")
+    ] = None,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Enqueue a job. Put `--` before ARGS that start with a dash: `bagbot enqueue bagbot.echo -- -1`."""
+    try:
+        parsed_kwargs = json.loads(kwargs) if kwargs else {}
+    except ValueError as exc:
+        raise fail(f"--kwargs is not JSON: {exc}", ExitCode.USAGE) from None
+    if not isinstance(parsed_kwargs, dict):
+        raise fail("--kwargs must be a JSON object", ExitCode.USAGE)
+    body: JSONDict = {
+        "name": name,
+        "args": [_parse_arg(a) for a in args or []],
+        "kwargs": parsed_kwargs,
+        "queue": queue,
+        "delay": delay,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "timeout": timeout,
+        "unique_key": unique_key,
+        "id": job_id,
+    }
+
+    if wait:
+        body["events"] = True  # its state changes and progress wake the wait at once
+
+    async def action(client: Client) -> JSONDict:
+        job = await client.enqueue(body)
+        if not wait:
+            return job
+        if not json_out:
+            out.print(f"enqueued {job['id']} on {job.get('queue')}")
+        return await _wait_for(client, job, wait_timeout)
+
+    job = run(url, token, action)
+    if json_out:
+        print_json(job)
+    elif not wait:
+        pill = state_pill(job.get("state"))
+        out.print(Text.assemble(f"enqueued {job['id']} on {job.get('queue')}: ", pill))
+    else:
+        print_outcome(job)
+    if wait and job.get("state") != "done":
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+async def _wait_for(client: Client, job: JSONDict, limit: float | None) -> JSONDict:
+    """Follow the job until it is terminal, with a live status line (state, attempt, progress) on
+    stderr: woken by its events when the client can subscribe, else by polling."""
+    started = time.monotonic()
+    terminal = {s.value for s in TERMINAL_STATES}
+    with err.status(f"{job['id']}: {job.get('state')}") as status:
+        while str(job.get("state")) not in terminal:
+            if limit is not None and time.monotonic() - started > limit:
+                raise OpsError(
+                    f"gave up after {limit:g}s: job {job['id']} is still {job.get('state')}", ExitCode.FAILED
+                )
+            await client.wait_change(job)
+            events = job.get("events")
+            job = await client.get(str(job["id"]), str(job.get("queue") or "") or None)
+            job.setdefault("events", events)
+            elapsed = time.monotonic() - started
+            status.update(
+                f"{job['id']}: {job.get('state')}  attempt {job.get('attempts')}/{job.get('max_attempts')}  "
+                f"{progress_text(job)}{elapsed:.1f}s"
+            )
+    return job
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+@jobs_app.command("list")
+def jobs_list(
+    queue: QueueOpt = None,
+    state: Annotated[
+        str | None, typer.Option(help=f"One of: {', '.join(s.value for s in ALL_STATES)}.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Handler name.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    cursor: Annotated[str | None, typer.Option(help="Cursor printed by the previous page.")] = None,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List jobs, newest first."""
+    if state is not None and state not in {s.value for s in ALL_STATES}:
+        raise fail(f"unknown state {state!r}", ExitCode.USAGE)
+    page = run(url, token, lambda c: c.list_jobs(queue, state, name, limit, cursor))
+    if json_out:
+        print_json({"jobs": page.jobs, "cursor": page.cursor})
+        return
+    out.print(jobs_table(page.jobs))
+    if page.cursor:
+        out.print(f"more: --cursor {shlex.quote(page.cursor)}")
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    queue: QueueOpt = None,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show one job with its result or last error."""
+    job = run(url, token, lambda c: c.get(job_id, queue))
+    if json_out:
+        print_json(job)
+        return
+    out.print(job_detail(job))
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    queue: QueueOpt = None,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Put a failed or cancelled job back in its queue (attempts reset to 0)."""
+    _print_transition(run(url, token, lambda c: c.retry(job_id, queue)), json_out)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    queue: QueueOpt = None,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a job: at once if it has not started (enqueued, scheduled or retry_scheduled); a
+    running job is asked to stop (its worker cancels it within a heartbeat, it ends cancelled)."""
+    _print_transition(run(url, token, lambda c: c.cancel(job_id, queue)), json_out)
+
+
+def _print_transition(job: JSONDict, json_out: bool) -> None:
+    """The job's state after retry/cancel, and whether a running job was only asked to stop."""
+    if json_out:
+        print_json(job)
+        return
+    asked = ""
+    if job.get("cancel_requested"):
+        asked = " (cancel requested: its worker stops it within a heartbeat)"
+    out.print(Text.assemble(f"{job['id']}: ", state_pill(job.get("state")), asked))
