@@ -136,11 +136,11 @@ def purge(
 for command in (serve, worker, enqueue, queues, schedules, workers, purge, check, smoke):
     app.command()(command)
 app.add_typer(jobs_app, name="jobs")
+bench.register(app)
 
 
 def main() -> None:
     """Console-script entry point."""
-    bench.register(app)
     app()
 
 

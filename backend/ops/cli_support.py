@@ -65,15 +65,15 @@ def open_client(url: str | None, token: str | None, allow_memory: bool = False) 
     refused unless the caller runs a worker itself: its jobs live in another process."""
     if url:
         return HttpClient(url, token)
+    from backend.workers.stores import create_job_store, private_to_one_process
+
     settings = load_settings()
-    if settings.job_store == "memory" and not allow_memory:
+    if private_to_one_process(settings) and not allow_memory:
         raise OpsError(
             "JOB_STORE=memory keeps jobs inside the backend process, out of this command's reach: "
             "pass --url http://HOST:PORT of the backend, or set JOB_STORE=redis and REDIS_URL",
             ExitCode.USAGE,
         )
-    from backend.workers.stores import create_job_store
-
     return StoreClient(create_job_store(settings), settings.safe_redis_url)
 
 
