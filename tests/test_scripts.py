@@ -24,11 +24,11 @@ from redis.retry import Retry
 
 from backend.workers.job_store import IllegalTransitionError, JobNotFoundError, StoreUnavailableError
 from backend.workers.memory_job_store import MemoryJobStore
-from backend.workers.models import Claim, Completion, JobSpec, ScheduleInfo, WorkerInfo
+from backend.workers.models import Claim, Completion, JobError, JobSpec, ScheduleInfo, WorkerInfo
 from backend.workers.redis import scripts as sc
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis_job_store import RedisJobStore
-from backend.workers.rules import DURATION_BUCKETS, MAX_PRIORITY, PRIORITY_SPAN
+from backend.workers.rules import DURATION_BUCKETS, MAX_PRIORITY, PRIORITY_SPAN, Backoff
 
 LUA = resources.files("backend.workers.redis").joinpath("lua")
 SCRIPTS = list(sc.SCRIPTS.values())
@@ -156,7 +156,12 @@ def test_records_build_the_wire_values() -> None:
     claim = Claim("default", "j1", "tok")
     assert sc.FinishItem.from_completion(Completion(claim, 0.5, result={"x": 1})).payload == b'{"x":1}'
     cancelled = sc.FinishItem.from_completion(Completion(claim, 0.5, cancelled=True))
-    assert (cancelled.ok, cancelled.payload, cancelled.bo_base, cancelled.max_attempts) == (2, b"", "", -1)
+    assert (cancelled.ok, cancelled.payload, cancelled.policy) == (2, b"", "")
+    failed = sc.FinishItem.from_completion(Completion(claim, 0.5, error=JobError("E", "x"), retryable=False,
+                                                      max_attempts=2, backoff=Backoff(1, 8, 0)))
+    assert (failed.ok, failed.policy) == (0, "0 -1 2 1.0 8.0 0.0")
+    default = sc.FinishItem.from_completion(Completion(claim, 0.5, error=JobError("E", "x"), retry_delay=2))
+    assert default.policy == "1 2000000 -1 - - -"
 
 
 async def test_lua_constants_come_from_rules() -> None:

@@ -120,29 +120,28 @@ class FinishItem(NamedTuple):
     ok: int  # 1 success, 0 error, 2 cancelled
     payload: bytes  # result JSON | error JSON | b'' when cancelled
     duration: str  # seconds
-    retryable: int  # 1 | 0
-    retry_delay_us: int  # -1 = the backoff
-    max_attempts: int  # the handler's, -1 = none
-    bo_base: str  # the handler's backoff, '' = the job's own
-    bo_cap: str
-    bo_jitter: str
+    # A failure's retry inputs in one field, so a success pays no extra argument: '' unless ok = 0,
+    # else "retryable delay_us max_attempts bo_base bo_cap bo_jitter" ('-' = none: the job's own).
+    policy: str
 
     @classmethod
     def from_completion(cls, item: Completion) -> FinishItem:
+        policy = ""
         if item.cancelled:
             ok, payload = 2, b""
         elif item.error is None:
             ok, payload = 1, check_json("result", item.result)
         else:
-            ok, payload = 0, dumps(item.error.to_json()).encode()
-        bo = item.backoff
-        base, cap, jitter = ("", "", "") if bo is None else (_float(bo.base), _float(bo.cap),
-                                                             _float(bo.jitter))
-        return cls(
-            item.claim.job_id, item.claim.token, ok, payload, _float(item.duration),
-            1 if item.retryable else 0, -1 if item.retry_delay is None else s_to_us(item.retry_delay),
-            -1 if item.max_attempts is None else item.max_attempts, base, cap, jitter,
-        )
+            ok, payload, policy = 0, dumps(item.error.to_json()).encode(), _failure_policy(item)
+        return cls(item.claim.job_id, item.claim.token, ok, payload, _float(item.duration), policy)
+
+
+def _failure_policy(item: Completion) -> str:
+    bo = item.backoff
+    backoff = "- - -" if bo is None else f"{_float(bo.base)} {_float(bo.cap)} {_float(bo.jitter)}"
+    delay = -1 if item.retry_delay is None else s_to_us(item.retry_delay)
+    cap = -1 if item.max_attempts is None else item.max_attempts
+    return f"{1 if item.retryable else 0} {delay} {cap} {backoff}"
 
 
 class FinishArgs(NamedTuple):

@@ -5,9 +5,9 @@
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
 --    KEYS[8] wake  KEYS[9] limit_prefix  KEYS[10] parked  KEYS[11] events
 -- ARGV[1] random seed  ARGV[2] n  ARGV[3..] n records of WIDTH fields (scripts.FinishItem):
---   job_id, token, ok (1|0|2), payload (result json | error json), duration s, retryable (1|0),
---   retry delay µs (-1 = backoff), handler's max attempts (-1 = none),
---   handler's backoff base s, cap s, jitter ('' = the job's own backoff)
+--   job_id, token, ok (1|0|2), payload (result json | error json), duration s,
+--   policy ('' unless ok = 0; else "retryable delay_us max_attempts bo_base bo_cap bo_jitter",
+--   '-' = none: delay -1 = the backoff, the handler's max attempts and backoff, else the job's own)
 -- Returns per run the new state, or CODE.STALE when the claim was stale (nothing changed). A report
 -- re-sent after its reply was lost (redis-py retries on connection errors) finds its own token in
 -- done_token and gets the state that report produced, so it is neither applied twice nor called stale.
@@ -16,8 +16,7 @@ local now = now_us()
 local out = {}
 for i = 0, n - 1 do
   local b = 3 + i * WIDTH
-  local job_id, token, ok, payload, duration, retryable, retry_delay_us, max_attempts, bo_base, bo_cap,
-    bo_jitter = unpack(ARGV, b, b + WIDTH - 1)
+  local job_id, token, ok, payload, duration, policy = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. job_id
   local f = redis.call('HMGET', jobkey, 'state', 'token', 'name', 'unique_key', 'lkey', 'ev', 'done_token',
     'done_state')
@@ -37,10 +36,12 @@ for i = 0, n - 1 do
     out[#out + 1] = state
   else
     observe_duration(f[3], tonumber(duration))
+    local p = {}
+    for v in string.gmatch(policy, '%S+') do p[#p + 1] = v end
     local bo = nil
-    if bo_base ~= '' then bo = {bo_base, bo_cap, bo_jitter} end
-    local state = fail_running(job_id, jobkey, payload, retryable == '1', tonumber(retry_delay_us),
-      now, nil, rand(seed, i), tonumber(max_attempts), bo)
+    if p[4] ~= '-' then bo = {p[4], p[5], p[6]} end
+    local state = fail_running(job_id, jobkey, payload, p[1] == '1', tonumber(p[2]),
+      now, nil, rand(seed, i), tonumber(p[3]), bo)
     redis.call('HSET', jobkey, 'done_token', token, 'done_state', state)
     out[#out + 1] = state
   end
