@@ -32,8 +32,10 @@ if limit > 0 then
       local jobkey = K.job_prefix .. id
       local job = redis.call('HGETALL', jobkey)
       local raw_attempts, name, lk, raw_lm, oldlkey, ev, state, ukey = nil, nil, nil, nil, nil, nil, nil, nil
+      local numbers = {} -- the numeric fields finish and release convert later
       for j = 1, #job, 2 do
         local f = job[j]
+        if f == 'priority' or f == 'max_attempts' then numbers[#numbers + 1] = {f, job[j + 1]} end
         if f == 'attempts' then raw_attempts = job[j + 1]
         elseif f == 'name' then name = job[j + 1]
         elseif f == 'lk' then lk = job[j + 1]
@@ -45,7 +47,9 @@ if limit > 0 then
       end
       -- check before the first write for this job (see set_aside in lib.lua)
       local attempts, lm = tonumber(raw_attempts or 0), tonumber(raw_lm)
-      local bad, value = not_numeric({{'attempts', raw_attempts}, {'lm', raw_lm}})
+      numbers[#numbers + 1] = {'attempts', raw_attempts}
+      numbers[#numbers + 1] = {'lm', raw_lm}
+      local bad, value = not_numeric(numbers)
       if not name or name == '' then bad, value = 'name', '' end
       if not state or KNOWN_STATES[state] == nil then bad, value = 'state', state or '' end
       if #job == 0 then bad = nil end
