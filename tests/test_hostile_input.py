@@ -140,7 +140,8 @@ def test_the_token_is_checked_before_the_body(api: Api) -> None:
     for body in ("{not json", '{"name": 1}', enqueue_body(args="[NaN]")):
         status, _ = api.call("POST", "/api/jobs", body, headers=plain)
         assert status == 401, body
-        status, _ = api.call("POST", "/api/jobs", body, headers={**plain, "Authorization": "Bearer wrong-one"})
+        wrong = {**plain, "Authorization": "Bearer wrong-one"}
+        status, _ = api.call("POST", "/api/jobs", body, headers=wrong)
         assert status == 401, body
         status, _ = api.call("POST", "/api/jobs", body)
         assert status == 422, body
