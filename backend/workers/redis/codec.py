@@ -85,7 +85,68 @@ class _Fields:
 
 
 def job_from_hash(data: Mapping[str, str], job_id: str = "") -> Job:
-    """The job a hash holds; fields that cannot be read are listed in `Job.unreadable`."""
+    """The job a hash holds; fields that cannot be read are listed in `Job.unreadable`.
+
+    The strict reading is tried first (it is on every claim's path); only a record it refuses is
+    read again field by field."""
+    try:
+        return _strict_job(data)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        return _tolerant_job(data, job_id)
+
+
+def _strict_job(data: Mapping[str, str]) -> Job:
+    if not data.get("name") or data.get("state") is None:
+        raise ValueError("no name or state")
+    args, kwargs, last_error = loads(data.get("args")) or [], loads(data.get("kwargs")) or {}, None
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError("args or kwargs of the wrong type")
+    if raw_error := data.get("last_error"):
+        last_error = JobError.from_json(loads(raw_error))
+    timeout = _opt_float(data.get("timeout"))
+    progress = _opt_float(data.get("progress"))
+    job = Job(
+        id=data["id"],
+        name=data["name"],
+        queue=data.get("queue", ""),
+        args=args,
+        kwargs=kwargs,
+        state=JobState(data["state"]),
+        attempts=int(data.get("attempts") or 0),
+        max_attempts=int(data.get("max_attempts") or 1),
+        priority=int(data.get("priority") or 0),
+        timeout=timeout,
+        backoff=Backoff(float(data.get("bo_base") or 1.0), float(data.get("bo_cap") or 300.0),
+                        float(data.get("bo_jitter") or 0.25)),
+        run_at=us_to_s(data.get("run_at")),
+        created_at=us_to_s(data.get("created_at")) or 0.0,
+        started_at=us_to_s(data.get("started_at")),
+        finished_at=us_to_s(data.get("finished_at")),
+        worker=data.get("worker") or None,
+        token=data.get("token") or None,
+        lease_until=us_to_s(data.get("lease_until")),
+        last_error=last_error,
+        result=loads(data.get("result")),
+        unique_key=data.get("unique_key") or None,
+        limit_key=data.get("lk") or None,
+        limit=int(data["lm"]) if data.get("lm") else None,
+        events=data.get("ev") == "1",
+        progress=progress,
+        progress_message=data.get("progress_msg") if progress is not None else None,
+        cancel_requested=data.get("cancel_req") == "1",
+    )
+    times = (job.run_at, job.started_at, job.finished_at, job.lease_until, timeout, progress)
+    total = job.created_at + sum(t for t in times if t is not None) + sum(job.backoff.bounds(1))
+    if not math.isfinite(total):
+        raise ValueError("a number that is not finite")  # NaN and ±Infinity propagate through the sum
+    return job
+
+
+def _opt_float(raw: str | None) -> float | None:
+    return None if raw is None or raw == "" else float(raw)
+
+
+def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
     f = _Fields(data)
     defaults = Backoff()
     state = f.read("state", JobState, JobState.ENQUEUED)

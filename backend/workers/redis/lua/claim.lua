@@ -32,10 +32,14 @@ if limit > 0 then
       local jobkey = K.job_prefix .. id
       local job = redis.call('HGETALL', jobkey)
       local raw_attempts, name, lk, raw_lm, oldlkey, ev, state, ukey = nil, nil, nil, nil, nil, nil, nil, nil
-      local numbers = {} -- the numeric fields finish and release convert later
+      local bad, value = nil, nil
       for j = 1, #job, 2 do
         local f = job[j]
-        if f == 'priority' or f == 'max_attempts' then numbers[#numbers + 1] = {f, job[j + 1]} end
+        if f == 'priority' or f == 'max_attempts' or f == 'attempts' or f == 'lm' then
+          -- numbers this script, finish and release convert: checked before any write for the job
+          local v = job[j + 1]
+          if v ~= '' and tonumber(v) == nil then bad, value = f, v end
+        end
         if f == 'attempts' then raw_attempts = job[j + 1]
         elseif f == 'name' then name = job[j + 1]
         elseif f == 'lk' then lk = job[j + 1]
@@ -46,10 +50,7 @@ if limit > 0 then
         elseif f == 'unique_key' then ukey = job[j + 1] end
       end
       -- check before the first write for this job (see set_aside in lib.lua)
-      local attempts, lm = tonumber(raw_attempts or 0), tonumber(raw_lm)
-      numbers[#numbers + 1] = {'attempts', raw_attempts}
-      numbers[#numbers + 1] = {'lm', raw_lm}
-      local bad, value = not_numeric(numbers)
+      local attempts, lm = tonumber(raw_attempts or 0) or 0, tonumber(raw_lm)
       if not name or name == '' then bad, value = 'name', '' end
       if not state or KNOWN_STATES[state] == nil then bad, value = 'state', state or '' end
       if #job == 0 then bad = nil end
