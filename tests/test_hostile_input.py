@@ -182,3 +182,21 @@ def test_a_retry_that_would_break_uniqueness_is_refused_naming_the_holder(api: A
     assert status == 409 and second["id"] in body["detail"]
     status, got = api.call("GET", f"/api/jobs/{first['id']}")
     assert got["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("depth", [200, 300, 400_000])
+def test_deep_values_never_make_a_500(api: Api, depth: int) -> None:
+    status, body = api.call("POST", "/api/jobs", enqueue_body(args="[" * depth + "]" * depth))
+    assert status in (201, 400, 422), body
+    if depth > 255:  # deeper than JSON encoding allows: refused, not stored changed
+        assert status in (400, 422)
+    api.still_answers()
+
+
+def test_a_huge_string_and_many_keys_are_stored_unchanged(api: Api) -> None:
+    kwargs = {f"k{i}": "é" * 50 for i in range(2000)}
+    body = json.dumps({"name": "t.job", "kwargs": kwargs, "delay": 3600})
+    status, job = api.call("POST", "/api/jobs", body)
+    assert status == 201
+    status, got = api.call("GET", f"/api/jobs/{job['id']}")
+    assert status == 200 and got["kwargs"] == kwargs
