@@ -127,7 +127,6 @@ end
 -- to `failed` with a CorruptRecord error naming the field and its value, off every index of a live
 -- job, its limit slot and unique key freed, so it never takes the rest of its batch down. Scripts
 -- check the fields they convert before their first write for the job, so nothing is half-moved.
-local LIVE = {'scheduled', 'retry_scheduled'}
 local KNOWN_STATES = {scheduled = true, enqueued = true, running = true, retry_scheduled = true,
   done = true, failed = true, cancelled = true}
 
@@ -146,8 +145,8 @@ local function set_aside(id, jobkey, old, now, err, lkey, ev, ukey)
   redis.call('ZREM', K.waiting, id)
   redis.call('ZREM', K.parked, id)
   free_slot(id, lkey)
-  if old == nil or KNOWN_STATES[old] == nil then
-    for _, s in ipairs(LIVE) do redis.call('ZREM', K.state_prefix .. s, id) end
+  if old == nil or KNOWN_STATES[old] == nil then -- which index holds it is unknown: leave none behind
+    for s in pairs(INDEXED) do redis.call('ZREM', K.state_prefix .. s, id) end
   end
   move_state(id, old, 'failed', now)
   release_unique(jobkey, id, ukey or nil)
