@@ -22,7 +22,12 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from backend.workers.job_store import IllegalTransitionError, JobNotFoundError, StoreUnavailableError
+from backend.workers.job_store import (
+    IllegalTransitionError,
+    JobNotFoundError,
+    StoreUnavailableError,
+    UniqueKeyHeldError,
+)
 from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.models import Claim, Completion, JobError, JobSpec, ScheduleInfo, WorkerInfo
 from backend.workers.redis import scripts as sc
@@ -190,12 +195,15 @@ def test_reply_codes_are_named_and_each_error_maps_to_its_exception() -> None:
     for code in sc.Code:
         assert f"CODE.{code.name}" in sources, code  # every code is used, by name
     assert not re.search(r"'(missing|illegal|ok|stale|not_found)'", sources)  # no bare literals
-    assert set(sc.ERRORS) == {sc.Code.NOT_FOUND, sc.Code.ILLEGAL}
+    assert set(sc.ERRORS) == {sc.Code.NOT_FOUND, sc.Code.ILLEGAL, sc.Code.CONFLICT}
     missing = sc.ERRORS[sc.Code.NOT_FOUND]("j1", "", "cancel")
     assert isinstance(missing, JobNotFoundError)
     illegal = sc.ERRORS[sc.Code.ILLEGAL]("j1", "done", "cancel")
     assert isinstance(illegal, IllegalTransitionError)
     assert (illegal.job_id, illegal.state, illegal.action) == ("j1", "done", "cancel")
+    held = sc.ERRORS[sc.Code.CONFLICT]("j1", "j2", "retry")
+    assert isinstance(held, UniqueKeyHeldError) and isinstance(held, IllegalTransitionError)
+    assert held.holder == "j2" and "j2" in str(held)
 
 
 async def test_reply_codes_through_the_store() -> None:

@@ -39,10 +39,14 @@ def require_token(
 
     compare_digest keeps the comparison time independent of how much of the token matched.
     """
+    check_token(request, credentials.credentials if credentials is not None else "")
+
+
+def check_token(request: Request, given: str) -> None:
+    """401 unless the app has no token or `given` is it (also run before body validation)."""
     expected: str | None = get_settings(request).api_token
     if expected is None:
         return
-    given = credentials.credentials if credentials is not None else ""
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         detail = "missing bearer token" if not given else "wrong bearer token"
         raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})

@@ -2,6 +2,11 @@
 
 Checked twice: the declared Content-Length (cheap, rejects at once) and the
 bytes actually streamed (a chunked body declares no length).
+
+Before the 413 is sent the rest of the body is read and dropped (up to DRAIN_BYTES): a plain
+client such as urllib sends its whole body before it reads the answer, and a server that closes
+with unread bytes in its socket makes the kernel reset the connection, so the client would see
+the reset instead of the 413.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+DRAIN_BYTES = 64 * 1024 * 1024  # read at most this much of a refused body before answering
 
 
 class BodyLimitMiddleware:
@@ -26,6 +32,7 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            await _drain(receive, declared <= DRAIN_BYTES)
             await self._too_large(send)
             return
         # Buffer the body (at most max_bytes) and replay it: the route never sees a partial body.
@@ -38,6 +45,8 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
+                if message.get("more_body", False):
+                    await _drain(receive, True)
                 await self._too_large(send)
                 return
             chunks.append(chunk)
@@ -54,6 +63,18 @@ class BodyLimitMiddleware:
                         (b"connection", b"close")],
         })
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, wanted: bool) -> None:
+    """Read and drop the rest of a refused body, at most DRAIN_BYTES."""
+    size = 0
+    while wanted and size <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -112,7 +112,11 @@ class SnapshotCollector(Collector):
             ages.add_metric([worker], age)
         workers = GaugeMetricFamily("bagbot_workers", "Registered workers.",
                                     value=len(self.snapshot.heartbeat_ages))
-        yield from (jobs, ages, workers)
+        unreadable = GaugeMetricFamily(
+            "bagbot_unreadable_values",
+            "Stored metric values this scrape skipped because they could not be read (a corrupt record).",
+            value=self.snapshot.unreadable)
+        yield from (jobs, ages, workers, unreadable)
 
 
 def cumulative_buckets(counts: Sequence[int]) -> list[tuple[str, float]]:

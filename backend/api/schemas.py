@@ -115,6 +115,10 @@ class JobOut(BaseModel):
     progress: float | None = Field(None, description="the last value the handler reported")
     progress_message: str | None = None
     cancel_requested: bool = Field(False, description="running, asked to stop: its worker cancels it")
+    unreadable: dict[str, str] = Field(
+        default_factory=dict,
+        description="fields of a corrupt record that could not be read (field -> stored value); they show"
+        " their default, and `state` is `corrupt` when the state itself could not be read")
 
 
 class JobListOut(BaseModel):

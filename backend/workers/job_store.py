@@ -46,6 +46,15 @@ class IllegalTransitionError(JobStoreError):
         self.job_id, self.state, self.action = job_id, state, action
 
 
+class UniqueKeyHeldError(IllegalTransitionError):
+    """A manual retry would make a second live job with one unique_key: another job holds it."""
+
+    def __init__(self, job_id: str, holder: str, action: str) -> None:
+        JobStoreError.__init__(
+            self, f"cannot {action} job {job_id}: its unique_key is held by live job {holder}")
+        self.job_id, self.state, self.action, self.holder = job_id, "", action, holder
+
+
 class StaleClaimError(JobStoreError):
     """The claim token is no longer current: the lease expired and the job moved on."""
 

@@ -121,6 +121,9 @@ class Job:
     progress: float | None = None  # last value a handler reported (report_progress)
     progress_message: str | None = None
     cancel_requested: bool = False  # a running job asked to stop; its worker cancels it at a heartbeat
+    # field -> stored value (shortened) of each field the store could not read (a corrupt record);
+    # the field shows its default. A job with any is never run: its claim sets it aside (failed).
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -134,7 +137,7 @@ class Job:
             "queue": self.queue,
             "args": self.args,
             "kwargs": self.kwargs,
-            "state": self.state.value,
+            "state": "corrupt" if "state" in self.unreadable else self.state.value,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
             "priority": self.priority,
@@ -154,6 +157,7 @@ class Job:
             "progress": self.progress,
             "progress_message": self.progress_message,
             "cancel_requested": self.cancel_requested,
+            "unreadable": dict(self.unreadable),
         }
 
 
@@ -269,6 +273,7 @@ class MetricsSnapshot:
     queues: dict[str, QueueMetrics]
     counts: dict[str, dict[str, int]]  # queue -> state -> jobs
     heartbeat_ages: dict[str, float]  # worker id -> seconds since its last heartbeat
+    unreadable: int = 0  # stored values this snapshot skipped because they could not be read
 
 
 @dataclass(slots=True)

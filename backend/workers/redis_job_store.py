@@ -17,7 +17,6 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
@@ -38,13 +37,20 @@ from backend.workers.models import (
 )
 from backend.workers.redis import scripts as sc
 from backend.workers.redis.batching import EnqueueBatcher
-from backend.workers.redis.codec import job_from_hash, new_job, queue_metrics, s_to_us, worker_from_hash
+from backend.workers.redis.codec import (
+    job_from_hash,
+    new_job,
+    queue_metrics,
+    readable_schedules,
+    s_to_us,
+    worker_from_hash,
+)
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
-from backend.workers.rules import dumps, loads, new_job_id
+from backend.workers.rules import dumps, new_job_id
 
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
 HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
@@ -193,8 +199,18 @@ class RedisJobStore(JobStore):
             args = sc.ClaimArgs(worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT,
                                 random.random(), new_job_id()[:16])
             rows = await self._call(sc.CLAIM, self.keys.queue(queue), args)
-            claimed.extend(job_from_hash(row) for row in rows)
+            claimed.extend(await self._readable(queue, [job_from_hash(row) for row in rows]))
         return claimed
+
+    async def _readable(self, queue: str, jobs: list[Job]) -> list[Job]:
+        """The claimed jobs whose records could be read; the others are set aside (failed), so a
+        corrupt record is never run with a changed value and never fails the rest of the batch."""
+        for job in jobs:
+            if job.unreadable:
+                field, value = next(iter(job.unreadable.items()))
+                args = sc.SetAsideArgs(job.id, job.token or "", field, value)
+                await self._call(sc.SETASIDE, self.keys.queue(queue), args)
+        return [job for job in jobs if not job.unreadable]
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         timeout = min(timeout, MAX_BLOCK_SECONDS)
@@ -271,7 +287,7 @@ class RedisJobStore(JobStore):
     async def list_schedules(self) -> list[ScheduleInfo]:
         with self._mapped_errors():
             raw = await self.redis.hgetall(self.keys.schedules)
-        return sorted((ScheduleInfo.from_json(loads(value)) for value in raw.values()), key=lambda s: s.name)
+        return sorted(readable_schedules(raw.values()), key=lambda s: s.name)
 
     def job_events(self, queues: Sequence[str]) -> AsyncIterator[tuple[str, str]]:
         return self._reads.events([self.keys.queue(queue).events for queue in queues], self.cluster)
@@ -354,34 +370,16 @@ class RedisJobStore(JobStore):
         queues = await self.queues()
         replies = await self._reads.stats(queues)
         workers = await self.list_workers()
+        read = [queue_metrics(stats) for stats in replies]
         return MetricsSnapshot(
-            queues={name: queue_metrics(stats) for name, stats in zip(queues, replies, strict=True)},
+            queues={name: metrics for name, (metrics, _) in zip(queues, read, strict=True)},
             counts=await self.counts(),
             heartbeat_ages={worker.id: worker.heartbeat_age for worker in workers},
+            unreadable=sum(skipped for _, skipped in read),
         )
 
     async def health(self) -> StoreHealth:
-        try:
-            with self._mapped_errors():
-                await self.redis.ping()
-                server, memory = await self._server_info()
-        except Exception as exc:  # health must answer, whatever went wrong
-            return StoreHealth(ok=False, backend=self.backend, detail=str(exc), needs_noeviction=True)
-        return StoreHealth(
-            ok=True,
-            backend=self.backend,
-            version=str(server.get("redis_version", "unknown")),
-            maxmemory_policy=str(memory.get("maxmemory_policy", "unknown")),
-            used_memory=int(memory.get("used_memory", 0)),
-            needs_noeviction=True,
-        )
-
-    async def _server_info(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """INFO server + memory; servers that refuse INFO (some managed or fake ones) give empty dicts."""
-        try:
-            return await self.redis.info("server"), await self.redis.info("memory")
-        except redis_errors.ResponseError:
-            return {}, {}
+        return await self._reads.health(self.backend)
 
     async def close(self) -> None:
         with self._mapped_errors():

@@ -8,6 +8,7 @@ to Redis run code in every worker. The Lua scripts read their constants from her
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import uuid
@@ -133,12 +134,34 @@ def validate_spec(spec: S) -> S:
 
 
 def check_json(field_name: str, value: Any) -> bytes:
-    """Encode `value` as JSON, or raise an error that names the offending field."""
+    """Encode `value` as JSON, or raise an error that names the offending field.
+
+    orjson writes NaN and ±Infinity as `null`: a payload holding one would be stored changed, so
+    it is refused. The walk only runs when the output holds a `null` (free on the usual path)."""
     try:
-        return orjson.dumps(value)
+        encoded = orjson.dumps(value)
     except TypeError as exc:
         path = _find_non_json(value, field_name)
         raise InvalidJobError(f"{path} is not JSON-serializable: {exc}") from None
+    if b"null" in encoded and (where := _find_non_finite(value, field_name)) is not None:
+        raise InvalidJobError(f"{where} is not a finite number (NaN and Infinity are not JSON)")
+    return encoded
+
+
+def _find_non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or ±Infinity in `value`, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{key}", item) for key, item in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for sub, item in items:
+        if (found := _find_non_finite(item, sub)) is not None:
+            return found
+    return None
 
 
 def _find_non_json(value: Any, path: str) -> str:

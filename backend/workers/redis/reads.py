@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from backend.workers.models import ALL_STATES, Job, JobPage, JobState
+from redis import exceptions as redis_errors
+
+from backend.workers.models import ALL_STATES, Job, JobPage, JobState, StoreHealth
 from backend.workers.redis.codec import format_cursor, job_from_hash, parse_cursor
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 
@@ -42,7 +44,7 @@ class Reads:
         replies = await self._hgetall([self.keys.queue(name).job(job_id) for name in queues])
         for reply in replies:
             if reply:
-                return job_from_hash(reply)
+                return job_from_hash(reply, job_id)
         return None
 
     async def _hgetall(self, keys: Sequence[str]) -> list[dict[str, str]]:
@@ -66,7 +68,7 @@ class Reads:
             replies = await self._hgetall([self.keys.queue(q).job(job_id) for _, job_id, q in entries])
             for (score, job_id, _), reply in zip(entries, replies, strict=True):
                 after = (score, job_id)
-                job = job_from_hash(reply) if reply else None
+                job = job_from_hash(reply, job_id) if reply else None
                 if job is not None and (name is None or job.name == name):
                     found.append(job)
                     if len(found) == limit:
@@ -78,8 +80,10 @@ class Reads:
     async def _index_page(
         self, queues: Sequence[str], state: JobState | None, after: tuple[float, str] | None, count: int
     ) -> list[tuple[float, str, str]]:
-        """Up to `count` (score, id, queue) entries strictly after `after`, newest first."""
-        top: float | str = "+inf" if after is None else after[0]
+        """Up to `count` (score, id, queue) entries strictly after `after` in (score, id) order, newest
+        first. Many entries can share one score (one script call stamps a whole batch with one TIME),
+        so the entries tied with the cursor's score are read whole and the rest strictly below it:
+        a page never skips a job however many share a timestamp."""
         with self.errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 sources: list[str] = []
@@ -90,7 +94,13 @@ class Reads:
                         keys.append(qkeys.parked)  # jobs over a concurrency limit are enqueued too
                     for key in keys:
                         sources.append(name)
-                        pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count + 100, withscores=True)
+                        if after is None:
+                            pipe.zrevrangebyscore(key, "+inf", "-inf", start=0, num=count, withscores=True)
+                        else:
+                            sources.append(name)
+                            pipe.zrevrangebyscore(key, after[0], after[0], withscores=True)  # the ties
+                            pipe.zrevrangebyscore(key, f"({after[0]:.0f}", "-inf", start=0, num=count,
+                                                  withscores=True)
                 replies = await pipe.execute()
         merged: list[tuple[float, str, str]] = []
         for name, reply in zip(sources, replies, strict=True):
@@ -99,6 +109,29 @@ class Reads:
                     merged.append((float(score), str(member), name))
         merged.sort(reverse=True)
         return merged[:count]
+
+    async def health(self, backend: str) -> StoreHealth:
+        try:
+            with self.errors():
+                await self.redis.ping()
+                server, memory = await self._server_info()
+        except Exception as exc:  # health must answer, whatever went wrong
+            return StoreHealth(ok=False, backend=backend, detail=str(exc), needs_noeviction=True)
+        return StoreHealth(
+            ok=True,
+            backend=backend,
+            version=str(server.get("redis_version", "unknown")),
+            maxmemory_policy=str(memory.get("maxmemory_policy", "unknown")),
+            used_memory=int(memory.get("used_memory", 0)),
+            needs_noeviction=True,
+        )
+
+    async def _server_info(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """INFO server + memory; servers that refuse INFO (some managed or fake ones) give empty dicts."""
+        try:
+            return await self.redis.info("server"), await self.redis.info("memory")
+        except redis_errors.ResponseError:
+            return {}, {}
 
     async def counts(self, queues: Sequence[str]) -> dict[str, dict[str, int]]:
         with self.errors():

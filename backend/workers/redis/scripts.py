@@ -9,10 +9,9 @@ Arguments are NamedTuples of wire values: their fields, in order, are the script
 field `items` (records of one NamedTuple type) is sent as its count followed by each record's
 fields; the Lua side reads a record with `local <its fields> = unpack(ARGV, b, b + WIDTH - 1)`.
 
-Each script's source is a generated prelude, then `lib.lua` (per-queue scripts), then its file.
-The prelude holds what Python and Lua share, written once here or in `rules.py`: `K` (the
-script's keys by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY and
-the reply codes (`CODE`).
+Each script's source is a generated prelude, then `lib.lua` (per-queue scripts), then its file. The
+prelude holds what Python and Lua share, written once here or in `rules.py`: `K` (the script's keys
+by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY and the codes (`CODE`).
 """
 
 from __future__ import annotations
@@ -24,7 +23,12 @@ from functools import cached_property
 from importlib import resources
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from backend.workers.job_store import IllegalTransitionError, JobNotFoundError, JobStoreError
+from backend.workers.job_store import (
+    IllegalTransitionError,
+    JobNotFoundError,
+    JobStoreError,
+    UniqueKeyHeldError,
+)
 from backend.workers.models import Completion, JobSpec, JobState
 from backend.workers.redis.codec import pairs_to_dict, s_to_us
 from backend.workers.redis.keys import QueueKeys, RedisKeys
@@ -45,12 +49,15 @@ class Code(StrEnum):
     NOT_FOUND = "not_found"  # no such job
     ILLEGAL = "illegal"  # the job's state does not allow the transition; detail = that state
     STALE = "stale"  # per report (finish): the claim token is no longer current; nothing changed
+    CORRUPT = "corrupt"  # the job's record could not be read: it was set aside (failed, CorruptRecord)
+    CONFLICT = "conflict"  # retry: another live job holds the unique_key; detail = its id
 
 
 # What each error code raises: (job id, detail, action) -> the contract's exception.
 ERRORS: dict[Code, Callable[[str, str, str], JobStoreError]] = {
     Code.NOT_FOUND: lambda job_id, detail, action: JobNotFoundError(f"no job {job_id}"),
     Code.ILLEGAL: lambda job_id, detail, action: IllegalTransitionError(job_id, detail, action),
+    Code.CONFLICT: lambda job_id, detail, action: UniqueKeyHeldError(job_id, detail, action),
 }
 
 
@@ -181,6 +188,13 @@ class RecoverArgs(NamedTuple):
     seed: float
 
 
+class SetAsideArgs(NamedTuple):  # the job's claim, the field that could not be read and its value
+    job_id: str
+    token: str
+    field: str
+    value: str
+
+
 class PurgeArgs(NamedTuple):
     older_than_us: int
     limit: int
@@ -266,8 +280,9 @@ def _claimed(raw: Any, args: ClaimArgs) -> list[dict[str, str]]:
     return [pairs_to_dict(before) | pairs_to_dict(changes) for before, changes in raw]
 
 
-def _finished(raw: Any, args: FinishArgs) -> list[JobState | None]:
-    return [None if reply == Code.STALE else JobState(reply) for reply in raw]
+def _finished(raw: Any, args: FinishArgs) -> list[JobState | None]:  # a set-aside run (CORRUPT) failed
+    return [None if reply == Code.STALE else JobState.FAILED if reply == Code.CORRUPT else JobState(reply)
+            for reply in raw]
 
 
 def _extended(raw: Any, args: ExtendArgs) -> ExtendReply:
@@ -368,6 +383,7 @@ CANCEL = Script("cancel", ("job_prefix", "ready", "waiting", "state_prefix", "un
                            "parked", "events"), JobArgs, _job_hash("cancel"))
 RETRY = Script("retry", ("job_prefix", "ready", "state_prefix", "unique", "wake", "seq"), JobArgs,
                _job_hash("retry"))
+SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events"), SetAsideArgs, _flag)
 PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs"), PurgeArgs, _count)
 WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)
 PROGRESS = Script("progress", ("job_prefix", "events"), ProgressArgs, _flag)
@@ -379,6 +395,6 @@ WORKERS = Script("workers", ("registry", "worker_prefix"), WorkersArgs, _workers
 
 SCRIPTS: dict[str, Script[Any, Any]] = {
     script.name: script
-    for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, PURGE,
+    for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, SETASIDE, PURGE,
                    WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS)
 }

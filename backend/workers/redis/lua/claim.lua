@@ -31,20 +31,36 @@ if limit > 0 then
       local id = popped[i]
       local jobkey = K.job_prefix .. id
       local job = redis.call('HGETALL', jobkey)
-      local attempts, name, lk, lm, oldlkey, ev = 0, nil, nil, nil, nil, nil
+      local raw_attempts, name, lk, raw_lm, oldlkey, ev, state, ukey = nil, nil, nil, nil, nil, nil, nil, nil
+      local bad, value = nil, nil
       for j = 1, #job, 2 do
         local f = job[j]
-        if f == 'attempts' then attempts = tonumber(job[j + 1])
+        if f == 'priority' or f == 'max_attempts' or f == 'attempts' or f == 'lm' then
+          -- numbers this script, finish and release convert: checked before any write for the job
+          local v = job[j + 1]
+          if v ~= '' and tonumber(v) == nil then bad, value = f, v end
+        end
+        if f == 'attempts' then raw_attempts = job[j + 1]
         elseif f == 'name' then name = job[j + 1]
         elseif f == 'lk' then lk = job[j + 1]
-        elseif f == 'lm' then lm = tonumber(job[j + 1])
+        elseif f == 'lm' then raw_lm = job[j + 1]
         elseif f == 'lkey' then oldlkey = job[j + 1]
-        elseif f == 'ev' then ev = job[j + 1] end
+        elseif f == 'ev' then ev = job[j + 1]
+        elseif f == 'state' then state = job[j + 1]
+        elseif f == 'unique_key' then ukey = job[j + 1] end
       end
+      -- check before the first write for this job (see set_aside in lib.lua)
+      local attempts, lm = tonumber(raw_attempts or 0) or 0, tonumber(raw_lm)
+      if not name or name == '' then bad, value = 'name', '' end
+      if not state or KNOWN_STATES[state] == nil then bad, value = 'state', state or '' end
+      if #job == 0 then bad = nil end
+      local skip = #job == 0 or (state ~= 'enqueued' and not bad) -- gone, or a stale ready entry
+      if bad or skip then parked_now = parked_now + 1 end -- room for another pop, as for parked jobs
+      if bad then set_aside(id, jobkey, state, now, corrupt_error(bad, value), oldlkey, ev, ukey) end
       if (not lk or lk == '') and name and hlimits[name] then lk, lm = 'h:' .. name, hlimits[name] end
       if lk == '' then lk = nil end
-      local park = false
-      if lk then
+      local park = bad or skip
+      if lk and not park then
         local runkey = K.limit_prefix .. 'run:' .. lk
         if redis.call('SCARD', runkey) >= (lm or 1) then
           park = true

@@ -8,7 +8,8 @@
 --   job_id, token, ok (1|0|2), payload (result json | error json), duration s,
 --   policy ('' unless ok = 0; else "retryable delay_us max_attempts bo_base bo_cap bo_jitter",
 --   '-' = none: delay -1 = the backoff, the handler's max attempts and backoff, else the job's own)
--- Returns per run the new state, or CODE.STALE when the claim was stale (nothing changed). A report
+-- Returns per run the new state, CODE.STALE when the claim was stale (nothing changed), or
+-- CODE.CORRUPT when the job's record could not be read: it was set aside (failed, see set_aside). A report
 -- re-sent after its reply was lost (redis-py retries on connection errors) finds its own token in
 -- done_token and gets the state that report produced, so it is neither applied twice nor called stale.
 local seed, n = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -22,6 +23,10 @@ for i = 0, n - 1 do
     'done_state')
   if f[1] ~= 'running' or f[2] ~= token then
     if f[7] == token and f[8] then out[#out + 1] = f[8] else out[#out + 1] = CODE.STALE end
+  elseif not f[3] or f[3] == '' then -- no handler name: set aside before anything is written
+    set_aside(job_id, jobkey, 'running', now, corrupt_error('name', ''), f[5], f[6], f[4])
+    redis.call('HSET', jobkey, 'done_token', token, 'done_state', CODE.CORRUPT)
+    out[#out + 1] = CODE.CORRUPT
   elseif ok == '1' or ok == '2' then
     local state, fields = 'done', {'result', payload, 'finished_at', now, 'done_token', token, 'done_state', 'done'}
     if ok == '2' then

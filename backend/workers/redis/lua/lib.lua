@@ -123,6 +123,45 @@ local function observe_duration(name, seconds)
   DURSUM[name] = (DURSUM[name] or 0) + seconds
 end
 
+-- A record a script cannot read (a hand edit, an old bug, a partial restore) is set aside: it goes
+-- to `failed` with a CorruptRecord error naming the field and its value, off every index of a live
+-- job, its limit slot and unique key freed, so it never takes the rest of its batch down. Scripts
+-- check the fields they convert before their first write for the job, so nothing is half-moved.
+local KNOWN_STATES = {scheduled = true, enqueued = true, running = true, retry_scheduled = true,
+  done = true, failed = true, cancelled = true}
+
+local function corrupt_error(field, value)
+  local shown = string.gsub(string.sub(tostring(value), 1, 80), '[%c"\\\128-\255]', '?')
+  return '{"type":"CorruptRecord","message":"unreadable job record: field ' .. field .. ' is \'' ..
+    shown .. '\'","traceback":""}'
+end
+
+-- `old` is the state the job hash holds; `lkey`, `ev`, `ukey` its fields as the caller read them.
+local function set_aside(id, jobkey, old, now, err, lkey, ev, ukey)
+  redis.call('HSET', jobkey, 'state', 'failed', 'token', '', 'lease_until', '', 'state_at', now,
+    'finished_at', now, 'last_error', err, 'parked', '')
+  redis.call('ZREM', K.ready, id)
+  redis.call('ZREM', K.running, id)
+  redis.call('ZREM', K.waiting, id)
+  redis.call('ZREM', K.parked, id)
+  free_slot(id, lkey)
+  if old == nil or KNOWN_STATES[old] == nil then -- which index holds it is unknown: leave none behind
+    for s in pairs(INDEXED) do redis.call('ZREM', K.state_prefix .. s, id) end
+  end
+  move_state(id, old, 'failed', now)
+  release_unique(jobkey, id, ukey or nil)
+  emit(ev, id, 'failed')
+  stat('corrupt', 1)
+end
+
+-- The first field of `checks` ({field, raw value} pairs) that is set but not a number, or nil.
+local function not_numeric(checks)
+  for _, c in ipairs(checks) do
+    if c[2] and c[2] ~= '' and tonumber(c[2]) == nil then return c[1], c[2] end
+  end
+  return nil
+end
+
 -- running -> retry_scheduled (attempts left and retryable) or failed: the one retry policy.
 -- delay_us < 0 means "use the backoff": the handler's `bo` when given, else the job's own.
 -- cap (optional, >= 1) is the handler's max attempts: the lower of it and the job's wins.
@@ -130,6 +169,12 @@ end
 local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, r, cap, bo)
   local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req')
   local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
+  local bad, value = not_numeric({{'attempts', f[2]}, {'max_attempts', f[3]}})
+  if not name or name == '' then bad, value = 'name', '' end
+  if bad or not attempts or not max_attempts then
+    set_aside(id, jobkey, 'running', now, corrupt_error(bad or 'attempts', value or ''), f[4], f[5])
+    return CODE.CORRUPT
+  end
   if cap and cap >= 1 and cap < max_attempts then max_attempts = cap end
   if retryable and attempts < max_attempts then
     if delay_us < 0 then delay_us = backoff_us(jobkey, attempts, r, bo) end

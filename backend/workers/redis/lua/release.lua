@@ -15,15 +15,17 @@ for i = 0, n - 1 do
   local job_id, token = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. job_id
   local f = redis.call('HMGET', jobkey, 'state', 'token', 'priority', 'seq', 'lkey', 'ev', 'cancel_req',
-    'unique_key')
+    'unique_key', 'attempts')
   if f[1] == 'running' and f[2] == token then
     if f[7] == '1' then
       leave_running(job_id, jobkey, 'cancelled', now, f[5], f[6], {'finished_at', now})
       release_unique(jobkey, job_id, f[8])
     else
-      redis.call('HINCRBY', jobkey, 'attempts', -1)
-      leave_running(job_id, jobkey, 'enqueued', now, f[5], f[6], {'worker', '', 'started_at', ''})
-      redis.call('ZADD', K.ready, ready_score(tonumber(f[3]), tonumber(f[4])), job_id)
+      -- read fields are converted with a default (never an error half-way through the batch)
+      local attempts = math.max(0, (tonumber(f[9]) or 1) - 1)
+      leave_running(job_id, jobkey, 'enqueued', now, f[5], f[6], {'worker', '', 'started_at', '',
+        'attempts', attempts})
+      redis.call('ZADD', K.ready, ready_score(tonumber(f[3]) or 0, tonumber(f[4]) or 0), job_id)
       woke = true
     end
     released = released + 1
