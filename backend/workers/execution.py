@@ -123,7 +123,9 @@ class Execution:
             log.warning(fmt("job_timeout_thread_running", worker=self.worker_id, job=job.id, name=job.name,
                             timeout=timeout, action="sync thread cannot be stopped; the job is held"
                             " until it returns, then fails with JobTimeout"))
-            await asyncio.wait([asyncio.wrap_future(thread[0])])  # a cancel request still cancels this
+            waiter = asyncio.wrap_future(thread[0])
+            waiter.add_done_callback(_retrieved)  # whatever the thread ends with, the outcome is the timeout
+            await asyncio.wait([waiter])  # a cancel request still cancels this wait
         error = JobError("JobTimeout", f"{job.name} did not finish within its timeout ({timeout:g}s)")
         return self._failure(run, handler, error, retryable=True, duration=time.perf_counter() - started)
 
@@ -189,6 +191,11 @@ def _cancelled_by_worker(run: Run) -> bool:
     CancelledError the handler raised by itself comes with no pending cancel request."""
     task = asyncio.current_task()
     return run.cancel_reason is not None or (task is not None and task.cancelling() > 0)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _traceback_text() -> str:
