@@ -156,3 +156,32 @@ async def process_echo(value: int, fail: str = "") -> dict[str, object]:
     if fail == "exit":
         sys.exit(3)
     return {"value": value, "attempt": job.attempt, "job": job.job_id}
+
+
+@task("faults.noop_process", executor="process")
+def noop_process() -> None:
+    """For scripts/executor_figures.py: the cost of the child process alone."""
+
+
+@task("faults.noop_thread")
+def noop_thread() -> None:
+    pass
+
+
+@task("faults.busy_thread", timeout=120)
+def busy_thread(seconds: float) -> int:
+    """Pure-Python CPU work in a thread: it shares the GIL with the loop, switching every 5 ms."""
+    end, count = time.perf_counter() + seconds, 0
+    while time.perf_counter() < end:
+        count += 1
+    return count
+
+
+@task("faults.gil_only_thread", timeout=120)
+def gil_only_thread(seconds: float) -> int:
+    return hold_gil(seconds)
+
+
+@task("faults.gil_only_process", executor="process", timeout=120)
+def gil_only_process(seconds: float) -> int:
+    return hold_gil(seconds)
