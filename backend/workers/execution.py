@@ -21,7 +21,7 @@ from typing import Any
 from backend.config import Settings
 from backend.workers.handlers import Handler, HandlerRegistry, JobContext, reset_current_job, set_current_job
 from backend.workers.logfmt import fmt
-from backend.workers.models import Completion, Job, JobError
+from backend.workers.models import Completion, JobError
 from backend.workers.process_executor import ChildError, run_in_process
 from backend.workers.progress import ProgressWriter
 from backend.workers.rules import InvalidJobError, check_json
@@ -92,15 +92,14 @@ class Execution:
         ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, report)
         token = set_current_job(ctx)
         started = time.perf_counter()
-        thread: list[Future[Any]] = []  # the pool thread's future, for a sync handler
         try:
             async with asyncio.timeout(timeout) as scope:
-                result = await self._invoke(handler, job, ctx, thread)
+                result = await self._invoke(handler, run, ctx)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and _cancelled_by_worker(run):
                 raise
             if isinstance(exc, TimeoutError) and scope.expired():
-                return await self._timed_out(run, handler, timeout, thread, started)
+                return await self._timed_out(run, handler, timeout, started)
             duration = time.perf_counter() - started
             if isinstance(exc, ChildError):  # the handler's own error, from its child process
                 return self._failure(run, handler, exc.error, exc.retryable, duration)
@@ -108,22 +107,22 @@ class Execution:
             return self._failure(run, handler, error, handler.is_retryable(exc), duration)
         finally:
             reset_current_job(token)
-            if thread and not thread[0].done():
-                self._hold_slot(thread[0])
+            if run.thread is not None and not run.thread.done():
+                self._hold_slot(run.thread)
         duration = time.perf_counter() - started
         return self._checked(run, handler, result, duration)
 
     async def _timed_out(
-        self, run: Run, handler: Handler, timeout: float, thread: list[Future[Any]], started: float
+        self, run: Run, handler: Handler, timeout: float, started: float
     ) -> Completion:
         """JobTimeout. A sync handler's thread runs on: the job keeps its claim (and its lease, and
         its slot) until the thread returns, so a retry can never overlap the first run."""
         job = run.job
-        if thread and not thread[0].done():
+        if run.thread is not None and not run.thread.done():
             log.warning(fmt("job_timeout_thread_running", worker=self.worker_id, job=job.id, name=job.name,
                             timeout=timeout, action="sync thread cannot be stopped; the job is held"
                             " until it returns, then fails with JobTimeout"))
-            waiter = asyncio.wrap_future(thread[0])
+            waiter = asyncio.wrap_future(run.thread)
             waiter.add_done_callback(_retrieved)  # whatever the thread ends with, the outcome is the timeout
             await asyncio.wait([waiter])  # a cancel request still cancels this wait
         error = JobError("JobTimeout", f"{job.name} did not finish within its timeout ({timeout:g}s)")
@@ -159,15 +158,16 @@ class Execution:
         return Completion(run.claim, duration, error=error, retryable=retryable,
                           max_attempts=handler.max_attempts, backoff=handler.backoff)
 
-    async def _invoke(self, handler: Handler, job: Job, ctx: JobContext, thread: list[Future[Any]]) -> Any:
+    async def _invoke(self, handler: Handler, run: Run, ctx: JobContext) -> Any:
+        job = run.job
         if handler.executor == "process":
             return await run_in_process(handler, job, ctx)
         if handler.is_async:
             return await handler.fn(*job.args, **job.kwargs)
         call = functools.partial(handler.fn, *job.args, **job.kwargs)
         # copy_context: current_job() works inside the thread too
-        thread.append(self._pool().submit(contextvars.copy_context().run, call))
-        result = await asyncio.wrap_future(thread[0])
+        run.thread = self._pool().submit(contextvars.copy_context().run, call)
+        result = await asyncio.wrap_future(run.thread)
         if inspect.isawaitable(result):  # a "sync" callable that returned a coroutine
             result = await result
         return result
