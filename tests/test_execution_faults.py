@@ -97,3 +97,25 @@ async def test_a_runaway_thread_is_a_busy_slot(store: MemoryJobStore) -> None:
     finally:
         release.set()
         await worker.stop()
+
+
+async def test_a_result_whose_own_code_raises_fails_only_its_job(store: MemoryJobStore) -> None:
+    registry = HandlerRegistry()
+
+    class Key:
+        def __repr__(self) -> str:
+            raise SystemExit("from the result's __repr__")
+
+    @registry.task("t.bad_result")
+    async def bad_result() -> dict[object, int]:
+        return {Key(): 1}
+
+    worker = Worker(store, SETTINGS, registry, worker_id="w-result")
+    await worker.start()
+    try:
+        job = await finished(store, await store.enqueue(JobSpec("t.bad_result")))
+        assert job.state is JobState.FAILED and job.last_error is not None
+        assert job.last_error.type == "NonJsonResult" and "__repr__" in job.last_error.message
+        assert worker._task is not None and not worker._task.done()
+    finally:
+        await worker.stop()

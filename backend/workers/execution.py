@@ -110,7 +110,12 @@ class Execution:
             if run.thread is not None and not run.thread.done():
                 self._hold_slot(run.thread)
         duration = time.perf_counter() - started
-        return self._checked(run, handler, result, duration)
+        try:
+            return self._checked(run, handler, result, duration)
+        except BaseException as exc:  # the result's own code raised (a __repr__ while naming a bad key)
+            error = JobError("NonJsonResult", f"{job.name} returned a value that cannot be checked: "
+                             f"{JobError.from_exception(exc).message}")
+            return self._failure(run, handler, error, retryable=False, duration=duration)
 
     async def _timed_out(
         self, run: Run, handler: Handler, timeout: float, started: float
