@@ -117,9 +117,7 @@ class Execution:
                              f"{JobError.from_exception(exc).message}")
             return self._failure(run, handler, error, retryable=False, duration=duration)
 
-    async def _timed_out(
-        self, run: Run, handler: Handler, timeout: float, started: float
-    ) -> Completion:
+    async def _timed_out(self, run: Run, handler: Handler, timeout: float, started: float) -> Completion:
         """JobTimeout. A sync handler's thread runs on: the job keeps its claim (and its lease, and
         its slot) until the thread returns, so a retry can never overlap the first run."""
         job = run.job
