@@ -14,13 +14,15 @@ import inspect
 import logging
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from backend.config import Settings
 from backend.workers.handlers import Handler, HandlerRegistry, JobContext, reset_current_job, set_current_job
 from backend.workers.logfmt import fmt
-from backend.workers.models import Completion, Job, JobError
+from backend.workers.models import Completion, JobError
+from backend.workers.process_executor import ChildError, run_in_process
 from backend.workers.progress import ProgressWriter
 from backend.workers.rules import InvalidJobError, check_json
 from backend.workers.worker_state import Run
@@ -44,20 +46,38 @@ def truncated_result(encoded: bytes, limit: int) -> dict[str, object]:
 
 
 class Execution:
-    """Runs handlers: async ones on the loop, sync ones in a thread pool of `concurrency` threads."""
+    """Runs handlers: async ones on the loop, sync ones in a thread pool of `concurrency` threads,
+    `executor="process"` ones in a child process each (see process_executor.py).
+
+    A pool thread cannot be stopped. One that outlives its run (cancel request, stale claim,
+    shutdown) is counted in `runaway_threads` until it returns, and the claim loop counts it as a
+    busy slot: a job is never claimed only to wait in the pool's queue for a thread.
+    """
 
     def __init__(
-        self, registry: HandlerRegistry, settings: Settings, worker_id: str, progress: ProgressWriter
+        self,
+        registry: HandlerRegistry,
+        settings: Settings,
+        worker_id: str,
+        progress: ProgressWriter,
+        slot_freed: Callable[[], None] = lambda: None,
     ) -> None:
         self.registry = registry
         self.settings = settings
         self.worker_id = worker_id
         self.progress = progress
         self.max_result_bytes = MAX_RESULT_BYTES
+        self.runaway_threads = 0  # pool threads still running a handler whose run has ended
+        self._slot_freed = slot_freed
         self._executor: ThreadPoolExecutor | None = None
 
     async def execute(self, run: Run) -> Completion:
-        """Run the handler under its timeout; turn every way it can end into a Completion."""
+        """Run the handler under its timeout; turn every way it can end into a Completion.
+
+        Whatever the handler raises, BaseException included (SystemExit, KeyboardInterrupt, a
+        CancelledError of its own), fails this job only. A CancelledError is passed on only when
+        the worker itself cancelled the run (stale claim, cancel request, shutdown).
+        """
         job, claim = run.job, run.claim
         handler = self.registry.get(job.name)
         if handler is None:
@@ -74,18 +94,52 @@ class Execution:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout) as scope:
-                result = await self._invoke(handler, job)
-        except Exception as exc:
-            duration = time.perf_counter() - started
+                result = await self._invoke(handler, run, ctx)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and _cancelled_by_worker(run):
+                raise
             if isinstance(exc, TimeoutError) and scope.expired():
-                error = JobError("JobTimeout", f"{job.name} did not finish within its timeout ({timeout:g}s)")
-                return self._failure(run, handler, error, retryable=True, duration=duration)
-            error = JobError.from_exception(exc, traceback.format_exc())
+                return await self._timed_out(run, handler, timeout, started)
+            duration = time.perf_counter() - started
+            if isinstance(exc, ChildError):  # the handler's own error, from its child process
+                return self._failure(run, handler, exc.error, exc.retryable, duration)
+            error = JobError.from_exception(exc, _traceback_text())
             return self._failure(run, handler, error, handler.is_retryable(exc), duration)
         finally:
             reset_current_job(token)
+            if run.thread is not None and not run.thread.done():
+                self._hold_slot(run.thread)
         duration = time.perf_counter() - started
-        return self._checked(run, handler, result, duration)
+        try:
+            return self._checked(run, handler, result, duration)
+        except BaseException as exc:  # the result's own code raised (a __repr__ while naming a bad key)
+            error = JobError("NonJsonResult", f"{job.name} returned a value that cannot be checked: "
+                             f"{JobError.from_exception(exc).message}")
+            return self._failure(run, handler, error, retryable=False, duration=duration)
+
+    async def _timed_out(self, run: Run, handler: Handler, timeout: float, started: float) -> Completion:
+        """JobTimeout. A sync handler's thread runs on: the job keeps its claim (and its lease, and
+        its slot) until the thread returns, so a retry can never overlap the first run."""
+        job = run.job
+        if run.thread is not None and not run.thread.done():
+            log.warning(fmt("job_timeout_thread_running", worker=self.worker_id, job=job.id, name=job.name,
+                            timeout=timeout, action="sync thread cannot be stopped; the job is held"
+                            " until it returns, then fails with JobTimeout"))
+            waiter = asyncio.wrap_future(run.thread)
+            waiter.add_done_callback(_retrieved)  # whatever the thread ends with, the outcome is the timeout
+            await asyncio.wait([waiter])  # a cancel request still cancels this wait
+        error = JobError("JobTimeout", f"{job.name} did not finish within its timeout ({timeout:g}s)")
+        return self._failure(run, handler, error, retryable=True, duration=time.perf_counter() - started)
+
+    def _hold_slot(self, thread: Future[Any]) -> None:
+        """The run ended but its thread did not: that thread keeps a slot until it returns."""
+        self.runaway_threads += 1
+        loop = asyncio.get_running_loop()
+        thread.add_done_callback(lambda _: loop.call_soon_threadsafe(self._thread_returned))
+
+    def _thread_returned(self) -> None:
+        self.runaway_threads -= 1
+        self._slot_freed()
 
     def _checked(self, run: Run, handler: Handler, result: Any, duration: float) -> Completion:
         """A result must be JSON, and one too large to store whole is stored as a marker."""
@@ -107,13 +161,16 @@ class Execution:
         return Completion(run.claim, duration, error=error, retryable=retryable,
                           max_attempts=handler.max_attempts, backoff=handler.backoff)
 
-    async def _invoke(self, handler: Handler, job: Job) -> Any:
+    async def _invoke(self, handler: Handler, run: Run, ctx: JobContext) -> Any:
+        job = run.job
+        if handler.executor == "process":
+            return await run_in_process(handler, job, ctx)
         if handler.is_async:
             return await handler.fn(*job.args, **job.kwargs)
         call = functools.partial(handler.fn, *job.args, **job.kwargs)
-        loop = asyncio.get_running_loop()
         # copy_context: current_job() works inside the thread too
-        result = await loop.run_in_executor(self._pool(), contextvars.copy_context().run, call)
+        run.thread = self._pool().submit(contextvars.copy_context().run, call)
+        result = await asyncio.wrap_future(run.thread)
         if inspect.isawaitable(result):  # a "sync" callable that returned a coroutine
             result = await result
         return result
@@ -130,3 +187,22 @@ class Execution:
         (its job was released and runs again elsewhere)."""
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _cancelled_by_worker(run: Run) -> bool:
+    """The worker cancels a run by cancelling its task (and says why in `cancel_reason`); a
+    CancelledError the handler raised by itself comes with no pending cancel request."""
+    task = asyncio.current_task()
+    return run.cancel_reason is not None or (task is not None and task.cancelling() > 0)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _traceback_text() -> str:
+    try:
+        return traceback.format_exc()
+    except BaseException:
+        return ""

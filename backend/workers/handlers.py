@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from backend.workers.rules import Backoff, validate_name
 
@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from backend.workers.schedules import Schedule
 
 F = TypeVar("F", bound=Callable[..., Any])
+# "thread": async handlers on the loop, sync ones in the worker's thread pool; "process": in a child
+# process per job, killed on timeout (CPU-bound work, or code that holds the GIL): docs/worker.md
+Executor = Literal["thread", "process"]
+EXECUTORS: tuple[Executor, ...] = ("thread", "process")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,7 @@ class Handler:
     no_retry: tuple[type[BaseException], ...] = ()
     limit: int | None = None  # at most this many jobs of this handler run at once (all workers)
     schedule: Schedule | None = None  # enqueue periodically (see schedules.py)
+    executor: Executor = "thread"
 
     def is_retryable(self, exc: BaseException) -> bool:
         return not (self.no_retry and isinstance(exc, self.no_retry))
@@ -108,6 +113,7 @@ class HandlerRegistry:
         no_retry: tuple[type[BaseException], ...] = (),
         limit: int | None = None,
         schedule: Schedule | None = None,
+        executor: Executor = "thread",
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -120,10 +126,12 @@ class HandlerRegistry:
         no_retry: tuple[type[BaseException], ...] = (),
         limit: int | None = None,
         schedule: Schedule | None = None,
+        executor: Executor = "thread",
     ) -> F | Callable[[F], F]:
         """Decorator: `@registry.task("emails.send", timeout=30)`, `@registry.task()` or bare
         `@registry.task` (the function's own name is used). `limit=N`: at most N of its jobs
-        run at once across all workers; `schedule=Cron(...)|Every(...)`: enqueue periodically."""
+        run at once across all workers; `schedule=Cron(...)|Every(...)`: enqueue periodically;
+        `executor="process"`: run each job in a child process, killed on timeout."""
         if callable(name):
             return self.task()(name)
         if max_attempts is not None and max_attempts < 1:
@@ -132,6 +140,8 @@ class HandlerRegistry:
             raise ValueError("timeout must be positive")
         if limit is not None and limit < 1:
             raise ValueError("limit must be at least 1")
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}")
 
         def register(fn: F) -> F:
             handler_name = validate_name(name or fn.__name__)
@@ -145,6 +155,7 @@ class HandlerRegistry:
                 no_retry=tuple(no_retry),
                 limit=limit,
                 schedule=schedule,
+                executor=executor,
             )
             self.add(handler)
             if schedule is not None:

@@ -180,18 +180,22 @@ class Leases:
 
     def cancel_on_request(self, claim: Claim) -> None:
         """Someone asked to cancel this running job: stop its handler and report it cancelled.
-        An async handler gets CancelledError; a sync one cannot be interrupted: its thread runs
-        on to the end, but its outcome is discarded."""
+        An async handler gets CancelledError, a process one's child is killed; a sync one cannot be
+        interrupted: its thread runs on to the end (holding its slot), but its outcome is discarded."""
         run = self.state.runs.get(claim)
         if run is None or run.task is None or run.task.done() or run.cancel_reason is not None:
             return  # already finished: its own outcome is reported
         run.cancel_reason = "cancel"
         run.task.cancel()
         handler = self.registry.get(run.job.name)
+        if handler is not None and handler.executor == "process":
+            action = "child process killed"
+        elif handler is None or handler.is_async:
+            action = "handler cancelled"
+        else:
+            action = "sync handler's thread runs on; its outcome is discarded"
         log.info(fmt("job_cancel_requested", worker=self.state.worker_id, job=claim.job_id, queue=claim.queue,
-                     name=run.job.name,
-                     action="handler cancelled" if handler is None or handler.is_async
-                     else "sync handler's thread runs on; its outcome is discarded"))
+                     name=run.job.name, action=action))
 
     # -- housekeeping --------------------------------------------------------------------
 

@@ -61,7 +61,27 @@ class JobError:
 
     @classmethod
     def from_exception(cls, exc: BaseException, tb: str = "", limit: int = 4000) -> JobError:
-        return cls(type(exc).__name__, str(exc)[:limit], tb[-limit:])
+        """Never raises: an exception whose __str__ (or __repr__) raises still gives its type name."""
+        return cls(_type_name(exc), readable(exc)[:limit], tb[-limit:])
+
+
+def _type_name(exc: BaseException) -> str:
+    try:
+        return str(type(exc).__name__)
+    except BaseException:
+        return "<unnamed exception>"
+
+
+def readable(exc: BaseException) -> str:
+    """As much of an exception's text as can be read: str(), else repr(), else a note saying so."""
+    try:
+        return str(exc)
+    except BaseException:
+        pass
+    try:
+        return f"<str() failed> {exc!r}"
+    except BaseException:
+        return f"<{_type_name(exc)}: str() and repr() both raised>"
 
 
 @dataclass(slots=True)

@@ -87,7 +87,8 @@ class Worker:
             version=_version(),
         )
         self.state = WorkerState(self.id, OutageLog(self.id, store.label))
-        self.execution = Execution(self.registry, settings, self.id, ProgressWriter(store, self.id))
+        self.execution = Execution(self.registry, settings, self.id, ProgressWriter(store, self.id),
+                                   slot_freed=self.state.slot_freed.set)
         self.reporter = Reporter(store, self.state)
         self.scheduler = Scheduler(store, settings, self.state, self.registry, self.queues)
         self.leases = Leases(store, settings, self.state, self.info, self.registry, self.reporter,
@@ -189,14 +190,14 @@ class Worker:
         state = self.state
         backoff = ReconnectBackoff()
         while not state.stop.is_set():
-            free = self.concurrency - len(state.runs)
+            free = self._free_slots()
             if free <= 0:
                 state.slot_freed.clear()
                 await self._until_stopped(state.slot_freed.wait())
                 continue
             if state.runs and free < self.concurrency // 2:
                 await asyncio.sleep(COALESCE_SECONDS)
-                free = self.concurrency - len(state.runs)
+                free = self._free_slots()
             try:
                 jobs = await self.store.claim(self.id, self.queues, free, self.lease)
                 for job in jobs:
@@ -214,6 +215,11 @@ class Worker:
             state.outage.recovered()
             state.expected_again("claim_error")
             backoff.reset()
+
+    def _free_slots(self) -> int:
+        """Slots not taken by a running job, nor by a sync handler's thread that outlived its run
+        (it cannot be stopped): capacity a runaway thread holds is not handed out again."""
+        return self.concurrency - len(self.state.runs) - self.execution.runaway_threads
 
     async def _wait_for_work(self) -> None:
         """Block until a job may be ready: woken by the store on enqueue, or at the next

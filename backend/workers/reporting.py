@@ -12,7 +12,7 @@ import time
 
 from backend.workers.job_store import JobStore
 from backend.workers.logfmt import fmt
-from backend.workers.models import Claim, Completion, Job, JobState
+from backend.workers.models import Claim, Completion, Job, JobError, JobState
 from backend.workers.outages import OUTAGE_ERRORS, ReconnectBackoff
 from backend.workers.worker_state import Outcome, Run, WorkerState
 
@@ -50,8 +50,13 @@ class Reporter:
             return  # stale: someone else owns the job now; shutdown: released separately
         exc = task.exception()
         if exc is not None:  # execution catches handler errors; this is a bug in the worker itself
-            log.error(fmt("job_crashed", worker=self.state.worker_id, job=run.job.id, error=repr(exc)))
-            return  # not reported: the lease expires and the job runs again
+            error = JobError.from_exception(exc)
+            log.error(fmt("job_crashed", worker=self.state.worker_id, job=run.job.id,
+                          error=f"{error.type}: {error.message}"[:300]))
+            # reported at once (retryable), rather than left to expire as LeaseExpired
+            completion = Completion(run.claim, time.monotonic() - run.started, error=error, retryable=True)
+            self.add(completion, run.job)
+            return
         self.add(task.result(), run.job)
 
     def claims(self) -> list[Claim]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from backend.workers.logfmt import fmt
 from backend.workers.models import Claim, Completion, Job
@@ -26,6 +28,7 @@ class Run:
     claim: Claim
     started: float
     task: asyncio.Task[Completion] | None = None
+    thread: Future[Any] | None = None  # a sync handler's pool thread: it may outlive the task
     # "stale" or "shutdown": its outcome is not reported; "cancel": reported as cancelled
     cancel_reason: str | None = None
     progress: tuple[float, str] | None = None  # latest value not yet written
