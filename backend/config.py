@@ -55,6 +55,7 @@ class Settings:
     port: int = 8000
     host: str = "0.0.0.0"
     max_body_bytes: int = 1_048_576
+    max_event_streams: int = 200
     log_level: str = "INFO"
     redis_cluster: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -89,6 +90,7 @@ class Settings:
             port=reader.get("PORT", 8000, _int_range(1, 65535)),
             host=reader.get("BAGBOT_HOST", "0.0.0.0", str),
             max_body_bytes=reader.get("BAGBOT_MAX_BODY_BYTES", 1_048_576, _int_range(1024, 1 << 30)),
+            max_event_streams=reader.get("BAGBOT_MAX_EVENT_STREAMS", 200, _int_range(1, 100_000)),
             log_level=reader.get("BAGBOT_LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
             redis_cluster=reader.get("BAGBOT_REDIS_CLUSTER", False, _bool),
         )

@@ -66,7 +66,9 @@ def server_binary(kind: str) -> str:
 class RedisServer:
     """A redis-server (or valkey-server) child process on 127.0.0.1 with its own data directory."""
 
-    def __init__(self, port: int | None = None, extra_args: Sequence[str] = (), kind: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, extra_args: Sequence[str] = (), kind: str | None = None
+    ) -> None:
         self.kind = kind or test_server_kind()
         self.binary = server_binary(self.kind)
         self.port = port or free_port()

@@ -1,0 +1,157 @@
+"""500 open /api/events streams against a real uvicorn and a real Redis: the rest of the API never notices.
+
+The Redis here allows 100 clients, as a managed Key Value does (Render's smallest plans allow 50 to
+a few hundred): with one subscription per stream, the streams took every connection and every
+endpoint answered 503. With one subscription per backend process (backend/api/event_hub.py) the
+streams hold one Redis connection between them, the ones above BAGBOT_MAX_EVENT_STREAMS get 503
+with Retry-After, and /api/ready, GET /api/jobs and an authenticated enqueue answer as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from tests.api_server import BackendProcess, delete_prefix
+from tests.redis_server import RedisServer, in_ci
+
+pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
+
+STREAMS = 500
+CAP = 450
+TOKEN = "stream-test-token"
+
+
+@pytest.fixture
+def small_redis() -> Iterator[RedisServer]:
+    try:
+        server = RedisServer(extra_args=["--maxclients", "100"]).start()
+    except RuntimeError as exc:
+        if in_ci():
+            pytest.fail(f"CI needs redis-server: {exc}")
+        pytest.skip(f"no redis-server: {exc}")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def backend(small_redis: RedisServer, prefix: str, tmp_path: Path) -> Iterator[BackendProcess]:
+    env = {"JOB_STORE": "redis", "REDIS_URL": small_redis.url, "BAGBOT_PREFIX": prefix,
+           "BAGBOT_API_TOKEN": TOKEN, "BAGBOT_MAX_EVENT_STREAMS": str(CAP)}
+    server = BackendProcess(tmp_path, env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        asyncio.run(delete_prefix(small_redis.url, prefix))
+
+
+class SseStream:
+    """One raw /api/events connection: its status line, then its lines as they come."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    @classmethod
+    async def open(cls, port: int) -> SseStream:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /api/events?max_seconds=60 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        await writer.drain()
+        stream = cls(reader, writer)
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)).decode()
+        stream.status = int(head.split()[1])
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            stream.headers[name.strip().lower()] = value.strip()
+        return stream
+
+    async def next_event(self, timeout: float) -> dict[str, str]:
+        """The next `data:` message (chunked transfer framing and comments skipped)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.reader.readline()).decode().strip()
+                if not line and self.reader.at_eof():
+                    raise AssertionError("stream ended")
+                if line.startswith("data: "):
+                    message: dict[str, str] = json.loads(line[len("data: "):])
+                    return message
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.asynccontextmanager
+async def open_streams(port: int, count: int) -> AsyncIterator[list[SseStream]]:
+    streams: list[SseStream] = []
+    try:
+        for start in range(0, count, 50):  # in waves, as dashboards arrive: not one SYN flood
+            streams += await asyncio.gather(*(SseStream.open(port) for _ in range(start, min(count, start + 50))))
+        yield streams
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+async def subscribers(url: str) -> int:
+    """Clients of the Redis server with a pub/sub subscription."""
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        clients = await client.client_list()
+        return sum(1 for info in clients if int(info.get("sub", 0)) + int(info.get("psub", 0)) > 0)
+    finally:
+        await client.aclose()
+
+
+async def test_500_open_streams_leave_the_api_answering(backend: BackendProcess, small_redis: RedisServer) -> None:
+    async with open_streams(backend.port, STREAMS) as streams, httpx.AsyncClient(
+        base_url=backend.base_url, timeout=30
+    ) as api:
+        ready = await api.get("/api/ready")
+        assert ready.status_code == 200, ready.text
+        listed = await api.get("/api/jobs")
+        assert listed.status_code == 200, listed.text
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        enqueued = await api.post("/api/jobs", json={"name": "bagbot.noop", "events": True}, headers=auth)
+        assert enqueued.status_code == 201, enqueued.text
+        statuses = [stream.status for stream in streams]
+        assert statuses.count(200) == CAP, statuses
+        refused = [stream for stream in streams if stream.status == 503]
+        assert len(refused) == STREAMS - CAP
+        assert all(stream.headers.get("retry-after") == "5" for stream in refused)
+        assert await subscribers(small_redis.url) == 1  # one subscription for all the open streams
+
+        cancelled = await api.post(f"/api/jobs/{enqueued.json()['id']}/cancel", headers=auth)
+        assert cancelled.status_code == 200, cancelled.text
+
+        # Every open stream gets the event, from the one subscription.
+        listening = [stream for stream in streams if stream.status == 200]
+        events = await asyncio.gather(*(stream.next_event(30) for stream in listening))
+        assert {event["id"] for event in events} == {enqueued.json()["id"]}
+
+        for stream in listening[:10]:  # streams that close free their slots for new ones
+            stream.close()
+
+        async def admitted() -> bool:
+            again = await SseStream.open(backend.port)
+            again.close()
+            return again.status == 200
+
+        for _ in range(100):
+            if await admitted():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("closed streams never freed their slots")
+    assert "Traceback" not in backend.log()
