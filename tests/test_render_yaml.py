@@ -69,6 +69,9 @@ def test_backend_is_a_python_web_service_bound_to_port(blueprint: dict[str, Any]
     assert "backend.api.app:app" in start or start.startswith("bagbot serve")
     if "uvicorn" in start:
         assert "--host 0.0.0.0" in start and "--port $PORT" in start
+        # slow clients cannot hold connections: the head deadline, and idle keep-alive closed
+        assert "--http backend.api.serving:TimedHttpToolsProtocol" in start
+        assert "--timeout-keep-alive" in start
     # liveness, not readiness: a Redis outage must give 503s, not a restart loop
     assert backend["healthCheckPath"] == "/api/health"
 

@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     app.state.reset_watcher = None
     app.state.event_hub = None  # made by the first /api/events stream: one subscription for all of them
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       timeout_seconds=settings.body_timeout_seconds)
     for module in (jobs, queues, workers, schedules, events, metrics, health, dashboard):
         app.include_router(module.router)
     return app

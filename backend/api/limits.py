@@ -1,11 +1,14 @@
-"""Request body size limit, enforced before any route parses the body.
+"""Request body size and time limits, enforced before any route parses the body.
 
-Checked twice: the declared Content-Length (cheap, rejects at once) and the
-bytes actually streamed (a chunked body declares no length).
+Size is checked twice: the declared Content-Length (cheap, rejects at once) and the
+bytes actually streamed (a chunked body declares no length). The whole body must arrive
+within `timeout_seconds` (BAGBOT_BODY_TIMEOUT_SECONDS), else 408 and the connection is closed:
+a client trickling or stalling its body cannot hold a connection (docs/deployment.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,9 +19,10 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 class BodyLimitMiddleware:
     """Answer 413 to any request whose body is larger than `max_bytes`."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
@@ -31,8 +35,15 @@ class BodyLimitMiddleware:
         # Buffer the body (at most max_bytes) and replay it: the route never sees a partial body.
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_seconds
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                detail = f"request body not received within {self.timeout_seconds:g} s"
+                await self._send_json(send, 408, detail)
+                return
             if message["type"] != "http.request":
                 return  # the client went away before sending its body
             chunk = message.get("body", b"")
@@ -46,10 +57,14 @@ class BodyLimitMiddleware:
         await self.app(scope, _replay(b"".join(chunks), receive), send)
 
     async def _too_large(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body too large: the limit is {self.max_bytes} bytes"}).encode()
+        await self._send_json(send, 413, f"request body too large: the limit is {self.max_bytes} bytes")
+
+    @staticmethod
+    async def _send_json(send: Send, status: int, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
         await send({
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                         (b"connection", b"close")],
         })
