@@ -7,6 +7,7 @@ stopped with SIGTERM as Render stops them on a deploy.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.redis_server import free_port
+from tests.redis_server import delete_prefix, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHUTDOWN_GRACE = 25.0  # Settings.shutdown_grace_seconds default
@@ -189,6 +190,7 @@ def test_backend_start_command_serves_health(
             assert response.status == 200
     finally:
         code = stop(proc, log)
+        asyncio.run(delete_prefix(redis_url, prefix))  # the backend's keys (its reset-watch marker)
     # uvicorn shuts down cleanly, then re-raises the signal it caught: 0 or "killed by SIGTERM"
     assert code in (0, -signal.SIGTERM), log.read_text(errors="replace")
     assert "Traceback" not in log.read_text(errors="replace")
