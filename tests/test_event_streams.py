@@ -19,10 +19,14 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from backend.api import event_hub
+from backend.api.event_hub import EventHub, Stream, StreamsFullError
+from backend.workers.job_store import JobNotFoundError, StoreUnavailableError
+from backend.workers.memory_job_store import MemoryJobStore
+from backend.workers.models import JobSpec
+from backend.workers.redis_job_store import RedisJobStore
 from tests.api_server import BackendProcess, delete_prefix
 from tests.redis_server import RedisServer, in_ci
-
-pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
 
 STREAMS = 500
 CAP = 450
@@ -115,6 +119,8 @@ async def subscribers(url: str) -> int:
         await client.aclose()
 
 
+@pytest.mark.redis_only
+@pytest.mark.slow
 async def test_500_open_streams_leave_the_api_answering(
     backend: BackendProcess, small_redis: RedisServer
 ) -> None:
@@ -158,3 +164,95 @@ async def test_500_open_streams_leave_the_api_answering(
         else:
             raise AssertionError("closed streams never freed their slots")
     assert "Traceback" not in backend.log()
+
+
+# -- the hub itself: outages, slow readers, streams whose response never ran -----------------------
+
+
+async def wait_for_event(stream: Stream, store: RedisJobStore, timeout: float = 30.0) -> tuple[str, str]:
+    """Cancel opted-in jobs until one of their events reaches `stream` (pub/sub is best effort:
+    an event sent while the hub (re)subscribes is not seen)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        with contextlib.suppress(StoreUnavailableError, JobNotFoundError):  # Redis away, or back empty
+            await store.cancel((await store.enqueue(JobSpec("bagbot.noop", events=True))).id, "default")
+        event = await stream.get(0.5)
+        if event is not None:
+            return event
+    raise AssertionError("no event reached the stream")
+
+
+async def test_streams_outlive_a_redis_restart_and_events_resume(prefix: str) -> None:
+    try:
+        server = RedisServer().start()
+    except RuntimeError as exc:
+        if in_ci():
+            pytest.fail(f"CI needs redis-server: {exc}")
+        pytest.skip(f"no redis-server: {exc}")
+    store = RedisJobStore.from_url(server.url, prefix=prefix)
+    hub = EventHub(store, ["default"], max_streams=10)
+    try:
+        streams = [hub.open(["default"], lasting=60) for _ in range(3)]
+        for stream in streams:
+            await wait_for_event(stream, store)
+        server.stop()
+        await asyncio.sleep(1.5)  # the subscription breaks; the hub retries every second
+        server.start()
+        for stream in streams:
+            while stream.events.qsize():
+                stream.events.get_nowait()
+            await wait_for_event(stream, store)
+        assert hub.open_streams == 3
+    finally:
+        await hub.aclose()
+        await store.close()
+        server.cleanup()
+
+
+async def test_a_slow_reader_loses_its_oldest_events_and_never_holds_up_the_others() -> None:
+    store = MemoryJobStore()
+    hub = EventHub(store, ["default"], max_streams=10)
+    try:
+        slow, fast = hub.open(["default"], lasting=60), hub.open(["default"], lasting=60)
+        await wait_for_event(fast, store)
+        jobs = await store.enqueue_many([JobSpec("bagbot.noop", events=True) for _ in range(1500)])
+        ids = [job.id for job in jobs]
+
+        async def read_fast() -> int:
+            seen = 0
+            while seen < len(ids) and (event := await fast.get(5)) is not None:
+                seen += event[0] in ids
+            return seen
+
+        reader = asyncio.create_task(read_fast())
+        for job_id in ids:
+            await store.cancel(job_id)
+        assert await reader == 1500  # the fast reader saw every event, the slow one did not hold it up
+        assert slow.events.qsize() == 1000  # the slow one holds at most its backlog: the newest
+        last = None
+        while slow.events.qsize():
+            last = slow.events.get_nowait()
+        assert last is not None and last[0] == ids[-1]
+    finally:
+        await hub.aclose()
+        await store.close()
+
+
+async def test_a_stream_whose_response_never_ran_frees_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_hub, "EXPIRY_MARGIN", 0.0)
+    store = MemoryJobStore()
+    hub = EventHub(store, ["default"], max_streams=2)
+    try:
+        hub.open(["default"], lasting=0.2)  # never closed: its client left before the response ran
+        kept = hub.open(["default"], lasting=60)
+        with pytest.raises(StreamsFullError):
+            hub.open(["default"], lasting=60)
+        await asyncio.sleep(0.3)
+        hub.open(["q2"], lasting=60)  # the expired one's slot
+        with pytest.raises(StreamsFullError):
+            hub.open(["default"], lasting=60)
+        hub.close(kept)
+        hub.open(["default"], lasting=60)
+    finally:
+        await hub.aclose()
+        await store.close()
