@@ -256,3 +256,21 @@ async def test_a_stream_whose_response_never_ran_frees_its_slot(monkeypatch: pyt
     finally:
         await hub.aclose()
         await store.close()
+
+
+async def test_the_subscription_covers_the_open_streams_only() -> None:
+    """Streams naming ever new queues cannot grow the one subscription past what is open."""
+    store = MemoryJobStore()
+    hub = EventHub(store, ["default"], max_streams=5)
+    try:
+        kept = hub.open(["default"], lasting=60)
+        for i in range(50):
+            hub.close(hub.open([f"q{i}"], lasting=60))
+        last = hub.open(["last"], lasting=60)
+        assert hub.subscribed_queues == {"default", "last"}
+        hub.close(last)
+        hub.close(kept)
+        assert hub.subscribed_queues == set()
+    finally:
+        await hub.aclose()
+        await store.close()

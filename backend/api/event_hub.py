@@ -65,6 +65,10 @@ class EventHub:
     def open_streams(self) -> int:
         return len(self._streams)
 
+    @property
+    def subscribed_queues(self) -> frozenset[str]:
+        return self._subscribed
+
     async def known_queues(self) -> list[str]:
         """Every queue the store knows (for a stream of all queues), re-read at most every few seconds
         so a burst of new streams costs one Redis call, not one each."""
@@ -84,7 +88,9 @@ class EventHub:
         stream = Stream(frozenset(queues), now + lasting + EXPIRY_MARGIN)
         self._streams.add(stream)
         if not stream.queues <= self._subscribed or self._pump is None:
-            self._subscribe(self._subscribed | stream.queues)
+            # the queues of the open streams only: what closed streams asked for is dropped here,
+            # so the subscription stays bounded by the open streams however many queues were named
+            self._subscribe(frozenset().union(*(open_stream.queues for open_stream in self._streams)))
         return stream
 
     def close(self, stream: Stream) -> None:
@@ -102,7 +108,7 @@ class EventHub:
             await asyncio.gather(pump, return_exceptions=True)
 
     def _subscribe(self, queues: frozenset[str]) -> None:
-        """(Re)subscribe to `queues`: the union only grows while streams are open, so it settles."""
+        """(Re)subscribe to `queues` (the events of the last few milliseconds may be missed: best effort)."""
         if self._pump is not None:
             self._pump.cancel()
         self._subscribed = queues
