@@ -211,6 +211,7 @@ def test_worker_start_command_registers_and_stops_cleanly(
         )
     finally:
         code = stop(proc, log)
+        asyncio.run(delete_prefix(redis_url, prefix))  # the worker's keys (its reset-watch epoch)
     assert code == 0, log.read_text(errors="replace")
 
 
