@@ -36,4 +36,4 @@ bench: install
 	$(BIN)/bagbot bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts
+	rm -rf $(VENV) .venv-redis-floor .pytest_cache .mypy_cache .ruff_cache artifacts

@@ -58,10 +58,14 @@ def serve(
     bind_port = port or settings.port
     shown = "127.0.0.1" if bind_host in ("0.0.0.0", "::") else bind_host
     err.print(f"bagbot backend ({settings.job_store} store) on http://{shown}:{bind_port}/  (dashboard at /)")
+    from backend.api.serving import TimedHttpToolsProtocol
+
     uvicorn.run(
         "backend.api.app:app",
         host=bind_host,
         port=bind_port,
+        http=TimedHttpToolsProtocol,  # slow clients cannot hold connections (docs/deployment.md)
+        timeout_keep_alive=5,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
     )

@@ -55,6 +55,9 @@ class Settings:
     port: int = 8000
     host: str = "0.0.0.0"
     max_body_bytes: int = 1_048_576
+    max_event_streams: int = 200
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
     log_level: str = "INFO"
     redis_cluster: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -89,6 +92,9 @@ class Settings:
             port=reader.get("PORT", 8000, _int_range(1, 65535)),
             host=reader.get("BAGBOT_HOST", "0.0.0.0", str),
             max_body_bytes=reader.get("BAGBOT_MAX_BODY_BYTES", 1_048_576, _int_range(1024, 1 << 30)),
+            max_event_streams=reader.get("BAGBOT_MAX_EVENT_STREAMS", 200, _int_range(1, 100_000)),
+            header_timeout_seconds=reader.get("BAGBOT_HEADER_TIMEOUT_SECONDS", 10.0, _positive_float),
+            body_timeout_seconds=reader.get("BAGBOT_BODY_TIMEOUT_SECONDS", 30.0, _positive_float),
             log_level=reader.get("BAGBOT_LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
             redis_cluster=reader.get("BAGBOT_REDIS_CLUSTER", False, _bool),
         )

@@ -82,6 +82,8 @@ class BackendProcess(ServiceProcess):
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--http",
+            "backend.api.serving:TimedHttpToolsProtocol",  # as render.yaml and `bagbot serve` run it
             "--log-level",
             "info",
         ]

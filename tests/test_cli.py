@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.redis_server import RedisServer, free_port, in_ci
+from tests.redis_server import RedisServer, delete_prefix, free_port, in_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +49,11 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
 
 
 @pytest.fixture
-def env(redis_url: str, prefix: str) -> dict[str, str]:
-    return make_env(JOB_STORE="redis", REDIS_URL=redis_url, BAGBOT_PREFIX=prefix)
+def env(redis_url: str, prefix: str) -> Iterator[dict[str, str]]:
+    """The CLI's environment on the shared server under this test's prefix; its keys are deleted after
+    (conftest's no_keys_left_behind checks that none are left)."""
+    yield make_env(JOB_STORE="redis", REDIS_URL=redis_url, BAGBOT_PREFIX=prefix)
+    asyncio.run(delete_prefix(redis_url, prefix))
 
 
 def start_server(*extra_args: str) -> RedisServer:

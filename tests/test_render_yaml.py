@@ -7,6 +7,7 @@ stopped with SIGTERM as Render stops them on a deploy.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.redis_server import free_port
+from tests.redis_server import delete_prefix, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHUTDOWN_GRACE = 25.0  # Settings.shutdown_grace_seconds default
@@ -69,6 +70,9 @@ def test_backend_is_a_python_web_service_bound_to_port(blueprint: dict[str, Any]
     assert "backend.api.app:app" in start or start.startswith("bagbot serve")
     if "uvicorn" in start:
         assert "--host 0.0.0.0" in start and "--port $PORT" in start
+        # slow clients cannot hold connections: the head deadline, and idle keep-alive closed
+        assert "--http backend.api.serving:TimedHttpToolsProtocol" in start
+        assert "--timeout-keep-alive" in start
     # liveness, not readiness: a Redis outage must give 503s, not a restart loop
     assert backend["healthCheckPath"] == "/api/health"
 
@@ -186,6 +190,7 @@ def test_backend_start_command_serves_health(
             assert response.status == 200
     finally:
         code = stop(proc, log)
+        asyncio.run(delete_prefix(redis_url, prefix))  # the backend's keys (its reset-watch marker)
     # uvicorn shuts down cleanly, then re-raises the signal it caught: 0 or "killed by SIGTERM"
     assert code in (0, -signal.SIGTERM), log.read_text(errors="replace")
     assert "Traceback" not in log.read_text(errors="replace")
@@ -206,6 +211,7 @@ def test_worker_start_command_registers_and_stops_cleanly(
         )
     finally:
         code = stop(proc, log)
+        asyncio.run(delete_prefix(redis_url, prefix))  # the worker's keys (its reset-watch epoch)
     assert code == 0, log.read_text(errors="replace")
 
 

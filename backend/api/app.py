@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from backend.api import dashboard, events, health, jobs, metrics, queues, schedules, workers
 from backend.api.errors import install_error_handlers
+from backend.api.event_hub import EventHub
 from backend.api.limits import BodyLimitMiddleware
 from backend.config import Settings
 from backend.workers.job_store import JobStore
@@ -48,8 +49,10 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     app.state.embedded_worker = None
     app.state.startup_health = None
     app.state.reset_watcher = None
+    app.state.event_hub = None  # made by the first /api/events stream: one subscription for all of them
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       timeout_seconds=settings.body_timeout_seconds)
     for module in (jobs, queues, workers, schedules, events, metrics, health, dashboard):
         app.include_router(module.router)
     return app
@@ -78,6 +81,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             watching = asyncio.create_task(watcher.run(settings.heartbeat_seconds, stop_watching))
         yield
     finally:
+        hub: EventHub | None = app.state.event_hub
+        if hub is not None:
+            app.state.event_hub = None
+            await hub.aclose()
         if watching is not None:
             stop_watching.set()
             await asyncio.wait({watching}, timeout=10)

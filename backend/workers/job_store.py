@@ -10,8 +10,9 @@ policy a server needs) is asked of the store here, never decided by its name;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Protocol
 
 from backend.workers.models import (
@@ -221,10 +222,17 @@ class JobStore(ABC):
         """Every declared schedule, sorted by name."""
 
     @abstractmethod
-    def job_events(self, queues: Sequence[str]) -> AsyncIterator[tuple[str, str]]:
-        """Yield (job id, what) for jobs enqueued with `events=True` on `queues`, as they
+    def queue_job_events(self, queues: Sequence[str]) -> AsyncGenerator[tuple[str, str, str], None]:
+        """Yield (queue, job id, what) for jobs enqueued with `events=True` on `queues`, as they
         change: `what` is the new state or "progress" or "cancel_requested". Opt-in per job,
-        best effort (pub/sub: missed while not subscribed), so readers re-read the job."""
+        best effort (pub/sub: missed while not subscribed), so readers re-read the job. One
+        subscription (one connection) however many queues: the API fans it out to every stream."""
+
+    async def job_events(self, queues: Sequence[str]) -> AsyncIterator[tuple[str, str]]:
+        """`queue_job_events` without the queue: (job id, what)."""
+        async with contextlib.aclosing(self.queue_job_events(queues)) as events:
+            async for _queue, job_id, what in events:
+                yield job_id, what
 
     @abstractmethod
     async def extend(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:

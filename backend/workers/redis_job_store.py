@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -289,8 +289,8 @@ class RedisJobStore(JobStore):
             raw = await self.redis.hgetall(self.keys.schedules)
         return sorted(readable_schedules(raw.values()), key=lambda s: s.name)
 
-    def job_events(self, queues: Sequence[str]) -> AsyncIterator[tuple[str, str]]:
-        return self._reads.events([self.keys.queue(queue).events for queue in queues], self.cluster)
+    def queue_job_events(self, queues: Sequence[str]) -> AsyncGenerator[tuple[str, str, str], None]:
+        return self._reads.events({self.keys.queue(queue).events: queue for queue in queues}, self.cluster)
 
     async def release(self, claims: Sequence[Claim]) -> int:
         released = 0

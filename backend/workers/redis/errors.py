@@ -6,6 +6,7 @@ worker, the API and the CLI only ever see `StoreUnavailableError` or `StoreFullE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +27,21 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# Inside a script, Redis 6.2 reports a refused write as the script's error, the OOM code in the middle:
+# "Error running script (call to f_…): @user_script:1: @user_script: 1: -OOM command not allowed …".
+_SCRIPT_OOM = re.compile(r"(^|[\s:-])OOM command not allowed")
+
+
+def is_out_of_memory(exc: redis_errors.ResponseError) -> bool:
+    """Whether Redis refused a write because maxmemory is reached, on every supported server:
+    redis-py's OutOfMemoryError (the "OOM" code stripped) for a plain command or a script's own
+    refusal on Redis 7+ and Valkey, and the script error text of Redis 6.2."""
+    if isinstance(exc, redis_errors.OutOfMemoryError):
+        return True
+    message = str(exc)
+    return message.startswith("OOM") or _SCRIPT_OOM.search(message) is not None
+
+
 @contextmanager
 def mapped_errors(where: str) -> Iterator[None]:
     """Re-raise redis-py's connection, timeout and out-of-memory errors as the contract's."""
@@ -34,8 +50,7 @@ def mapped_errors(where: str) -> Iterator[None]:
     except UNAVAILABLE as exc:
         raise StoreUnavailableError(f"Redis at {where} is unavailable: {exc}") from exc
     except redis_errors.ResponseError as exc:
-        # redis-py raises OutOfMemoryError with the "OOM" code stripped from the message
-        if isinstance(exc, redis_errors.OutOfMemoryError) or str(exc).startswith("OOM"):
+        if is_out_of_memory(exc):
             raise StoreFullError(
                 f"Redis at {where} is out of memory (maxmemory reached with noeviction): "
                 "the job was not stored"

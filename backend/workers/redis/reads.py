@@ -7,7 +7,7 @@ Redis Cluster (the cluster client splits a pipeline by slot).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -153,8 +153,11 @@ class Reads:
         """Each queue's metric counters (the stats hash)."""
         return await self._hgetall([self.keys.queue(name).stats for name in queues])
 
-    async def events(self, channels: Sequence[str], cluster: bool) -> AsyncIterator[tuple[str, str]]:
-        """(job id, what) from the queues' event channels, until the caller stops iterating."""
+    async def events(
+        self, channels: Mapping[str, str], cluster: bool
+    ) -> AsyncGenerator[tuple[str, str, str], None]:
+        """(queue, job id, what) from the queues' event channels ({channel: queue}), on one
+        subscription, until the caller stops iterating."""
         with self.errors():
             if cluster:
                 await self.redis.initialize()  # the cluster pub/sub client needs the slot map
@@ -167,7 +170,7 @@ class Reads:
                 if message is None or message.get("type") != "message":
                     continue
                 job_id, _, what = str(message["data"]).partition(" ")
-                yield job_id, what
+                yield channels.get(str(message.get("channel")), ""), job_id, what
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
