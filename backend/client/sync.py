@@ -1,0 +1,110 @@
+"""The blocking facade: enqueue and wait from scripts and Django/Flask views, no event loop needed.
+
+It runs one `Client` on an event loop in a daemon thread of its own and hands each call to it,
+so it is safe to share between threads (e.g. a WSGI server's) and to use where a loop is
+already running in the calling thread (it never blocks on that loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from backend.client.handle import JobHandle, Progress
+from backend.workers.models import JSON, Job, JobState
+
+if TYPE_CHECKING:
+    from backend.client.client import Client
+    from backend.client.tasks import Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+C = TypeVar("C")
+T = TypeVar("T")
+
+
+class _LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bagbot-client", daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError("timed out waiting for the job") from None
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class SyncJobHandle(Generic[R]):
+    """`JobHandle[R]` with blocking methods."""
+
+    def __init__(self, runner: _LoopThread, handle: JobHandle[R]) -> None:
+        self._runner, self._handle = runner, handle
+        self.id = handle.id
+
+    def __repr__(self) -> str:
+        return f"<SyncJobHandle {self.id}>"
+
+    def info(self) -> Job:
+        return self._runner.call(self._handle.info())
+
+    def status(self) -> JobState:
+        return self._runner.call(self._handle.status())
+
+    def progress(self) -> Progress:
+        return self._runner.call(self._handle.progress())
+
+    def cancel(self) -> JobState:
+        return self._runner.call(self._handle.cancel())
+
+    def result(self, timeout: float | None = None) -> R:
+        """Block until the job ends; its return value, or JobFailed / JobCancelled / TimeoutError."""
+        return self._runner.call(self._handle.result(timeout))
+
+
+class SyncClient:
+    """Blocking `Client`: `with Client.sync_from_env() as jobs: jobs.enqueue(send_email, "a@b.c")`."""
+
+    def __init__(self, make_client: Callable[[], Client]) -> None:
+        self._client = make_client()  # refuses (ClientConfigError) before a thread is started
+        self._runner = _LoopThread()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._runner.call(self._client.close())
+        self._runner.stop()
+
+    def enqueue(self, task: Task[P, R, C], /, *args: P.args, **kwargs: P.kwargs) -> SyncJobHandle[R]:
+        """Enqueue `task(*args, **kwargs)`; returns at once with the job's handle."""
+        handle = self._runner.call(self._client.enqueue(task, *args, **kwargs))
+        return SyncJobHandle(self._runner, handle)
+
+    def enqueue_name(
+        self, name: str, args: Sequence[JSON] = (), kwargs: Mapping[str, JSON] | None = None, **options: Any
+    ) -> SyncJobHandle[Any]:
+        """Enqueue by handler name (options as `Client.enqueue_name`)."""
+        handle = self._runner.call(self._client.enqueue_name(name, args, kwargs, **options))
+        return SyncJobHandle(self._runner, handle)
+
+    def job(self, job_id: str, queue: str | None = None) -> SyncJobHandle[Any]:
+        return SyncJobHandle(self._runner, self._client.job(job_id, queue))
