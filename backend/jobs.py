@@ -14,7 +14,7 @@ from backend.client.handle import JobCancelled, JobFailed, JobHandle, Progress
 from backend.client.options import JobOptions
 from backend.client.sync import SyncClient, SyncJobHandle
 from backend.client.tasks import AsyncTask, SyncTask, Task, task
-from backend.workers.handlers import JobContext, current_job, report_progress
+from backend.workers.handlers import JobContext, current_job, report_progress, schedule
 from backend.workers.job_store import (
     IllegalTransitionError,
     JobNotFoundError,
@@ -55,6 +55,7 @@ __all__ = [
     "current_job",
     "default_client",
     "report_progress",
+    "schedule",
     "set_default_client",
     "task",
 ]

@@ -106,7 +106,9 @@ async def test_an_app_of_its_own_gets_typed_results_and_job_failed(
     }
 
 
-def test_the_same_script_without_job_store_redis_refuses_saying_why(app_dir: Path, env: dict[str, str]) -> None:
+def test_the_same_script_without_job_store_redis_refuses_saying_why(
+    app_dir: Path, env: dict[str, str]
+) -> None:
     bare = {k: v for k, v in env.items() if k not in ("JOB_STORE", "REDIS_URL")}
     run = subprocess.run(
         [sys.executable, "script.py"], cwd=app_dir, env=bare, capture_output=True, text=True, timeout=120
