@@ -16,9 +16,9 @@ from backend.workers.job_store import JobStore
 router = APIRouter(prefix="/api", tags=["health"])
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health() -> HealthOut:
-    """Liveness: 200 while the process serves requests."""
+    """Liveness: 200 while the process serves requests (HEAD too, for uptime monitors)."""
     return HealthOut(status="ok")
 
 

@@ -163,8 +163,9 @@ async def scrape(store: JobStore) -> bytes:
     return render(await store.metrics())
 
 
-@router.get(
+@router.api_route(
     "/metrics",
+    methods=["GET", "HEAD"],  # HEAD: uptime monitors; the same status and headers, no body
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"},
                503: {"model": ErrorOut}},
