@@ -16,10 +16,13 @@ from backend.workers.job_store import JobStore
 router = APIRouter(prefix="/api", tags=["health"])
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])
+@router.get("/health")
 async def health() -> HealthOut:
     """Liveness: 200 while the process serves requests (HEAD too, for uptime monitors)."""
     return HealthOut(status="ok")
+
+
+router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
 
 @router.get("/ready", response_model=ReadyOut, responses={503: {"model": ReadyOut}})

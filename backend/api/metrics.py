@@ -163,9 +163,8 @@ async def scrape(store: JobStore) -> bytes:
     return render(await store.metrics())
 
 
-@router.api_route(
+@router.get(
     "/metrics",
-    methods=["GET", "HEAD"],  # HEAD: uptime monitors; the same status and headers, no body
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"},
                503: {"model": ErrorOut}},
@@ -175,3 +174,7 @@ async def metrics(store: StoreDep, request: Request) -> Response:
     watcher = getattr(request.app.state, "reset_watcher", None)
     body = render(await store.metrics(), watcher.resets if watcher is not None else None)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+# HEAD for uptime monitors: the GET's status and headers, no body (the server drops it)
+router.add_api_route("/metrics", metrics, methods=["HEAD"], response_class=Response, include_in_schema=False)
