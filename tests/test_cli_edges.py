@@ -13,6 +13,7 @@ import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -28,6 +29,44 @@ runner = CliRunner()
 def flat(text: str) -> str:
     """Help text without the box drawing and the wrapping, to read sentences whole."""
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+# -- help -----------------------------------------------------------------------------------
+
+
+def every_command() -> list[list[str]]:
+    """The argv of every command and group, from the app itself (a new command is covered too)."""
+    import typer.main
+
+    found: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:  # typer's own (vendored) click types
+        found.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_no_flag_is_shown_as_taking_a_value() -> None:
+    commands = every_command()
+    assert ["jobs", "cancel"] in commands and ["enqueue"] in commands and len(commands) > 10
+    for argv in commands:
+        result = runner.invoke(app, [*argv, "--help"])
+        assert result.exit_code == 0, (argv, result.output)
+        assert "<bool>" not in result.output, (argv, result.output)
+        assert "--help" in result.output
+    wait_line = next(line for line in runner.invoke(app, ["enqueue", "--help"]).output.splitlines()
+                     if "--wait " in line)
+    assert "<" not in wait_line  # `--wait` takes no value
+
+
+def test_the_jobs_summary_of_cancel_is_a_whole_sentence() -> None:
+    listing = flat(runner.invoke(app, ["jobs", "--help"]).output)
+    assert "cancel Cancel a job; a running one is asked to stop. " in listing + " "
+    detail = flat(runner.invoke(app, ["jobs", "cancel", "--help"]).output)
+    assert "Running: its worker stops it within a heartbeat, and it ends cancelled." in detail
 
 
 # -- the worker at SIGTERM --------------------------------------------------------------------
@@ -50,7 +89,9 @@ def sync_worker(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[WorkerP
     app_dir = tmp_path / "edges_app"
     app_dir.mkdir()
     (app_dir / "edges_tasks.py").write_text(SYNC_TASKS)
-    env = worker_env(redis_url, prefix, tmp_path / "record", BAGBOT_TASKS="edges_tasks", BAGBOT_CONCURRENCY="8")
+    env = worker_env(
+        redis_url, prefix, tmp_path / "record", BAGBOT_TASKS="edges_tasks", BAGBOT_CONCURRENCY="8"
+    )
     proc = WorkerProcess(tmp_path, "edges-worker", env, cwd=app_dir)
     yield proc
     proc.stop()

@@ -188,7 +188,7 @@ def jobs_retry(
     _print_transition(run(url, token, lambda c: c.retry(job_id, queue)), json_out)
 
 
-@jobs_app.command("cancel")
+@jobs_app.command("cancel", short_help="Cancel a job; a running one is asked to stop.")
 def jobs_cancel(
     job_id: Annotated[str, typer.Argument(metavar="ID")],
     queue: QueueOpt = None,
@@ -196,8 +196,11 @@ def jobs_cancel(
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Cancel a job: at once if it has not started (enqueued, scheduled or retry_scheduled); a
-    running job is asked to stop (its worker cancels it within a heartbeat, it ends cancelled)."""
+    """Cancel a job; a running one is asked to stop.
+
+    Enqueued, scheduled or retry_scheduled: cancelled at once.
+
+    Running: its worker stops it within a heartbeat, and it ends cancelled."""
     _print_transition(run(url, token, lambda c: c.cancel(job_id, queue)), json_out)
 
 
