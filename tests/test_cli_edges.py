@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,12 @@ import pytest
 from typer.testing import CliRunner
 
 from backend.cli import app
+from backend.ops.smoke_checks import CHECKLIST
 from backend.workers.models import JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
+from tests.api_server import BackendProcess
+from tests.redis_server import RedisServer
+from tests.test_cli import as_json, bagbot, make_env
 from tests.worker_procs import WorkerProcess, eventually, worker_env
 
 runner = CliRunner()
@@ -112,3 +117,121 @@ async def test_sigterm_with_nothing_running_does_not_warn_about_threads(
     assert await sync_worker.wait(30) == 0
     assert "event=worker_stopped" in sync_worker.log() or "stopped" in sync_worker.log()
     assert "exit_with_running_threads" not in sync_worker.log(), sync_worker.log()[-2000:]
+
+
+# -- usage errors in one line ------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(redis_url: str, prefix: str) -> dict[str, str]:
+    return make_env(JOB_STORE="redis", REDIS_URL=redis_url, BAGBOT_PREFIX=prefix)
+
+
+@pytest.fixture
+def backend(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[BackendProcess]:
+    server = BackendProcess(tmp_path, {"JOB_STORE": "redis", "REDIS_URL": redis_url, "BAGBOT_PREFIX": prefix})
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_a_bad_queue_is_one_line_on_the_store_and_over_http(
+    env: dict[str, str], backend: BackendProcess
+) -> None:
+    for via in ([], ["--url", backend.base_url]):
+        result = bagbot(env, "enqueue", "bagbot.noop", "--queue", "bad queue", *via)
+        assert result.returncode == 2
+        assert "invalid queue name 'bad queue'" in one_error_line(result)
+        listed = bagbot(env, "jobs", "list", "--queue", "bad queue", *via)
+        assert listed.returncode == 2 and "invalid queue name" in one_error_line(listed)
+    # what the server refuses comes back as `field: message`, not pydantic's list of dicts
+    result = bagbot(env, "enqueue", "bagbot.noop", "--priority", "5000", "--url", backend.base_url)
+    line = one_error_line(result)
+    assert result.returncode == 2 and "priority: " in line and "{'type'" not in line and "[{" not in line
+
+
+def test_a_url_without_scheme_or_with_api_says_how_to_write_it(
+    env: dict[str, str], backend: BackendProcess
+) -> None:
+    host = backend.base_url.removeprefix("http://")
+    result = bagbot(env, "jobs", "list", "--url", host)
+    assert result.returncode == 2 and f"http://{host}" in one_error_line(result)
+    result = bagbot(env, "queues", "--url", backend.base_url + "/api")
+    line = one_error_line(result)
+    assert result.returncode == 2 and "without /api" in line and f"use {backend.base_url}" in line
+    result = bagbot(env, "queues", "--url", backend.base_url + "/backend")  # some other wrong path
+    line = one_error_line(result)
+    assert result.returncode == 4 and "answered 404" in line and "base URL" in line
+
+
+def test_listing_an_unknown_queue_says_so(env: dict[str, str], backend: BackendProcess) -> None:
+    assert bagbot(env, "enqueue", "bagbot.noop", "--queue", "real").returncode == 0
+    for via in ([], ["--url", backend.base_url]):
+        result = bagbot(env, "jobs", "list", "--queue", "nosuch", *via)
+        line = one_error_line(result)
+        assert result.returncode == 4 and "no queue 'nosuch'" in line and "real" in line
+        known = bagbot(env, "jobs", "list", "--queue", "real", "--state", "failed", *via)
+        assert known.returncode == 0  # a queue that exists, with nothing in that state: an empty table
+
+
+def test_waiting_on_a_queue_no_worker_takes_says_so(env: dict[str, str], tmp_path: Path, redis_url: str,
+                                                     prefix: str) -> None:
+    worker = WorkerProcess(tmp_path, "default-worker", worker_env(redis_url, prefix, tmp_path / "rec"))
+    try:
+        asyncio.run(worker.wait_for_log("event=worker_registered"))
+        result = bagbot(env, "enqueue", "bagbot.noop", "--queue", "nobody", "--wait", "--wait-timeout", "1")
+        assert result.returncode == 1
+        assert "warning: no live worker takes queue 'nobody' (live workers take: default)" in result.stderr
+        assert "is still enqueued: no live worker takes queue 'nobody'" in result.stderr
+        served = bagbot(env, "enqueue", "bagbot.noop", "--wait", "--wait-timeout", "60")
+        assert served.returncode == 0 and "warning" not in served.stderr
+    finally:
+        worker.stop()
+
+
+def test_run_at_needs_a_zone_on_the_command_line(env: dict[str, str], backend: BackendProcess) -> None:
+    naive = bagbot(env, "enqueue", "bagbot.noop", "--run-at", "2030-01-01T09:00:00")
+    assert naive.returncode == 2 and "has no time zone" in one_error_line(naive)
+    for via in ([], ["--url", backend.base_url]):
+        at = "2030-01-01T09:00:00+01:00"
+        result = bagbot(env, "enqueue", "bagbot.noop", "--run-at", at, "--json", *via)
+        job = as_json(result)
+        assert job["state"] == "scheduled" and job["run_at"] == 1893484800.0  # 08:00 UTC
+
+
+# -- smoke and check ----------------------------------------------------------------------------
+
+
+def test_smoke_with_redis_down_prints_the_whole_checklist(tmp_path: Path) -> None:
+    redis = RedisServer().start()
+    server = BackendProcess(tmp_path, {"JOB_STORE": "redis", "REDIS_URL": redis.url, "BAGBOT_PREFIX": "smk"})
+    try:
+        server.wait_ready()
+        redis.kill()
+        result = bagbot(make_env(), "smoke", "--url", server.base_url, "--timeout", "3")
+    finally:
+        server.stop()
+        redis.cleanup()
+    assert result.returncode == 1, result.stdout + result.stderr
+    marks = [line for line in result.stdout.splitlines() if line.startswith(("✓", "✗"))]
+    assert len(marks) == len(CHECKLIST), result.stdout + result.stderr
+    assert all(label in result.stdout for label in CHECKLIST)
+    assert "✗ Redis service is running and healthy" in result.stdout
+    assert "not run: no diagnostic job could be enqueued" in result.stdout and "FAILED" in result.stdout
+
+
+def test_check_without_environment_says_what_it_checks(redis_url: str) -> None:
+    bare = bagbot(make_env(), "check")
+    assert "REDIS_URL is not set, so this checks the default redis://localhost:6379/0" in bare.stderr
+    assert "JOB_STORE is 'memory'" in bare.stderr
+    given = bagbot(make_env(JOB_STORE="redis", REDIS_URL=redis_url), "check")
+    assert given.returncode == 0 and "note:" not in given.stderr
