@@ -9,10 +9,10 @@ move; this one keeps them. See docs/client.md.
 
 from __future__ import annotations
 
-from backend.client.client import Client, ClientConfigError, default_client, set_default_client
+from backend.client.client import Client, SyncClient, SyncJobHandle
 from backend.client.handle import JobCancelled, JobFailed, JobHandle, Progress
 from backend.client.options import JobOptions
-from backend.client.sync import SyncClient, SyncJobHandle
+from backend.client.producer import ClientConfigError, set_default_client
 from backend.client.tasks import AsyncTask, SyncTask, Task, task
 from backend.workers.handlers import JobContext, current_job, report_progress, schedule
 from backend.workers.job_store import (
@@ -53,7 +53,6 @@ __all__ = [
     "SyncTask",
     "Task",
     "current_job",
-    "default_client",
     "report_progress",
     "schedule",
     "set_default_client",

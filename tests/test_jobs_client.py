@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import backend.client.handle as handle_mod
+import backend.client.watch as watch_mod
+from backend.client.watch import QueueFeed
 from backend.config import Settings
 from backend.jobs import (
     Client,
@@ -25,7 +27,6 @@ from backend.jobs import (
     report_progress,
     task,
 )
-from backend.workers.event_feed import EventFeed
 from backend.workers.handlers import HandlerRegistry
 from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.models import JobSpec
@@ -133,23 +134,42 @@ async def test_cancel_and_timeout(client: Client) -> None:
 async def test_waiting_wakes_on_job_events_not_on_polling(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the re-read interval an hour long, only the job's events can end the wait in time."""
+    """Once the client's subscription is in place, with every re-read an hour apart, only the
+    job's events can end the wait in time."""
+    warm = await client.enqueue(slow, 0.5)  # the queue's subscription is made and settles meanwhile
+    assert (await warm.info()).events  # enqueue asks for events: one PUBLISH per state change
+    assert await warm.result(timeout=30) == "slept"
     monkeypatch.setattr(handle_mod, "RECHECK_SECONDS", 3600.0)
-    handle = await client.enqueue(slow, 0.3)
-    assert (await handle.info()).events  # enqueue asks for events: one PUBLISH per state change
+    monkeypatch.setattr(handle_mod, "SETTLE_RECHECK_SECONDS", 3600.0)
+    monkeypatch.setattr(watch_mod, "SETTLE_SECONDS", 0.0)
+    handle = await client.enqueue(slow, 0.2)
     assert await handle.result(timeout=30) == "slept"
 
 
 async def test_a_missed_event_is_covered_by_the_slow_re_read(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def deaf(self: EventFeed, timeout: float) -> None:
-        await asyncio.sleep(timeout)  # every event lost
+    async def deaf(self: QueueFeed) -> None:
+        await asyncio.Event().wait()  # subscribed to nothing: every event lost
 
-    monkeypatch.setattr(EventFeed, "get", deaf)
+    monkeypatch.setattr(QueueFeed, "_dispatch", deaf)
     monkeypatch.setattr(handle_mod, "RECHECK_SECONDS", 0.2)
     handle = await client.enqueue(slow, 0.1)
     assert await handle.result(timeout=30) == "slept"
+
+
+async def test_fresh_clients_one_after_another_all_get_their_results(
+    redis_store: RedisJobStore, client: Client, redis_url: str, prefix: str
+) -> None:
+    """A new client's first wait races its own subscription, and closing it must not hang on a
+    cancel redis-py swallowed while connecting (it did: results timed out, closes took 1 s+)."""
+    env = {"JOB_STORE": "redis", "REDIS_URL": redis_url, "BAGBOT_PREFIX": prefix}
+    for n in range(12):
+        fresh = Client.from_env(env)
+        try:
+            assert await (await fresh.enqueue(add, n)).result(timeout=10) == n + 1
+        finally:
+            await asyncio.wait_for(fresh.close(), 10)
 
 
 async def test_a_job_without_events_costs_nothing_and_can_still_be_awaited(client: Client) -> None:

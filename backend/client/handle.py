@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
+from backend.client.watch import Watcher
 from backend.workers.job_store import JobNotFoundError, JobStore
 from backend.workers.models import Job, JobError, JobState
 
-if TYPE_CHECKING:
-    from backend.workers.event_feed import EventFeed
-
 R = TypeVar("R")
 RECHECK_SECONDS = 2.0  # a re-read in case an event was missed; events normally wake a waiter at once
-NO_EVENTS_RECHECK_SECONDS = 0.2  # the pace for a job that publishes no events
+SETTLE_RECHECK_SECONDS = 0.1  # the pace while a new subscription may not be in place yet (watch.py)
+NO_EVENTS_RECHECK_SECONDS = 0.2  # the pace for a job that publishes no events, or a broken subscription
 
 
 class JobFailed(Exception):
@@ -54,12 +53,18 @@ class JobHandle(Generic[R]):
     """A job by id; `R` is its handler's return type (Any for jobs enqueued by name)."""
 
     def __init__(
-        self, store: JobStore, job_id: str, queue: str | None = None, job: Job | None = None
+        self,
+        store: JobStore,
+        job_id: str,
+        queue: str | None = None,
+        job: Job | None = None,
+        watcher: Watcher | None = None,
     ) -> None:
         self.store = store
         self.id = job_id
         self.queue = queue
         self._job = job
+        self._watcher = watcher  # the client's shared subscriptions; None: one of its own per wait
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id} queue={self.queue}>"
@@ -95,21 +100,35 @@ class JobHandle(Generic[R]):
         return cast(R, outcome(job))
 
     async def _wait_terminal(self) -> Job:
-        job = self._job if self._job is not None and self._job.is_terminal else None
-        if job is not None:
-            return job
         job = await self.info()
-        feed = _subscribe(self.store, job) if job.events and not job.is_terminal else None
+        if job.is_terminal:
+            return job
+        watcher = self._watcher or Watcher(self.store)
         try:
-            if feed is not None:
-                job = await self.info()  # subscribed now: a change from here on wakes us
-            while not job.is_terminal:
-                feed = await _wait_change(feed, self.id, job.events)
-                job = await self.info()
+            feed = watcher.feed(job.queue) if job.events else None
+            if feed is None:
+                return await self._reread_until_terminal()
+            with feed.watching(self.id) as changed:
+                job = await self.info()  # registered now: a change from here on wakes us
+                while not job.is_terminal:
+                    if feed.broken is not None:  # the store cannot subscribe: re-read instead
+                        return await self._reread_until_terminal()
+                    pace = RECHECK_SECONDS if feed.settled else SETTLE_RECHECK_SECONDS
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), pace)
+                    changed.clear()
+                    job = await self.info()
             return job
         finally:
-            if feed is not None:
-                await feed.close()
+            if watcher is not self._watcher:
+                await watcher.close()
+
+    async def _reread_until_terminal(self) -> Job:
+        job = await self.info()
+        while not job.is_terminal:
+            await asyncio.sleep(NO_EVENTS_RECHECK_SECONDS)
+            job = await self.info()
+        return job
 
 
 def outcome(job: Job) -> Any:
@@ -119,29 +138,3 @@ def outcome(job: Job) -> Any:
     if job.state is JobState.CANCELLED:
         raise JobCancelled(job)
     raise JobFailed(job)
-
-
-def _subscribe(store: JobStore, job: Job) -> EventFeed:
-    from backend.workers.event_feed import EventFeed
-
-    return EventFeed(store, [job.queue])
-
-
-async def _wait_change(feed: EventFeed | None, job_id: str, events: bool) -> EventFeed | None:
-    """Return when the job may have changed: an event for it, or the re-read interval. Returns
-    the feed to go on with (None once the subscription broke: the job is then re-read slowly)."""
-    if feed is None:
-        await asyncio.sleep(NO_EVENTS_RECHECK_SECONDS if not events else RECHECK_SECONDS / 4)
-        return None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RECHECK_SECONDS
-    try:
-        while (remaining := deadline - loop.time()) > 0:
-            event = await feed.get(remaining)
-            if event is None or event[0] == job_id:
-                return feed
-    except Exception:  # the store cannot subscribe (e.g. a restricted server): re-read instead
-        with contextlib.suppress(Exception):
-            await feed.close()
-        return None
-    return feed

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from backend.client.options import JobOptions
+from backend.client.producer import default_producer
 from backend.workers.handlers import Handler, HandlerRegistry, default_registry
 from backend.workers.rules import Backoff
 
@@ -66,10 +67,11 @@ class Task(Generic[P, R, C]):
         return Task(self.fn, self.handler, options)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
-        """Enqueue a job of this task on the default client (see `backend.client.client.default_client`)."""
-        from backend.client.client import default_client
-
-        return await default_client().enqueue(self, *args, **kwargs)
+        """Enqueue a job of this task on the default client (see `backend.client.producer`)."""
+        handle: JobHandle[R] = await default_producer().enqueue_spec(
+            self.options.spec(self.name, list(args), dict(kwargs))
+        )
+        return handle
 
 
 AsyncTask = Task[P, R, Coroutine[Any, Any, R]]
