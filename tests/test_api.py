@@ -115,8 +115,12 @@ async def test_enqueue_with_delay_or_run_at_schedules(client: httpx.AsyncClient)
     assert at["state"] == "scheduled"
     assert at["run_at"] == pytest.approx(when.timestamp(), abs=0.01)
 
-    naive = await enqueue(client, run_at=when.replace(tzinfo=None).isoformat())  # no zone: UTC
-    assert naive["run_at"] == pytest.approx(when.timestamp(), abs=0.01)
+    # no zone: refused (issue 15), it was read as UTC before, a silent guess hours off for most callers
+    naive_at = when.replace(tzinfo=None).isoformat()
+    naive = await client.post("/api/jobs", json={"name": "bagbot.echo", "run_at": naive_at})
+    assert naive.status_code == 422 and "time zone" in naive.text
+    epoch = await enqueue(client, run_at=when.timestamp())  # epoch seconds are zone-free: accepted
+    assert epoch["run_at"] == pytest.approx(when.timestamp(), abs=0.01)
 
     past = await enqueue(client, run_at="2001-01-01T00:00:00Z")
     assert past["state"] == "enqueued"

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class WorkerProcess:
     """`python -m backend.workers` in a subprocess, its output in a file (a pipe could fill and block it)."""
 
-    def __init__(self, tmp: Path, name: str, env: Mapping[str, str]) -> None:
+    def __init__(self, tmp: Path, name: str, env: Mapping[str, str], cwd: Path | None = None) -> None:
         self.name = name
         self.log_path = tmp / f"{name}.log"
         self._log = self.log_path.open("wb")
@@ -30,7 +30,7 @@ class WorkerProcess:
         full_env.update(env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend.workers"],
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -18,8 +18,11 @@ router = APIRouter(prefix="/api", tags=["health"])
 
 @router.get("/health")
 async def health() -> HealthOut:
-    """Liveness: 200 while the process serves requests."""
+    """Liveness: 200 while the process serves requests (HEAD too, for uptime monitors)."""
     return HealthOut(status="ok")
+
+
+router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
 
 @router.get("/ready", response_model=ReadyOut, responses={503: {"model": ReadyOut}})

@@ -178,3 +178,7 @@ async def metrics(store: StoreDep, request: Request) -> Response:
     watcher = getattr(request.app.state, "reset_watcher", None)
     body = render(await store.metrics(), watcher.resets if watcher is not None else None)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+# HEAD for uptime monitors: the GET's status and headers, no body (the server drops it)
+router.add_api_route("/metrics", metrics, methods=["HEAD"], response_class=Response, include_in_schema=False)

@@ -6,7 +6,7 @@ validates untrusted input and documents the OpenAPI schema.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,7 +32,9 @@ class EnqueueRequest(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     queue: str = Field(DEFAULT_QUEUE, pattern=QUEUE_PATTERN)
     delay: float | None = Field(None, ge=0, le=_YEAR, description="seconds from now")
-    run_at: datetime | None = Field(None, description="ISO 8601 time; without a zone it is UTC")
+    run_at: datetime | None = Field(
+        None, description="ISO 8601 time with its zone (2026-12-01T09:00:00Z, or +01:00); no zone is a 422"
+    )
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=1000)
     timeout: float | None = Field(None, gt=0, le=_YEAR, description="seconds; default: the handler's")
@@ -50,6 +52,9 @@ class EnqueueRequest(BaseModel):
     def _one_schedule(self) -> Self:
         if self.delay is not None and self.run_at is not None:
             raise ValueError("give delay or run_at, not both")
+        if self.run_at is not None and self.run_at.utcoffset() is None:
+            # a guess at the zone would run the job hours early or late
+            raise ValueError("run_at needs a time zone, e.g. 2026-12-01T09:00:00Z or 2026-12-01T10:00+01:00")
         if (self.limit_key is None) != (self.limit is None):
             raise ValueError("give limit_key and limit together")
         for label, value in (("unique_key", self.unique_key), ("id", self.id), ("limit_key", self.limit_key)):
@@ -59,10 +64,7 @@ class EnqueueRequest(BaseModel):
         return self
 
     def to_spec(self) -> JobSpec:
-        run_at: float | None = None
-        if self.run_at is not None:
-            when = self.run_at if self.run_at.tzinfo else self.run_at.replace(tzinfo=UTC)
-            run_at = when.timestamp()
+        run_at = self.run_at.timestamp() if self.run_at is not None else None
         return JobSpec(
             name=self.name,
             args=self.args,

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.text import Text
 
@@ -19,6 +20,20 @@ from backend.ops.http_client import HttpClient
 from backend.ops.store_client import StoreClient, map_store_error
 
 T = TypeVar("T")
+
+
+def _hide_flag_types() -> None:
+    """Typer's help shows a type for every option, so on/off flags read as taking a value
+    (`--wait <bool>`, `--help <bool>`): a flag takes none, so show none."""
+    shown = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
 
 # piped output is not cut to 80 columns: ids and errors stay whole for grep and logs
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)

@@ -20,7 +20,7 @@ class HttpClient(Client):
     """Talks to a running backend (DESIGN §9) with the standard library only."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 15.0) -> None:
-        self.base = base_url.rstrip("/")
+        self.base = check_base_url(base_url)
         self.token = token
         self.timeout = timeout
         self.where = self.base
@@ -96,10 +96,12 @@ class HttpClient(Client):
         data = _parse_json(raw)
         if 200 <= status < 300:
             return data
-        detail = data.get("detail") if isinstance(data, dict) else raw.decode(errors="replace")[:300]
+        detail = _detail(data.get("detail")) if isinstance(data, dict) else raw.decode(errors="replace")[:300]
         hint = ""
         if status == 401:
             hint = " (pass --token or set BAGBOT_API_TOKEN to the backend's token)"
+        elif status == 404 and not path.startswith("/api/jobs/"):
+            hint = f" (is {self.base} the backend's base URL? --url takes http://HOST:PORT, without /api)"
         raise OpsError(f"{method} {path} answered {status}: {detail}{hint}", _code_for_status(status))
 
     def _request(self, method: str, path: str, payload: JSONDict | None) -> tuple[int, bytes]:
@@ -119,6 +121,35 @@ class HttpClient(Client):
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise OpsError(f"cannot reach {self.base}: {reason}", ExitCode.UNAVAILABLE) from None
+
+
+def check_base_url(url: str) -> str:
+    """The backend's base URL, or a usage error that says how to write it."""
+    base = url.strip().rstrip("/")
+    parsed = urllib.parse.urlsplit(base)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise OpsError(
+            f"--url {url!r} is not an http(s) URL: write the scheme too, e.g. http://{base.split('://')[-1]}",
+            ExitCode.USAGE,
+        )
+    if parsed.path.rstrip("/").endswith("/api"):
+        fixed = base[: -len("/api")]
+        raise OpsError(f"--url is the backend's base URL, without /api: use {fixed}", ExitCode.USAGE)
+    return base
+
+
+def _detail(detail: Any) -> str:
+    """FastAPI's detail on one line: a validation error list becomes `field: message; ...`."""
+    if isinstance(detail, list):
+        parts = []
+        for error in detail:
+            if not isinstance(error, dict):
+                parts.append(str(error))
+                continue
+            where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path"))
+            parts.append(f"{where}: {error.get('msg', '')}" if where else str(error.get("msg", "")))
+        return "; ".join(parts)
+    return str(detail)
 
 
 def _q(job_id: str) -> str:

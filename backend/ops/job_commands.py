@@ -8,18 +8,44 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
 from backend.ops.cli_support import JsonOpt, QueueOpt, TokenOpt, UrlOpt, err, fail, out, print_json, run
-from backend.ops.client import Client, ExitCode, JSONDict, OpsError
+from backend.ops.client import Client, ExitCode, JSONDict, OpsError, Page
 from backend.ops.render import job_detail, jobs_table, print_outcome, progress_text, state_pill
 from backend.workers.models import ALL_STATES, TERMINAL_STATES
-from backend.workers.rules import DEFAULT_MAX_ATTEMPTS
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, InvalidJobError, validate_queue
 
 jobs_app = typer.Typer(help="List, show, retry and cancel jobs.", no_args_is_help=True)
+
+
+def check_queue(queue: str | None) -> None:
+    """A queue name that can never exist is a usage error in one line, before any request."""
+    if queue is not None:
+        try:
+            validate_queue(queue)
+        except InvalidJobError as exc:
+            raise fail(f"--queue: {exc}", ExitCode.USAGE) from None
+
+
+def parse_run_at(raw: str) -> str:
+    """--run-at as an ISO time with its zone (normalised); no zone is refused, since guessing
+    it runs the job hours off."""
+    try:
+        when = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        message = f"--run-at {raw!r} is not an ISO 8601 time, e.g. 2026-12-01T09:00:00Z"
+        raise fail(message, ExitCode.USAGE) from None
+    if when.utcoffset() is None:
+        raise fail(
+            f"--run-at {raw!r} has no time zone: add one, e.g. {when.isoformat()}Z or …+01:00",
+            ExitCode.USAGE,
+        )
+    return when.isoformat()
 
 
 def _parse_arg(raw: str) -> Any:
@@ -44,6 +70,10 @@ def enqueue(
     queue: Annotated[str, typer.Option("--queue", "-q")] = "default",
     delay: Annotated[
         float | None, typer.Option(help="Run no earlier than this many seconds from now.")
+    ] = None,
+    run_at: Annotated[
+        str | None,
+        typer.Option(help="Run no earlier than this ISO 8601 time with its zone, e.g. 2026-12-01T09:00:00Z."),
     ] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first (-1000..1000).")] = 0,
     max_attempts: Annotated[int, typer.Option(help="Runs before the job is failed.")] = DEFAULT_MAX_ATTEMPTS,
@@ -73,12 +103,14 @@ def enqueue(
         raise fail(f"--kwargs is not JSON: {exc}", ExitCode.USAGE) from None
     if not isinstance(parsed_kwargs, dict):
         raise fail("--kwargs must be a JSON object", ExitCode.USAGE)
+    check_queue(queue)
     body: JSONDict = {
         "name": name,
         "args": [_parse_arg(a) for a in args or []],
         "kwargs": parsed_kwargs,
         "queue": queue,
         "delay": delay,
+        "run_at": parse_run_at(run_at) if run_at is not None else None,
         "priority": priority,
         "max_attempts": max_attempts,
         "timeout": timeout,
@@ -114,12 +146,15 @@ async def _wait_for(client: Client, job: JSONDict, limit: float | None) -> JSOND
     stderr: woken by its events when the client can subscribe, else by polling."""
     started = time.monotonic()
     terminal = {s.value for s in TERMINAL_STATES}
+    nobody = await no_worker_takes(client, str(job.get("queue") or "default"))
+    if nobody:
+        err.print(Text("warning: ", style="bold yellow") + Text(nobody))
     with err.status(f"{job['id']}: {job.get('state')}") as status:
         while str(job.get("state")) not in terminal:
             if limit is not None and time.monotonic() - started > limit:
-                raise OpsError(
-                    f"gave up after {limit:g}s: job {job['id']} is still {job.get('state')}", ExitCode.FAILED
-                )
+                why = f": {nobody}" if nobody and job.get("state") == "enqueued" else ""
+                text = f"gave up after {limit:g}s: job {job['id']} is still {job.get('state')}{why}"
+                raise OpsError(text, ExitCode.FAILED)
             await client.wait_change(job)
             events = job.get("events")
             job = await client.get(str(job["id"]), str(job.get("queue") or "") or None)
@@ -130,6 +165,23 @@ async def _wait_for(client: Client, job: JSONDict, limit: float | None) -> JSOND
                 f"{progress_text(job)}{elapsed:.1f}s"
             )
     return job
+
+
+LIVE_HEARTBEAT_AGE = 60.0  # a worker whose heartbeat is older than this is not counted as live
+
+
+async def no_worker_takes(client: Client, queue: str) -> str | None:
+    """A sentence saying no live worker takes `queue` (so a job there just waits), or None."""
+    try:
+        workers = await client.workers()
+    except OpsError:
+        return None  # cannot tell: say nothing rather than something wrong
+    live = [w for w in workers if float(w.get("heartbeat_age") or 0.0) <= LIVE_HEARTBEAT_AGE]
+    if any(queue in (w.get("queues") or []) for w in live):
+        return None
+    taken = sorted({str(q) for w in live for q in w.get("queues") or []})
+    seen = f"live workers take: {', '.join(taken)}" if taken else "no worker is live"
+    return f"no live worker takes queue {queue!r} ({seen}); start one with BAGBOT_QUEUES={queue}"
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -151,7 +203,19 @@ def jobs_list(
     """List jobs, newest first."""
     if state is not None and state not in {s.value for s in ALL_STATES}:
         raise fail(f"unknown state {state!r}", ExitCode.USAGE)
-    page = run(url, token, lambda c: c.list_jobs(queue, state, name, limit, cursor))
+    check_queue(queue)
+
+    async def action(client: Client) -> Page:
+        page = await client.list_jobs(queue, state, name, limit, cursor)
+        if queue and not page.jobs and cursor is None:  # an empty table for a typo says nothing
+            known = sorted(await client.counts())
+            if queue not in known:
+                listed = ", ".join(known) if known else "none yet"
+                raise OpsError(f"no queue {queue!r}: no job was ever enqueued on it (queues: {listed})",
+                               ExitCode.NOT_FOUND)
+        return page
+
+    page = run(url, token, action)
     if json_out:
         print_json({"jobs": page.jobs, "cursor": page.cursor})
         return
@@ -188,7 +252,7 @@ def jobs_retry(
     _print_transition(run(url, token, lambda c: c.retry(job_id, queue)), json_out)
 
 
-@jobs_app.command("cancel")
+@jobs_app.command("cancel", short_help="Cancel a job; a running one is asked to stop.")
 def jobs_cancel(
     job_id: Annotated[str, typer.Argument(metavar="ID")],
     queue: QueueOpt = None,
@@ -196,8 +260,11 @@ def jobs_cancel(
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Cancel a job: at once if it has not started (enqueued, scheduled or retry_scheduled); a
-    running job is asked to stop (its worker cancels it within a heartbeat, it ends cancelled)."""
+    """Cancel a job; a running one is asked to stop.
+
+    Enqueued, scheduled or retry_scheduled: cancelled at once.
+
+    Running: its worker stops it within a heartbeat, and it ends cancelled."""
     _print_transition(run(url, token, lambda c: c.cancel(job_id, queue)), json_out)
 
 

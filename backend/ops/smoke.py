@@ -91,10 +91,13 @@ async def run_smoke(
     workers_before = await _safe_workers(client)
 
     progress("enqueueing diagnostic jobs")
-    jobs = await _enqueue_all(client, options, run_id)
-    dup_same, unique_same, cancel_ok, cancel_detail = await _duplicates_and_cancel(
-        client, options, run_id, jobs
-    )
+    try:
+        jobs = await _enqueue_all(client, options, run_id)
+        dup_same, unique_same, cancel_ok, cancel_detail = await _duplicates_and_cancel(
+            client, options, run_id, jobs
+        )
+    except OpsError as exc:  # e.g. Redis down behind the backend: still the whole checklist
+        return await _without_jobs(client, options, run_id, (ready_ok, ready), workers_before, exc)
 
     watched = {key: Observed(job, job, {str(job.get("state")): job}) for key, job in jobs.items()}
     await _wait_terminal(client, watched, options, progress)
@@ -116,6 +119,33 @@ async def run_smoke(
         attempts(watched),
     ]
     return SmokeResult(items, run_id, {key: str(o.last.get("id")) for key, o in watched.items()})
+
+
+async def _without_jobs(
+    client: Client,
+    options: SmokeOptions,
+    run_id: str,
+    readiness: tuple[bool, JSONDict],
+    workers: list[JSONDict] | str,
+    exc: OpsError,
+) -> SmokeResult:
+    """The checklist when no diagnostic job could be enqueued: what can be judged without jobs
+    is judged, every other line fails saying why it could not run."""
+    ready_ok, ready = readiness
+    metrics = await _safe_metrics(client)
+    judged = [
+        redis_healthy(ready_ok, ready, options.expect_redis),
+        backend_connects(ready_ok, client, ready, options.expect_redis),
+    ]
+    judged[1] = judged[1] if not judged[1].ok else Item(judged[1].label, False, f"enqueue failed: {exc}")
+    items = [*judged, metrics_endpoint(metrics), metrics_names(metrics)]
+    if isinstance(workers, list):
+        items.append(registration(workers, options))
+    not_run = f"not run: no diagnostic job could be enqueued ({exc})"
+    labels = {item.label for item in items}
+    items += [Item(label, False, not_run) for label in CHECKLIST if label not in labels]
+    items.sort(key=lambda item: CHECKLIST.index(item.label) if item.label in CHECKLIST else len(CHECKLIST))
+    return SmokeResult(items, run_id, {})
 
 
 # -- driving the jobs ------------------------------------------------------------

@@ -7,6 +7,7 @@ contract's, see `backend/workers/job_store.py`) become `OpsError`s with the CLI'
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from backend.ops.client import Client, ExitCode, JSONDict, OpsError, Page
@@ -41,6 +42,7 @@ class StoreClient(Client):
             queue=body.get("queue") or "default",
             id=body.get("id"),
             delay=body.get("delay"),
+            run_at=_run_at(body.get("run_at")),
             priority=int(body.get("priority") or 0),
             max_attempts=int(body.get("max_attempts") or 3),
             timeout=body.get("timeout"),
@@ -161,6 +163,13 @@ class _StoreErrors:
         mapped = map_store_error(exc, self.where)
         if mapped is not None:
             raise mapped from None
+
+
+def _run_at(value: Any) -> float | None:
+    """The body's run_at (an aware ISO time, as the HTTP API takes it, or epoch seconds)."""
+    if value is None or isinstance(value, int | float):
+        return value
+    return datetime.fromisoformat(str(value)).timestamp()
 
 
 def map_store_error(exc: BaseException, where: str) -> OpsError | None:

@@ -8,10 +8,12 @@ imported only when run, so the other commands do not pay for them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from backend.ops.cli_support import JsonOpt, TokenOpt, err, fail, load_settings, open_client, print_json
 from backend.ops.client import Client, ExitCode, OpsError
@@ -22,11 +24,25 @@ if TYPE_CHECKING:
     from backend.ops.smoke import SmokeResult
 
 
+def _what_check_checks(env: Mapping[str, str], url: str, job_store: str) -> list[str]:
+    """Say which Redis `check` looks at when the environment did not name one, and why."""
+    lines = []
+    if not env.get("REDIS_URL"):
+        lines.append(f"REDIS_URL is not set, so this checks the default {url}; set REDIS_URL to the "
+                     "Redis your backend and workers use")
+    if job_store != "redis":
+        lines.append(f"JOB_STORE is {job_store!r}: the services keep jobs in the backend process and use no "
+                     "Redis until JOB_STORE=redis; this checks the Redis they would use")
+    return lines
+
+
 def check(json_out: JsonOpt = False) -> None:
     """Check that REDIS_URL answers and keeps jobs safe (maxmemory-policy noeviction)."""
     from backend.ops.redis_check import check_redis
 
     settings = load_settings()
+    for line in _what_check_checks(os.environ, settings.safe_redis_url, settings.job_store):
+        err.print(Text("note: ", style="bold") + Text(line))
     report = asyncio.run(check_redis(settings.redis_url, settings.prefix))
     if json_out:
         print_json(report.to_json())

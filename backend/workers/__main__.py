@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from backend.config import ConfigError, Settings
@@ -97,8 +98,17 @@ def main() -> int:
     return asyncio.run(runner(settings))
 
 
+THREAD_EXIT_GRACE = 2.0  # seconds
+
+
 def _exit(code: int) -> None:
     """Exit; skip joining threads of sync handlers that ignored a timeout or shutdown."""
+    # the pool's idle threads were told to exit at shutdown and do so at once: wait for them
+    # briefly, so only threads still running a handler count (an idle worker exits quietly)
+    deadline = time.monotonic() + THREAD_EXIT_GRACE
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
     if stuck:
         log.warning(fmt("exit_with_running_threads", threads=len(stuck),

@@ -7,12 +7,28 @@ Records only: what is valid, how retries back off and how payloads are encoded l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Backoff, validate_spec
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Backoff, InvalidJobError, validate_spec
 
 JSON = Any  # what orjson can encode: dict, list, str, int, float, bool, None
+
+
+def epoch_seconds(when: datetime | float) -> float:
+    """Epoch seconds of an aware datetime (or a number, unchanged). A naive datetime is refused:
+    which zone it meant is a guess, and a wrong guess runs the job hours early or late."""
+    if isinstance(when, datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise InvalidJobError(
+                f"run_at {when.isoformat()} has no time zone: pass an aware datetime, "
+                "e.g. datetime.now(timezone.utc) + timedelta(hours=1)"
+            )
+        return when.timestamp()
+    if isinstance(when, bool) or not isinstance(when, int | float):
+        raise InvalidJobError(f"run_at must be an aware datetime or epoch seconds, not {type(when).__name__}")
+    return float(when)
 
 
 class JobState(StrEnum):
@@ -104,6 +120,10 @@ class JobSpec:
     limit_key: str | None = None
     limit: int | None = None
     events: bool = False  # publish this job's state changes (see docs/features.md)
+
+    def __post_init__(self) -> None:
+        if self.run_at is not None:  # an aware datetime is welcome too (typed as float for readers)
+            self.run_at = epoch_seconds(self.run_at)
 
     def validate(self) -> JobSpec:
         return validate_spec(self)
