@@ -422,6 +422,23 @@ async def test_extend_keeps_the_lease_alive(store: JobStore) -> None:
     assert job.lease_until is not None and job.lease_until > time.time() + 20
 
 
+async def test_stale_is_decided_per_claim_token_not_per_job(store: JobStore) -> None:
+    """One heartbeat may hold an old, unreported claim of a job and the current claim of the same
+    job (the worker released it and claimed it again): only the old claim is stale, and a cancel
+    request reaches only the current one."""
+    await store.enqueue(JobSpec("t.job"))
+    first = await claim_one(store)
+    assert await store.release([claim_of(first)]) == 1
+    second = await claim_one(store)
+    assert second.id == first.id and second.token != first.token
+    old, current = claim_of(first), claim_of(second)
+    assert await store.extend([old, current], 30) == [old]
+    assert await store.extend([current, old], 30) == [old]
+    await store.cancel(second.id)  # running: only a request
+    reply = await store.heartbeat(WorkerInfo(id="w1"), [old, current], 30)
+    assert reply.stale == [old] and reply.cancel == [current]
+
+
 async def test_release_keeps_attempt_count_and_place(store: JobStore) -> None:
     first = await store.enqueue(JobSpec("t.job", max_attempts=3, args=["a"]))
     await store.enqueue(JobSpec("t.job", args=["b"]))

@@ -257,8 +257,8 @@ class RedisJobStore(JobStore):
         for queue, items in _group_claims(claims).items():
             args = sc.ExtendArgs(s_to_us(lease_seconds), _refs(items))
             reply = await self._call(sc.EXTEND, self.keys.queue(queue), args)
-            stale.extend(claim for claim in items if claim.job_id in reply.stale)
-            cancel.extend(claim for claim in items if claim.job_id in reply.cancel)
+            stale.extend(claim for i, claim in enumerate(items) if i in reply.stale)
+            cancel.extend(claim for i, claim in enumerate(items) if i in reply.cancel)
         return stale, cancel
 
     async def progress(self, claim: Claim, value: float, message: str = "") -> bool:

@@ -250,8 +250,11 @@ class Enqueued:
 
 @dataclass(frozen=True, slots=True)
 class ExtendReply:
-    stale: frozenset[str]
-    cancel: frozenset[str]
+    """Positions (0-based, in the order sent) of the stale claims and of the current claims whose
+    job has a cancel request: per claim, since one call may hold an old and the current claim of a job."""
+
+    stale: frozenset[int]
+    cancel: frozenset[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +290,7 @@ def _finished(raw: Any, args: FinishArgs) -> list[JobState | None]:  # a set-asi
 
 def _extended(raw: Any, args: ExtendArgs) -> ExtendReply:
     stale, cancel = raw
-    return ExtendReply(frozenset(map(str, stale)), frozenset(map(str, cancel)))
+    return ExtendReply(frozenset(int(i) - 1 for i in stale), frozenset(int(i) - 1 for i in cancel))
 
 
 def _count(raw: Any, args: Any) -> int:
