@@ -44,6 +44,7 @@ for i = 0, n - 1 do
       woke = true
     else
       redis.call('ZADD', K.waiting, run_at, id)
+      woke = true -- an idle worker waits for the due times it knew of: it must look again
     end
     if unique_key ~= '' then redis.call('HSET', K.unique, unique_key, id) end
     -- optional features cost one HSET each, only for jobs that use them

@@ -183,6 +183,7 @@ local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, 
     if f[6] == '1' then fields[5], fields[6] = 'cancel_req', '' end
     leave_running(id, jobkey, 'retry_scheduled', now, f[4], f[5], fields)
     redis.call('ZADD', K.waiting, run_at, id)
+    wake_one() -- an idle worker may be waiting past run_at: it must look at the new due time
     stat('retry|' .. name, 1)
     stat('run|' .. name .. '|' .. (outcome or 'retry'), 1)
     return 'retry_scheduled'
