@@ -1,8 +1,7 @@
 """The Lua/Python boundary: one description per script of `lua/`.
 
-A description (`Script`) names the script, the keys it takes (fields of `QueueKeys`, or of
-`RedisKeys` for the worker registry, in KEYS order), the record its arguments are built from and
-the parser of its reply. The store calls scripts only through these; nothing else builds ARGV or
+A description (`Script`) names the script, its keys (fields of `QueueKeys`, or `RedisKeys` for the
+registry, in KEYS order), its argument record and its reply parser; nothing else builds ARGV or
 reads a reply by position.
 
 Arguments are NamedTuples of wire values: their fields, in order, are the script's ARGV. A last
@@ -250,9 +249,7 @@ class Enqueued:
 
 @dataclass(frozen=True, slots=True)
 class ExtendReply:
-    """Positions (0-based, in the order sent) of the stale claims and of the current claims whose
-    job has a cancel request: per claim, since one call may hold an old and the current claim of a job."""
-
+    """Positions (0-based, as sent) of stale claims and of cancel-requested ones: per claim, not id."""
     stale: frozenset[int]
     cancel: frozenset[int]
 
