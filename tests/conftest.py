@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import uuid
@@ -63,10 +64,18 @@ def no_keys_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     left = keys_under(url, prefix)
     if left:
-        import asyncio
-
         asyncio.run(delete_prefix(url, prefix))
         pytest.fail(f"the test left {len(left)} keys under {prefix} on the shared server: {left[:5]}")
+
+
+@pytest.fixture
+def delete_prefix_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For tests whose subprocesses (workers, backends, CLI) write under the test's prefix on the
+    shared server: delete it when the test ends, before no_keys_left_behind looks."""
+    yield
+    if {"redis_url", "prefix"} <= set(request.fixturenames):
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("prefix")
+        asyncio.run(delete_prefix(url, prefix))
 
 
 @pytest.fixture

@@ -24,11 +24,14 @@ from backend.ops.smoke_checks import CHECKLIST
 from backend.workers.models import JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
 from tests.api_server import BackendProcess
-from tests.redis_server import RedisServer, delete_prefix
+from tests.redis_server import RedisServer
 from tests.test_cli import as_json, bagbot, make_env
 from tests.worker_procs import WorkerProcess, eventually, worker_env
 
 runner = CliRunner()
+
+# worker, backend and CLI processes write under the test's prefix on the shared server
+pytestmark = pytest.mark.usefixtures("delete_prefix_after")
 
 
 def flat(text: str) -> str:
@@ -87,16 +90,6 @@ def work(seconds: float) -> float:
     time.sleep(seconds)  # long enough that all 8 threads of the pool are in use at once
     return seconds
 '''
-
-
-@pytest.fixture(autouse=True)
-def delete_the_prefix_after(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The worker, backend and CLI processes of these tests write under the test's prefix on the
-    shared server: delete it when the test ends (conftest's no_keys_left_behind checks that)."""
-    yield
-    if {"redis_url", "prefix"} <= set(request.fixturenames):
-        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("prefix")
-        asyncio.run(delete_prefix(url, prefix))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ back, and a failing job raises JobFailed carrying the handler's error.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -17,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import delete_prefix
 from tests.worker_procs import WorkerProcess
+
+# worker, backend and CLI processes write under the test's prefix on the shared server
+pytestmark = pytest.mark.usefixtures("delete_prefix_after")
 
 TASKS = '''
 from backend.jobs import task
@@ -68,16 +69,6 @@ async def main() -> dict[str, object]:
 
 print(json.dumps(asyncio.run(main())))
 '''
-
-
-@pytest.fixture(autouse=True)
-def delete_the_prefix_after(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The worker, backend and CLI processes of these tests write under the test's prefix on the
-    shared server: delete it when the test ends (conftest's no_keys_left_behind checks that)."""
-    yield
-    if {"redis_url", "prefix"} <= set(request.fixturenames):
-        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("prefix")
-        asyncio.run(delete_prefix(url, prefix))
 
 
 @pytest.fixture
