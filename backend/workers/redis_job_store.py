@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ from backend.workers.redis.codec import (
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
+from backend.workers.redis.per_queue import FirstFailure, group_claims, refs
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
 from backend.workers.rules import dumps, new_job_id
@@ -192,14 +193,18 @@ class RedisJobStore(JobStore):
         self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[Job]:
         claimed: list[Job] = []
+        failure = FirstFailure()
         for queue in queues:
             wanted = limit - len(claimed)
             if wanted <= 0:
                 break
             args = sc.ClaimArgs(worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT,
                                 random.random(), new_job_id()[:16])
-            rows = await self._call(sc.CLAIM, self.keys.queue(queue), args)
-            claimed.extend(await self._readable(queue, [job_from_hash(row) for row in rows]))
+            with failure.step():
+                rows = await self._call(sc.CLAIM, self.keys.queue(queue), args)
+                claimed.extend(await self._readable(queue, [job_from_hash(row) for row in rows]))
+        if not claimed:  # else the jobs of healthy queues are returned; see redis/per_queue.py
+            failure.raise_first()
         return claimed
 
     async def _readable(self, queue: str, jobs: list[Job]) -> list[Job]:
@@ -209,7 +214,8 @@ class RedisJobStore(JobStore):
             if job.unreadable:
                 field, value = next(iter(job.unreadable.items()))
                 args = sc.SetAsideArgs(job.id, job.token or "", field, value)
-                await self._call(sc.SETASIDE, self.keys.queue(queue), args)
+                with FirstFailure().step():  # not set aside now: its lease expires, it is recovered
+                    await self._call(sc.SETASIDE, self.keys.queue(queue), args)
         return [job for job in jobs if not job.unreadable]
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
@@ -254,11 +260,14 @@ class RedisJobStore(JobStore):
         """(stale claims, current claims whose job has a cancel request)."""
         stale: list[Claim] = []
         cancel: list[Claim] = []
-        for queue, items in _group_claims(claims).items():
-            args = sc.ExtendArgs(s_to_us(lease_seconds), _refs(items))
-            reply = await self._call(sc.EXTEND, self.keys.queue(queue), args)
-            stale.extend(claim for i, claim in enumerate(items) if i in reply.stale)
-            cancel.extend(claim for i, claim in enumerate(items) if i in reply.cancel)
+        failure = FirstFailure()  # every reachable queue's leases are extended, whatever the others do
+        for queue, items in group_claims(claims).items():
+            args = sc.ExtendArgs(s_to_us(lease_seconds), refs(items))
+            with failure.step():
+                reply = await self._call(sc.EXTEND, self.keys.queue(queue), args)
+                stale.extend(claim for i, claim in enumerate(items) if i in reply.stale)
+                cancel.extend(claim for i, claim in enumerate(items) if i in reply.cancel)
+        failure.raise_first()
         return stale, cancel
 
     async def progress(self, claim: Claim, value: float, message: str = "") -> bool:
@@ -294,8 +303,8 @@ class RedisJobStore(JobStore):
 
     async def release(self, claims: Sequence[Claim]) -> int:
         released = 0
-        for queue, items in _group_claims(claims).items():
-            released += await self._call(sc.RELEASE, self.keys.queue(queue), sc.ReleaseArgs(_refs(items)))
+        for queue, items in group_claims(claims).items():
+            released += await self._call(sc.RELEASE, self.keys.queue(queue), sc.ReleaseArgs(refs(items)))
         return released
 
     async def recover(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
@@ -348,8 +357,11 @@ class RedisJobStore(JobStore):
 
     async def heartbeat(self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
                         ) -> HeartbeatReply:
-        upserted = await self._upsert_worker(info, False, len(claims))
+        registry = FirstFailure()  # the registry's node down must not let any lease expire
+        with registry.step():
+            upserted = await self._upsert_worker(info, False, len(claims))
         stale, cancel = await self._extend(claims, lease_seconds) if claims else ([], [])
+        registry.raise_first()
         return HeartbeatReply(stale, not upserted.existed, cancel)
 
     async def deregister_worker(self, worker_id: str) -> None:
@@ -385,13 +397,3 @@ class RedisJobStore(JobStore):
         with self._mapped_errors():
             await self.redis.aclose()
 
-
-def _group_claims(claims: Iterable[Claim]) -> dict[str, list[Claim]]:
-    grouped: dict[str, list[Claim]] = defaultdict(list)
-    for claim in claims:
-        grouped[claim.queue].append(claim)
-    return grouped
-
-
-def _refs(claims: Iterable[Claim]) -> list[sc.ClaimRef]:
-    return [sc.ClaimRef(claim.job_id, claim.token) for claim in claims]
