@@ -48,7 +48,7 @@ from backend.workers.redis.codec import (
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
-from backend.workers.redis.per_queue import FirstFailure, group_claims, refs
+from backend.workers.redis.per_queue import FirstFailure, group_claims, refs, tried_twice
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
 from backend.workers.rules import dumps, new_job_id
@@ -201,7 +201,7 @@ class RedisJobStore(JobStore):
             args = sc.ClaimArgs(worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT,
                                 random.random(), new_job_id()[:16])
             with failure.step():
-                rows = await self._call(sc.CLAIM, self.keys.queue(queue), args)
+                rows = await tried_twice(self.cluster, self._call, sc.CLAIM, self.keys.queue(queue), args)
                 claimed.extend(await self._readable(queue, [job_from_hash(row) for row in rows]))
         if not claimed:  # else the jobs of healthy queues are returned; see redis/per_queue.py
             failure.raise_first()
@@ -264,7 +264,7 @@ class RedisJobStore(JobStore):
         for queue, items in group_claims(claims).items():
             args = sc.ExtendArgs(s_to_us(lease_seconds), refs(items))
             with failure.step():
-                reply = await self._call(sc.EXTEND, self.keys.queue(queue), args)
+                reply = await tried_twice(self.cluster, self._call, sc.EXTEND, self.keys.queue(queue), args)
                 stale.extend(claim for i, claim in enumerate(items) if i in reply.stale)
                 cancel.extend(claim for i, claim in enumerate(items) if i in reply.cancel)
         failure.raise_first()

@@ -11,11 +11,15 @@ when another queue's node or the registry's is down. The first failure is raised
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
 
+from backend.workers.job_store import StoreUnavailableError
 from backend.workers.models import Claim
 from backend.workers.redis import scripts as sc
+
+R = TypeVar("R")
 
 
 class FirstFailure:
@@ -47,3 +51,12 @@ def group_claims(claims: Iterable[Claim]) -> dict[str, list[Claim]]:
 
 def refs(claims: Iterable[Claim]) -> list[sc.ClaimRef]:
     return [sc.ClaimRef(claim.job_id, claim.token) for claim in claims]
+
+
+async def tried_twice(cluster: bool, call: Callable[..., Awaitable[R]], *args: Any) -> R:
+    """On a cluster, the first call after one node failed can meet redis-py's slot-map refresh (it
+    asks the dead node too) and fail although its own node is healthy: one more try reaches it."""
+    if cluster:
+        with suppress(StoreUnavailableError):
+            return await call(*args)
+    return await call(*args)
