@@ -155,6 +155,8 @@ class JobStore(ABC):
 
         Before claiming, due scheduled jobs are promoted and expired leases
         recovered, so a claim needs no separate housekeeping call.
+        One queue failing costs the others nothing: what they gave is returned, and
+        the error is raised only when no queue gave any job.
         """
 
     @abstractmethod
