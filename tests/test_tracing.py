@@ -141,22 +141,51 @@ async def test_a_failing_handler_marks_its_run_span_error_with_the_exception(
 
 
 async def test_the_sync_client_carries_the_calling_threads_context(
-    app_store: JobStore, worker: Worker, exporter: InMemorySpanExporter
+    app_store: JobStore, worker: Worker, exporter: InMemorySpanExporter, request: pytest.FixtureRequest
 ) -> None:
     """SyncClient runs its calls on a loop in another thread: the context must still be the caller's."""
     from backend.client.client import SyncClient
+    from backend.workers.redis_job_store import RedisJobStore
 
     def enqueue_from_a_thread() -> tuple[str, int]:
-        sync = SyncClient(Client(app_store, owns_store=False))
+        own: JobStore = app_store  # the memory store is the worker's; Redis: a client of the sync loop's own
+        if isinstance(app_store, RedisJobStore) and not app_store.needs_embedded_worker:
+            own = RedisJobStore.from_url(
+                request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("prefix")
+            )
+        sync = SyncClient(Client(own, owns_store=own is not app_store))
         tracer = trace.get_tracer("app", tracer_provider=tracing._provider)
         with tracer.start_as_current_span("view") as view:
             handle = sync.enqueue_name("bagbot.noop")
-        sync._runner.stop()
+        sync.close() if own is not app_store else sync._runner.stop()
         return handle.id, view.get_span_context().trace_id
 
     job_id, trace_id = await asyncio.to_thread(enqueue_from_a_thread)
     job = await finished(app_store, job_id)
     assert job.trace is not None and job.trace.startswith(f"00-{trace_id:032x}-")
+
+
+async def test_the_api_stores_the_requests_context(
+    app_store: JobStore, worker: Worker, exporter: InMemorySpanExporter
+) -> None:
+    """POST /api/jobs in an instrumented app: the request's span (current in the endpoint, as
+    FastAPI's instrumentation makes it; ASGITransport runs the app in this task) is the parent."""
+    import httpx
+
+    from backend.api.app import create_app
+
+    app = create_app(Settings(), store=app_store)
+    tracer = trace.get_tracer("app", tracer_provider=tracing._provider)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as http:
+        with tracer.start_as_current_span("POST /api/jobs") as request:
+            reply = await http.post("/api/jobs", json={"name": "bagbot.noop"})
+    assert reply.status_code == 201, reply.text
+    job = await finished(app_store, reply.json()["id"])
+    (producer,) = await settled(exporter, "bagbot.enqueue bagbot.noop")
+    assert producer.parent is not None and producer.parent.span_id == request.get_span_context().span_id
+    assert producer.attributes is not None and producer.attributes["bagbot.job.id"] == job.id
+    (run,) = await settled(exporter, "bagbot.run bagbot.noop")
+    assert [link.context.span_id for link in run.links] == [producer.get_span_context().span_id]
 
 
 async def test_without_a_provider_nothing_is_recorded_nor_stored(
@@ -223,3 +252,43 @@ def test_without_the_package_every_hook_is_a_no_op() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["[1]", "None None", "ok"], done.stdout
+
+
+GLOBAL = textwrap.dedent(
+    """
+    import asyncio
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from backend.client.client import Client
+    from backend.config import Settings
+    from backend.workers.memory_job_store import MemoryJobStore
+    from backend.workers.orchestration import Worker
+
+    async def main():
+        store = MemoryJobStore()
+        worker = Worker(store, Settings(heartbeat_seconds=0.2, lease_seconds=5.0), worker_id="w-global")
+        await worker.start()
+        client = Client(store, owns_store=False)
+        await (await client.enqueue_name("bagbot.noop")).result(timeout=30)  # before: untraced
+        memory = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+        trace.set_tracer_provider(provider)  # configured after start, as an app's lifespan may do
+        await (await client.enqueue_name("bagbot.echo", [2])).result(timeout=30)
+        await worker.stop()
+        print(sorted({s.name for s in memory.get_finished_spans()} - {"bagbot.claim", "bagbot.finish"}))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_global_provider_set_after_start_is_used_from_then_on() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['bagbot.enqueue bagbot.echo', 'bagbot.run bagbot.echo']", done.stdout

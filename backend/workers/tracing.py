@@ -10,6 +10,7 @@ docs/tracing.md for why a link and not a parent).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ _NOOP: AbstractContextManager[Any] = nullcontext()  # one shared instance: the d
 _provider: Any = None  # set_provider's, else the global one once configured
 _tracer: Any = None
 _propagator: Any = TraceContextTextMapPropagator() if trace is not None else None
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ  # the API then loads one on first use
 
 
 def set_provider(provider: Any) -> None:
@@ -39,11 +41,14 @@ def set_provider(provider: Any) -> None:
 
 
 def _active() -> Any:
-    """The tracer, or None when tracing is off (package missing or no provider configured)."""
+    """The tracer, or None when tracing is off (package missing or no provider configured).
+
+    Until a provider is set this is two None checks: `trace._TRACER_PROVIDER` is what
+    `trace.set_tracer_provider` sets (the public getter also reads the environment on each call)."""
     global _tracer
     if _tracer is not None:
         return _tracer
-    if trace is None:
+    if trace is None or (_provider is None and trace._TRACER_PROVIDER is None and not _PROVIDER_FROM_ENV):
         return None
     provider = _provider or trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
