@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from backend.api.deps import AuthDep, StoreDep
 from backend.api.schemas import EnqueueRequest, ErrorOut, JobListOut, JobOut
+from backend.workers import tracing
 from backend.workers.job_store import JobNotFoundError
 from backend.workers.models import Job, JobState
 from backend.workers.rules import InvalidJobError, new_job_id, validate_job_id, validate_name, validate_queue
@@ -44,7 +45,8 @@ async def enqueue_job(body: EnqueueRequest, store: StoreDep, response: Response)
         response.status_code = 200  # a repeat: the store would return this job unchanged anyway
         return _out(existing)
     spec.id = spec.id or new_job_id()
-    job = await store.enqueue(spec)
+    with tracing.enqueue_span(spec):  # the request's trace context, if the app is instrumented
+        job = await store.enqueue(spec)
     if job.id != spec.id:
         response.status_code = 200  # unique_key hit
     return _out(job)

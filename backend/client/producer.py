@@ -17,6 +17,7 @@ from typing import Any, Self
 from backend.client.handle import JobHandle
 from backend.client.watch import Watcher
 from backend.config import Settings
+from backend.workers import tracing
 from backend.workers.job_store import JobStore
 from backend.workers.models import JobSpec
 
@@ -73,7 +74,8 @@ class Producer:
     async def enqueue_spec(self, spec: JobSpec) -> JobHandle[Any]:
         """Enqueue a validated spec (the typed methods build it)."""
         await self._check_worker()
-        job = await self.store.enqueue(spec)
+        with tracing.enqueue_span(spec):  # the caller's trace context goes with the job (tracing.py)
+            job = await self.store.enqueue(spec)
         return JobHandle(self.store, job.id, job.queue, job, self.watcher)
 
     async def _check_worker(self) -> None:

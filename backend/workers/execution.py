@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from backend.config import Settings
+from backend.workers import tracing
 from backend.workers.handlers import Handler, HandlerRegistry, JobContext, reset_current_job, set_current_job
 from backend.workers.logfmt import fmt
 from backend.workers.models import Completion, JobError
@@ -72,6 +73,10 @@ class Execution:
         self._executor: ThreadPoolExecutor | None = None
 
     async def execute(self, run: Run) -> Completion:
+        with tracing.run_span(run.job) as span:  # a no-op unless tracing is on (tracing.py)
+            return tracing.outcome(span, await self._execute(run))
+
+    async def _execute(self, run: Run) -> Completion:
         """Run the handler under its timeout; turn every way it can end into a Completion.
 
         Whatever the handler raises, BaseException included (SystemExit, KeyboardInterrupt, a

@@ -120,6 +120,7 @@ class JobSpec:
     limit_key: str | None = None
     limit: int | None = None
     events: bool = False  # publish this job's state changes (see docs/features.md)
+    trace: str | None = None  # the enqueuer's W3C trace context (backend/workers/tracing.py)
 
     def __post_init__(self) -> None:
         if self.run_at is not None:  # an aware datetime is welcome too (typed as float for readers)
@@ -161,6 +162,7 @@ class Job:
     progress: float | None = None  # last value a handler reported (report_progress)
     progress_message: str | None = None
     cancel_requested: bool = False  # a running job asked to stop; its worker cancels it at a heartbeat
+    trace: str | None = None  # the enqueuer's W3C trace context (field `tp`; backend/workers/tracing.py)
     # field -> stored value (shortened) of each field the store could not read (a corrupt record);
     # the field shows its default. A job with any is never run: its claim sets it aside (failed).
     unreadable: dict[str, str] = field(default_factory=dict)

@@ -20,7 +20,10 @@ from collections.abc import Awaitable
 from typing import Any
 
 from backend.config import Settings
-from backend.workers import diagnostics  # noqa: F401 - registers the built-in bagbot.* handlers
+from backend.workers import (
+    diagnostics,  # noqa: F401 - registers the built-in bagbot.* handlers
+    tracing,
+)
 from backend.workers.execution import MAX_RESULT_BYTES, Execution, truncated_result
 from backend.workers.handlers import HandlerRegistry, default_registry
 from backend.workers.job_store import JobStore
@@ -199,7 +202,8 @@ class Worker:
                 await asyncio.sleep(COALESCE_SECONDS)
                 free = self._free_slots()
             try:
-                jobs = await self.store.claim(self.id, self.queues, free, self.lease)
+                claiming = self.store.claim(self.id, self.queues, free, self.lease)
+                jobs = await tracing.store_call("claim", claiming)
                 for job in jobs:
                     self._start(job)
                 if len(jobs) < free and not state.stop.is_set():

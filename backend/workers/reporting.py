@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 
+from backend.workers import tracing
 from backend.workers.job_store import JobStore
 from backend.workers.logfmt import fmt
 from backend.workers.models import Claim, Completion, Job, JobError, JobState
@@ -100,7 +101,8 @@ class Reporter:
             del self.pending[: len(batch)]
             self.reporting = batch
             try:
-                states = await self.store.finish([item.completion for item in batch])
+                completions = [item.completion for item in batch]
+                states = await tracing.store_call("finish", self.store.finish(completions))
             except OUTAGE_ERRORS as exc:
                 self.reporting = []  # back in pending before the pause: heartbeats hold each claim once
                 self.pending[:0] = batch

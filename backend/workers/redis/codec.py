@@ -134,6 +134,7 @@ def _strict_job(data: Mapping[str, str]) -> Job:
         progress=progress,
         progress_message=data.get("progress_msg") if progress is not None else None,
         cancel_requested=data.get("cancel_req") == "1",
+        trace=data.get("tp") or None,
     )
     times = (job.run_at, job.started_at, job.finished_at, job.lease_until, timeout, progress)
     total = job.created_at + sum(t for t in times if t is not None) + sum(job.backoff.bounds(1))
@@ -190,6 +191,7 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
         progress=progress,
         progress_message=data.get("progress_msg") if progress is not None else None,
         cancel_requested=data.get("cancel_req") == "1",
+        trace=data.get("tp") or None,
         unreadable=f.bad,
     )
 
@@ -213,6 +215,7 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         limit_key=spec.limit_key,
         limit=spec.limit,
         events=spec.events,
+        trace=spec.trace,
     )
 
 

@@ -86,6 +86,7 @@ class EnqueueItem(NamedTuple):
     limit_key: str  # '' = none
     limit: int | str  # '' = none
     events: int  # 1 | 0
+    trace: str  # the enqueuer's trace context, '' = none
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> EnqueueItem:
@@ -100,7 +101,7 @@ class EnqueueItem(NamedTuple):
             -1 if spec.delay is None else s_to_us(spec.delay),
             -1 if spec.run_at is None else s_to_us(spec.run_at),
             spec.unique_key or "", spec.limit_key or "", "" if spec.limit is None else spec.limit,
-            1 if spec.events else 0,
+            1 if spec.events else 0, spec.trace or "",
         )
 
 
@@ -267,13 +268,8 @@ class WorkersReply:
 
 
 def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
-    out = []
-    for reply in raw:
-        if int(reply[0]) == 1:
-            out.append(Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4])))
-        else:
-            out.append(Enqueued(False, existing=pairs_to_dict(reply[1])))
-    return out
+    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4])) if int(reply[0]) == 1
+            else Enqueued(False, existing=pairs_to_dict(reply[1])) for reply in raw]
 
 
 def _claimed(raw: Any, args: ClaimArgs) -> list[dict[str, str]]:

@@ -6,7 +6,8 @@
 -- ARGV[1] queue  ARGV[2] n  ARGV[3..] n records of WIDTH fields (scripts.EnqueueItem):
 --   id, name, args json, kwargs json, priority, max_attempts, timeout ('' = none),
 --   backoff base s, cap s, jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),
---   limit_key ('' = none), limit ('' = none), events (1|0)
+--   limit_key ('' = none), limit ('' = none), events (1|0),
+--   trace ('' = none)
 -- Returns per job: {1, id, state, created_us, run_at_us} when created, {0, HGETALL of the existing job} when not.
 local queue, n = ARGV[1], tonumber(ARGV[2])
 local now = now_us()
@@ -17,7 +18,7 @@ local seq = redis.call('INCRBY', K.seq, n) - n
 for i = 0, n - 1 do
   local b = 3 + i * WIDTH
   local id, name, args, kwargs, priority, max_attempts, timeout, bo_base, bo_cap, bo_jitter, delay_us,
-    run_at_us, unique_key, limit_key, limit, events = unpack(ARGV, b, b + WIDTH - 1)
+    run_at_us, unique_key, limit_key, limit, events, trace = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. id
   local existing = nil
   if redis.call('EXISTS', jobkey) == 1 then
@@ -50,6 +51,7 @@ for i = 0, n - 1 do
     -- optional features cost one HSET each, only for jobs that use them
     if limit_key ~= '' then redis.call('HSET', jobkey, 'lk', limit_key, 'lm', limit) end
     if events == '1' then redis.call('HSET', jobkey, 'ev', '1') end
+    if trace ~= '' then redis.call('HSET', jobkey, 'tp', trace) end
     redis.call('ZADD', K.jobs, now, id)
     move_state(id, nil, state, now)
     stat('enq|' .. name, 1)
