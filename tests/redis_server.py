@@ -124,6 +124,18 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def start_server(*extra_args: str) -> RedisServer:
+    """A redis-server of our own; skipped locally without the binary, a failure in CI (like conftest)."""
+    import pytest  # here, not at the top: scripts/worker_bench.py imports this module without pytest
+
+    try:
+        return RedisServer(extra_args=extra_args).start()
+    except RuntimeError as exc:
+        if in_ci():
+            pytest.fail(f"CI needs redis-server: {exc}")
+        pytest.skip(f"no redis-server: {exc}")
+
+
 async def delete_keys(client: Any, prefix: str) -> int:
     """Delete exactly the keys under `prefix` (SCAN, then DEL) through an open asyncio client:
     tests never flush a database, so they never touch anyone else's data."""

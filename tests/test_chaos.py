@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backend.workers.models import Job, JobState
 from backend.workers.redis_job_store import RedisJobStore
 from tests.api_server import BackendProcess
-from tests.redis_server import RedisServer, in_ci
+from tests.redis_server import RedisServer, start_server
 from tests.worker_procs import WorkerProcess, eventually, read_records, worker_env
 
 pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
@@ -69,12 +69,7 @@ def ideal_starts(body: dict[str, Any]) -> int:
 
 @pytest.fixture
 def aof_redis() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]).start()
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"CI needs redis-server: {exc}")
-        pytest.skip(f"no redis-server: {exc}")
+    server = start_server("--appendonly", "yes", "--appendfsync", "always")
     yield server
     server.cleanup()
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.redis_server import RedisServer, delete_prefix, free_port, in_ci
+from tests.redis_server import RedisServer, delete_prefix, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,16 +54,6 @@ def env(redis_url: str, prefix: str) -> Iterator[dict[str, str]]:
     (conftest's no_keys_left_behind checks that none are left)."""
     yield make_env(JOB_STORE="redis", REDIS_URL=redis_url, BAGBOT_PREFIX=prefix)
     asyncio.run(delete_prefix(redis_url, prefix))
-
-
-def start_server(*extra_args: str) -> RedisServer:
-    """A redis-server of our own; skipped locally without the binary, a failure in CI (like conftest)."""
-    try:
-        return RedisServer(extra_args=extra_args).start()
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"CI needs redis-server: {exc}")
-        pytest.skip(str(exc))
 
 
 @pytest.fixture

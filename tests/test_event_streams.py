@@ -26,7 +26,7 @@ from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.models import JobSpec
 from backend.workers.redis_job_store import RedisJobStore
 from tests.api_server import BackendProcess, delete_prefix
-from tests.redis_server import RedisServer, in_ci
+from tests.redis_server import RedisServer, start_server
 
 STREAMS = 500
 CAP = 450
@@ -35,12 +35,7 @@ TOKEN = "stream-test-token"
 
 @pytest.fixture
 def small_redis() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(extra_args=["--maxclients", "100"]).start()
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"CI needs redis-server: {exc}")
-        pytest.skip(f"no redis-server: {exc}")
+    server = start_server("--maxclients", "100")
     try:
         yield server
     finally:
@@ -183,12 +178,7 @@ async def wait_for_event(stream: Stream, store: RedisJobStore, timeout: float = 
 
 
 async def test_streams_outlive_a_redis_restart_and_events_resume(prefix: str) -> None:
-    try:
-        server = RedisServer().start()
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"CI needs redis-server: {exc}")
-        pytest.skip(f"no redis-server: {exc}")
+    server = start_server()
     store = RedisJobStore.from_url(server.url, prefix=prefix)
     hub = EventHub(store, ["default"], max_streams=10)
     try:

@@ -31,7 +31,7 @@ from backend.workers.models import JobSpec, JobState
 from backend.workers.orchestration import Worker
 from backend.workers.redis_job_store import RedisJobStore
 from backend.workers.rules import InvalidJobError
-from tests.redis_server import RedisServer, in_ci
+from tests.redis_server import RedisServer, start_server
 from tests.worker_procs import ROOT, WorkerProcess, eventually, read_records, worker_env
 
 PREFIX = "bbtest-oom"
@@ -84,12 +84,7 @@ async def test_an_oversized_result_is_stored_truncated_with_a_marker() -> None:
 
 @pytest.fixture
 def small_redis() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(extra_args=["--maxmemory", "6mb"]).start()  # noeviction (RedisServer's default)
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"CI needs redis-server: {exc}")
-        pytest.skip(f"no redis-server: {exc}")
+    server = start_server("--maxmemory", "6mb")  # noeviction (RedisServer's default)
     yield server
     server.cleanup()
 

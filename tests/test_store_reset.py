@@ -21,7 +21,7 @@ from backend.workers.models import JobSpec
 from backend.workers.redis_job_store import RedisJobStore
 from tests.api_server import BackendProcess
 from tests.conftest import delete_prefix
-from tests.redis_server import RedisServer, in_ci
+from tests.redis_server import RedisServer, start_server
 from tests.test_chaos import metric, scrape
 from tests.worker_procs import WorkerProcess, eventually, worker_env
 
@@ -30,12 +30,7 @@ PREFIX = "bbreset"
 
 @pytest.fixture
 def volatile_redis() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer().start()  # no AOF, no RDB: a restart loses everything
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"CI needs redis-server: {exc}")
-        pytest.skip(f"no redis-server: {exc}")
+    server = start_server()  # no AOF, no RDB: a restart loses everything
     yield server
     server.cleanup()
 

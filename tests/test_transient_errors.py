@@ -18,7 +18,7 @@ from backend.workers.models import Claim, JobSpec, JobState, WorkerInfo
 from backend.workers.orchestration import Worker
 from backend.workers.redis.errors import TRANSIENT_CODES, mapped_errors
 from backend.workers.redis_job_store import RedisJobStore
-from tests.redis_server import RedisServer, in_ci
+from tests.redis_server import RedisServer, start_server
 
 
 @pytest.mark.parametrize("code", TRANSIENT_CODES)
@@ -39,12 +39,7 @@ def test_a_bad_call_is_not_an_outage() -> None:
 @pytest.fixture
 def busy_redis() -> Iterator[RedisServer]:
     """A private server whose scripts count as slow (BUSY to everyone else) after 100 ms."""
-    try:
-        server = RedisServer(extra_args=["--busy-reply-threshold", "100"]).start()
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"CI needs redis-server: {exc}")
-        pytest.skip(f"no redis-server: {exc}")
+    server = start_server("--busy-reply-threshold", "100")
     yield server
     server.cleanup()
 

@@ -12,7 +12,7 @@ import pytest
 from backend.workers.models import JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
 from backend.workers.rules import Backoff
-from tests.redis_server import RedisServer, in_ci
+from tests.redis_server import RedisServer, start_server
 from tests.worker_procs import WorkerProcess, eventually, read_records, worker_env
 
 pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
@@ -22,12 +22,7 @@ PREFIX = "bbtest-outage"
 def private_server(persistent: bool) -> RedisServer:
     """A Redis of our own on a fixed port, so it can be stopped and started again under the worker."""
     extra = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else []
-    try:
-        return RedisServer(extra_args=extra).start()
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"CI needs redis-server: {exc}")
-        pytest.skip(f"no redis-server: {exc}")
+    return start_server(*extra)
 
 
 @pytest.fixture
