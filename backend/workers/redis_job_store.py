@@ -13,7 +13,7 @@ import asyncio
 import random
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -214,7 +214,7 @@ class RedisJobStore(JobStore):
             if job.unreadable:
                 field, value = next(iter(job.unreadable.items()))
                 args = sc.SetAsideArgs(job.id, job.token or "", field, value)
-                with FirstFailure().step():  # not set aside now: its lease expires, it is recovered
+                with suppress(Exception):  # not set aside now: its lease expires, it is recovered
                     await self._call(sc.SETASIDE, self.keys.queue(queue), args)
         return [job for job in jobs if not job.unreadable]
 
