@@ -27,7 +27,7 @@ from backend.client.client import Client
 from backend.config import Settings
 from backend.workers import tracing
 from backend.workers.job_store import JobStore
-from backend.workers.models import Job, JobState
+from backend.workers.models import Job, JobSpec, JobState
 from backend.workers.orchestration import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,3 +292,20 @@ def test_a_global_provider_set_after_start_is_used_from_then_on() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['bagbot.enqueue bagbot.echo', 'bagbot.run bagbot.echo']", done.stdout
+
+
+INVALID_CONTEXTS = ["not-a-traceparent\n{{{not a tracestate", "00-" + "0" * 32 + "-" + "0" * 16 + "-01", "\n",
+                    "00-zz\n" + "x" * 600]
+
+
+@pytest.mark.parametrize("stored", INVALID_CONTEXTS)
+async def test_a_corrupt_stored_context_runs_the_job_untouched_with_no_link(
+    app_store: JobStore, worker: Worker, exporter: InMemorySpanExporter, stored: str
+) -> None:
+    """A hand-edited or garbled `trace` field must never fail, delay or change the run."""
+    job = await app_store.enqueue(JobSpec(name="bagbot.echo", args=["ok"], trace=stored))
+    done = await finished(app_store, job.id)
+    assert (done.state, done.result, done.attempts, done.last_error) == (JobState.DONE, ["ok"], 1, None)
+    (run,) = await settled(exporter, "bagbot.run bagbot.echo")
+    assert list(run.links) == []
+    assert run.status.status_code is StatusCode.UNSET
