@@ -18,9 +18,9 @@ from typing import Any
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
 
 from backend.workers.job_store import (
     IllegalTransitionError,
@@ -30,6 +30,7 @@ from backend.workers.job_store import (
 )
 from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.models import Claim, Completion, JobError, JobSpec, ScheduleInfo, WorkerInfo
+from backend.workers.redis import script_args as sa
 from backend.workers.redis import scripts as sc
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis_job_store import RedisJobStore
@@ -147,25 +148,25 @@ def test_header_lists_every_argv_the_script_reads(script: sc.Script[Any, Any]) -
 
 
 def test_to_argv_sends_scalars_then_the_count_then_each_record() -> None:
-    items = [sc.ClaimRef("a", "t1"), sc.ClaimRef("b", "t2")]
-    assert sc.to_argv(sc.ExtendArgs(5_000_000, items)) == [5_000_000, 2, "a", "t1", "b", "t2"]
-    assert sc.to_argv(sc.ReleaseArgs([])) == [0]
-    assert sc.to_argv(sc.PurgeArgs(10, 20)) == [10, 20]
-    assert sc.to_argv(sc.NoArgs()) == []
+    items = [sa.ClaimRef("a", "t1"), sa.ClaimRef("b", "t2")]
+    assert sa.to_argv(sa.ExtendArgs(5_000_000, items)) == [5_000_000, 2, "a", "t1", "b", "t2"]
+    assert sa.to_argv(sa.ReleaseArgs([])) == [0]
+    assert sa.to_argv(sa.PurgeArgs(10, 20)) == [10, 20]
+    assert sa.to_argv(sa.NoArgs()) == []
 
 
 def test_records_build_the_wire_values() -> None:
-    item = sc.EnqueueItem.from_spec(JobSpec("bagbot.noop", id="j1", priority=3, delay=1.5, events=True))
+    item = sa.EnqueueItem.from_spec(JobSpec("bagbot.noop", id="j1", priority=3, delay=1.5, events=True))
     assert (item.id, item.priority, item.delay_us, item.run_at_us, item.timeout, item.events) == (
         "j1", 3, 1_500_000, -1, "", 1)
     claim = Claim("default", "j1", "tok")
-    assert sc.FinishItem.from_completion(Completion(claim, 0.5, result={"x": 1})).payload == b'{"x":1}'
-    cancelled = sc.FinishItem.from_completion(Completion(claim, 0.5, cancelled=True))
+    assert sa.FinishItem.from_completion(Completion(claim, 0.5, result={"x": 1})).payload == b'{"x":1}'
+    cancelled = sa.FinishItem.from_completion(Completion(claim, 0.5, cancelled=True))
     assert (cancelled.ok, cancelled.payload, cancelled.policy) == (2, b"", "")
-    failed = sc.FinishItem.from_completion(Completion(claim, 0.5, error=JobError("E", "x"), retryable=False,
+    failed = sa.FinishItem.from_completion(Completion(claim, 0.5, error=JobError("E", "x"), retryable=False,
                                                       max_attempts=2, backoff=Backoff(1, 8, 0)))
     assert (failed.ok, failed.policy) == (0, "0 -1 2 1.0 8.0 0.0")
-    default = sc.FinishItem.from_completion(Completion(claim, 0.5, error=JobError("E", "x"), retry_delay=2))
+    default = sa.FinishItem.from_completion(Completion(claim, 0.5, error=JobError("E", "x"), retry_delay=2))
     assert default.policy == "1 2000000 -1 - - -"
 
 
@@ -209,7 +210,7 @@ def test_reply_codes_are_named_and_each_error_maps_to_its_exception() -> None:
 async def test_reply_codes_through_the_store() -> None:
     store = MemoryJobStore()
     with pytest.raises(JobNotFoundError):
-        await store._call(sc.CANCEL, store.keys.queue("default"), sc.JobArgs("nope"))
+        await store._call(sc.CANCEL, store.keys.queue("default"), sa.JobArgs("nope"))
     job = await store.enqueue(JobSpec("bagbot.noop"))
     with pytest.raises(IllegalTransitionError) as raised:
         await store.retry(job.id)

@@ -35,6 +35,7 @@ from backend.workers.models import (
     StoreHealth,
     WorkerInfo,
 )
+from backend.workers.redis import script_args as sa
 from backend.workers.redis import scripts as sc
 from backend.workers.redis.batching import EnqueueBatcher
 from backend.workers.redis.codec import (
@@ -112,7 +113,7 @@ class RedisJobStore(JobStore):
     async def _call(self, script: sc.Script[A, R], keys: QueueKeys | RedisKeys, args: A) -> R:
         """Run one script by its description: its own keys, its ARGV, its parsed reply."""
         with self._mapped_errors():
-            raw = await self._scripts[script.name](keys=script.key_values(keys), args=sc.to_argv(args))
+            raw = await self._scripts[script.name](keys=script.key_values(keys), args=sa.to_argv(args))
         return script.parse(raw, args)
 
     async def _note_queue(self, queue: str) -> None:
@@ -132,9 +133,9 @@ class RedisJobStore(JobStore):
         return await self._batcher.enqueue(spec)
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[Job]:
-        rows_by_queue: dict[str, list[tuple[int, JobSpec, sc.EnqueueItem]]] = defaultdict(list)
+        rows_by_queue: dict[str, list[tuple[int, JobSpec, sa.EnqueueItem]]] = defaultdict(list)
         for index, spec in enumerate(specs):
-            rows_by_queue[spec.queue].append((index, spec, sc.EnqueueItem.from_spec(spec)))
+            rows_by_queue[spec.queue].append((index, spec, sa.EnqueueItem.from_spec(spec)))
         results: list[Job | None] = [None] * len(specs)
         for queue, rows in rows_by_queue.items():
             jobs = await self._send_enqueues(queue, [(spec, item) for _, spec, item in rows])
@@ -142,13 +143,13 @@ class RedisJobStore(JobStore):
                 results[index] = job
         return [job for job in results if job is not None]
 
-    async def _send_enqueues(self, queue: str, rows: Sequence[tuple[JobSpec, sc.EnqueueItem]]) -> list[Job]:
+    async def _send_enqueues(self, queue: str, rows: Sequence[tuple[JobSpec, sa.EnqueueItem]]) -> list[Job]:
         await self._note_queue(queue)
         qkeys = self.keys.queue(queue)
         jobs: list[Job] = []
         for start in range(0, len(rows), ENQUEUE_BATCH):
             chunk = rows[start : start + ENQUEUE_BATCH]
-            replies = await self._call(sc.ENQUEUE, qkeys, sc.EnqueueArgs(queue, [item for _, item in chunk]))
+            replies = await self._call(sc.ENQUEUE, qkeys, sa.EnqueueArgs(queue, [item for _, item in chunk]))
             jobs.extend(job_from_hash(reply.existing) if reply.existing is not None
                         else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us)
                         for (spec, item), reply in zip(chunk, replies, strict=True))
@@ -198,7 +199,7 @@ class RedisJobStore(JobStore):
             wanted = limit - len(claimed)
             if wanted <= 0:
                 break
-            args = sc.ClaimArgs(worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT,
+            args = sa.ClaimArgs(worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT,
                                 random.random(), new_job_id()[:16])
             with failure.step():
                 rows = await tried_twice(self.cluster, self._call, sc.CLAIM, self.keys.queue(queue), args)
@@ -213,7 +214,7 @@ class RedisJobStore(JobStore):
         for job in jobs:
             if job.unreadable:
                 field, value = next(iter(job.unreadable.items()))
-                args = sc.SetAsideArgs(job.id, job.token or "", field, value)
+                args = sa.SetAsideArgs(job.id, job.token or "", field, value)
                 with suppress(Exception):  # not set aside now: its lease expires, it is recovered
                     await self._call(sc.SETASIDE, self.keys.queue(queue), args)
         return [job for job in jobs if not job.unreadable]
@@ -237,7 +238,7 @@ class RedisJobStore(JobStore):
                 await asyncio.gather(*waits, return_exceptions=True)
 
     async def next_wakeup(self, queues: Sequence[str]) -> float | None:
-        waits = [await self._call(sc.WAKEUP, self.keys.queue(queue), sc.NoArgs()) for queue in queues]
+        waits = [await self._call(sc.WAKEUP, self.keys.queue(queue), sa.NoArgs()) for queue in queues]
         due = [wait for wait in waits if wait is not None]
         return min(due) / 1e6 if due else None
 
@@ -247,7 +248,7 @@ class RedisJobStore(JobStore):
             by_queue[item.claim.queue].append((index, item))
         results: list[JobState | None] = [None] * len(completions)
         for queue, items in by_queue.items():
-            args = sc.FinishArgs(random.random(), [sc.FinishItem.from_completion(item) for _, item in items])
+            args = sa.FinishArgs(random.random(), [sa.FinishItem.from_completion(item) for _, item in items])
             states = await self._call(sc.FINISH, self.keys.queue(queue), args)
             for (index, _), state in zip(items, states, strict=True):
                 results[index] = state
@@ -262,7 +263,7 @@ class RedisJobStore(JobStore):
         cancel: list[Claim] = []
         failure = FirstFailure()  # every reachable queue's leases are extended, whatever the others do
         for queue, items in group_claims(claims).items():
-            args = sc.ExtendArgs(s_to_us(lease_seconds), refs(items))
+            args = sa.ExtendArgs(s_to_us(lease_seconds), refs(items))
             with failure.step():
                 reply = await tried_twice(self.cluster, self._call, sc.EXTEND, self.keys.queue(queue), args)
                 stale.extend(claim for i, claim in enumerate(items) if i in reply.stale)
@@ -271,7 +272,7 @@ class RedisJobStore(JobStore):
         return stale, cancel
 
     async def progress(self, claim: Claim, value: float, message: str = "") -> bool:
-        args = sc.ProgressArgs(claim.job_id, claim.token, repr(float(value)), message[:500])
+        args = sa.ProgressArgs(claim.job_id, claim.token, repr(float(value)), message[:500])
         return await self._call(sc.PROGRESS, self.keys.queue(claim.queue), args)
 
     async def server_time(self) -> float:
@@ -304,21 +305,21 @@ class RedisJobStore(JobStore):
     async def release(self, claims: Sequence[Claim]) -> int:
         released = 0
         for queue, items in group_claims(claims).items():
-            released += await self._call(sc.RELEASE, self.keys.queue(queue), sc.ReleaseArgs(refs(items)))
+            released += await self._call(sc.RELEASE, self.keys.queue(queue), sa.ReleaseArgs(refs(items)))
         return released
 
     async def recover(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
         total = 0
         for queue in await self._queue_names(queues):
             qkeys = self.keys.queue(queue)
-            total += await self._call(sc.RECOVER, qkeys, sc.RecoverArgs(limit, random.random()))
-            await self._call(sc.UNPARK, qkeys, sc.LimitArgs(100))  # limits: see lua/unpark.lua
+            total += await self._call(sc.RECOVER, qkeys, sa.RecoverArgs(limit, random.random()))
+            await self._call(sc.UNPARK, qkeys, sa.LimitArgs(100))  # limits: see lua/unpark.lua
         return total
 
     async def promote(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
         total = 0
         for queue in await self._queue_names(queues):
-            total += await self._call(sc.PROMOTE, self.keys.queue(queue), sc.LimitArgs(limit))
+            total += await self._call(sc.PROMOTE, self.keys.queue(queue), sa.LimitArgs(limit))
         return total
 
     # -- operators -------------------------------------------------------------
@@ -329,16 +330,16 @@ class RedisJobStore(JobStore):
     async def retry(self, job_id: str, queue: str | None = None) -> Job:
         return await self._manual(sc.RETRY, job_id, queue)
 
-    async def _manual(self, script: sc.Script[sc.JobArgs, dict[str, str]], job_id: str,
+    async def _manual(self, script: sc.Script[sa.JobArgs, dict[str, str]], job_id: str,
                       queue: str | None) -> Job:
         name = await self._locate(job_id, queue)
-        data = await self._call(script, self.keys.queue(name), sc.JobArgs(job_id))
+        data = await self._call(script, self.keys.queue(name), sa.JobArgs(job_id))
         return job_from_hash(data)
 
     async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000) -> int:
         total = 0
         for queue in await self._queue_names(queues):
-            args = sc.PurgeArgs(s_to_us(older_than), limit)
+            args = sa.PurgeArgs(s_to_us(older_than), limit)
             total += await self._call(sc.PURGE, self.keys.queue(queue), args)
         return total
 
@@ -349,7 +350,7 @@ class RedisJobStore(JobStore):
             "id": info.id, "host": info.host, "pid": info.pid, "queues": dumps(info.queues),
             "concurrency": info.concurrency, "version": info.version, "running": running,
         }
-        args = sc.HeartbeatArgs(info.id, 1 if register else 0, [sc.WorkerField(*kv) for kv in fields.items()])
+        args = sa.HeartbeatArgs(info.id, 1 if register else 0, [sa.WorkerField(*kv) for kv in fields.items()])
         return await self._call(sc.HEARTBEAT, self.keys, args)
 
     async def register_worker(self, info: WorkerInfo) -> None:
@@ -371,7 +372,7 @@ class RedisJobStore(JobStore):
             await self.redis.delete(self.keys.worker(worker_id))
 
     async def list_workers(self, stale_after: float | None = None) -> list[WorkerInfo]:
-        args = sc.WorkersArgs(-1 if stale_after is None else s_to_us(stale_after))
+        args = sa.WorkersArgs(-1 if stale_after is None else s_to_us(stale_after))
         reply = await self._call(sc.WORKERS, self.keys, args)
         return sorted((worker_from_hash(wid, data, reply.now_us) for wid, data in reply.workers),
                       key=lambda w: w.id)

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 
 from backend.workers.models import Job, JobSpec
-from backend.workers.redis.scripts import EnqueueItem
+from backend.workers.redis.script_args import EnqueueItem
 
 Send = Callable[[str, Sequence[tuple[JobSpec, EnqueueItem]]], Awaitable[list[Job]]]
 _Pending = tuple[JobSpec, EnqueueItem, "asyncio.Future[Job]"]

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from backend.workers.job_store import StoreUnavailableError
 from backend.workers.models import Claim
-from backend.workers.redis import scripts as sc
+from backend.workers.redis import script_args as sa
 
 R = TypeVar("R")
 
@@ -49,8 +49,8 @@ def group_claims(claims: Iterable[Claim]) -> dict[str, list[Claim]]:
     return grouped
 
 
-def refs(claims: Iterable[Claim]) -> list[sc.ClaimRef]:
-    return [sc.ClaimRef(claim.job_id, claim.token) for claim in claims]
+def refs(claims: Iterable[Claim]) -> list[sa.ClaimRef]:
+    return [sa.ClaimRef(claim.job_id, claim.token) for claim in claims]
 
 
 async def tried_twice(cluster: bool, call: Callable[..., Awaitable[R]], *args: Any) -> R:

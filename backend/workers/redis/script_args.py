@@ -1,0 +1,188 @@
+"""The arguments of the scripts of `lua/`: one NamedTuple of wire values per script.
+
+Their fields, in order, are the script's ARGV. A last field `items` (records of one NamedTuple type)
+is sent as its count followed by each record's fields; the Lua side reads a record with
+`local <its fields> = unpack(ARGV, b, b + WIDTH - 1)`. Descriptions and replies: `scripts.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from backend.workers.models import Completion, JobSpec
+from backend.workers.redis.codec import s_to_us
+from backend.workers.rules import check_json, dumps, new_job_id
+
+
+def _float(value: float) -> str:
+    return repr(float(value))
+
+
+class EnqueueItem(NamedTuple):
+    """One new job, as enqueue.lua reads it."""
+
+    id: str
+    name: str
+    args: bytes  # JSON
+    kwargs: bytes  # JSON
+    priority: int
+    max_attempts: int
+    timeout: str  # seconds, '' = none
+    bo_base: str
+    bo_cap: str
+    bo_jitter: str
+    delay_us: int  # -1 = none
+    run_at_us: int  # -1 = none
+    unique_key: str  # '' = none
+    limit_key: str  # '' = none
+    limit: int | str  # '' = none
+    events: int  # 1 | 0
+    trace: str  # the enqueuer's trace context, '' = none
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> EnqueueItem:
+        """Validate a spec (errors reach the caller now) and turn it into enqueue.lua's fields."""
+        spec.validate()
+        bo = spec.backoff
+        return cls(
+            spec.id or new_job_id(), spec.name, check_json("args", spec.args),
+            check_json("kwargs", spec.kwargs), spec.priority, spec.max_attempts,
+            "" if spec.timeout is None else _float(spec.timeout),
+            _float(bo.base), _float(bo.cap), _float(bo.jitter),
+            -1 if spec.delay is None else s_to_us(spec.delay),
+            -1 if spec.run_at is None else s_to_us(spec.run_at),
+            spec.unique_key or "", spec.limit_key or "", "" if spec.limit is None else spec.limit,
+            1 if spec.events else 0, spec.trace or "",
+        )
+
+
+class EnqueueArgs(NamedTuple):
+    queue: str
+    items: Sequence[EnqueueItem]
+
+
+class ClaimArgs(NamedTuple):
+    worker_id: str
+    limit: int
+    lease_us: int
+    housekeeping_limit: int
+    seed: float
+    nonce: str  # unique per call: claim tokens never repeat
+
+
+class FinishItem(NamedTuple):
+    """One finished run, as finish.lua reads it."""
+
+    job_id: str
+    token: str
+    ok: int  # 1 success, 0 error, 2 cancelled
+    payload: bytes  # result JSON | error JSON | b'' when cancelled
+    duration: str  # seconds
+    # A failure's retry inputs in one field, so a success pays no extra argument: '' unless ok = 0,
+    # else "retryable delay_us max_attempts bo_base bo_cap bo_jitter" ('-' = none: the job's own).
+    policy: str
+
+    @classmethod
+    def from_completion(cls, item: Completion) -> FinishItem:
+        policy = ""
+        if item.cancelled:
+            ok, payload = 2, b""
+        elif item.error is None:
+            ok, payload = 1, check_json("result", item.result)
+        else:
+            ok, payload, policy = 0, dumps(item.error.to_json()).encode(), _failure_policy(item)
+        return cls(item.claim.job_id, item.claim.token, ok, payload, _float(item.duration), policy)
+
+
+def _failure_policy(item: Completion) -> str:
+    bo = item.backoff
+    backoff = "- - -" if bo is None else f"{_float(bo.base)} {_float(bo.cap)} {_float(bo.jitter)}"
+    delay = -1 if item.retry_delay is None else s_to_us(item.retry_delay)
+    cap = -1 if item.max_attempts is None else item.max_attempts
+    return f"{1 if item.retryable else 0} {delay} {cap} {backoff}"
+
+
+class FinishArgs(NamedTuple):
+    seed: float
+    items: Sequence[FinishItem]
+
+
+class ClaimRef(NamedTuple):
+    job_id: str
+    token: str
+
+
+class ExtendArgs(NamedTuple):
+    lease_us: int
+    items: Sequence[ClaimRef]
+
+
+class ReleaseArgs(NamedTuple):
+    items: Sequence[ClaimRef]
+
+
+class ProgressArgs(NamedTuple):
+    job_id: str
+    token: str
+    value: str
+    message: str
+
+
+class LimitArgs(NamedTuple):
+    """promote, unpark: at most `limit` jobs looked at."""
+
+    limit: int
+
+
+class RecoverArgs(NamedTuple):
+    limit: int
+    seed: float
+
+
+class SetAsideArgs(NamedTuple):  # the job's claim, the field that could not be read and its value
+    job_id: str
+    token: str
+    field: str
+    value: str
+
+
+class PurgeArgs(NamedTuple):
+    older_than_us: int
+    limit: int
+
+
+class JobArgs(NamedTuple):
+    """cancel, retry."""
+
+    job_id: str
+
+
+class NoArgs(NamedTuple):
+    pass
+
+
+class WorkerField(NamedTuple):
+    field: str
+    value: str | int
+
+
+class HeartbeatArgs(NamedTuple):
+    worker_id: str
+    register: int  # 1 | 0
+    items: Sequence[WorkerField]
+
+
+class WorkersArgs(NamedTuple):
+    stale_after_us: int  # -1 = keep all
+
+
+def to_argv(args: tuple[Any, ...]) -> list[Any]:
+    """A NamedTuple of arguments -> ARGV (a last field `items` becomes its count, then its records)."""
+    argv = list(args)
+    if getattr(args, "_fields", ())[-1:] == ("items",):
+        items = argv.pop()
+        argv.append(len(items))
+        for item in items:
+            argv.extend(item)
+    return argv
