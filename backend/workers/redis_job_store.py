@@ -49,7 +49,7 @@ from backend.workers.redis.codec import (
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
-from backend.workers.redis.per_queue import FirstFailure, group_claims, refs, tried_twice
+from backend.workers.redis.per_queue import FirstFailure, extend_each_queue, group_claims, refs, tried_twice
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
 from backend.workers.rules import dumps, new_job_id
@@ -259,17 +259,10 @@ class RedisJobStore(JobStore):
 
     async def _extend(self, claims: Sequence[Claim], lease_seconds: float) -> tuple[list[Claim], list[Claim]]:
         """(stale claims, current claims whose job has a cancel request)."""
-        stale: list[Claim] = []
-        cancel: list[Claim] = []
-        failure = FirstFailure()  # every reachable queue's leases are extended, whatever the others do
-        for queue, items in group_claims(claims).items():
-            args = sa.ExtendArgs(s_to_us(lease_seconds), refs(items))
-            with failure.step():
-                reply = await tried_twice(self.cluster, self._call, sc.EXTEND, self.keys.queue(queue), args)
-                stale.extend(claim for i, claim in enumerate(items) if i in reply.stale)
-                cancel.extend(claim for i, claim in enumerate(items) if i in reply.cancel)
-        failure.raise_first()
-        return stale, cancel
+        lease_us = s_to_us(lease_seconds)
+        return await extend_each_queue(claims, lambda queue, items: tried_twice(
+            self.cluster, self._call, sc.EXTEND, self.keys.queue(queue), sa.ExtendArgs(lease_us, refs(items))
+        ))
 
     async def progress(self, claim: Claim, value: float, message: str = "") -> bool:
         args = sa.ProgressArgs(claim.job_id, claim.token, repr(float(value)), message[:500])
@@ -358,11 +351,18 @@ class RedisJobStore(JobStore):
 
     async def heartbeat(self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
                         ) -> HeartbeatReply:
-        registry = FirstFailure()  # the registry's node down must not let any lease expire
-        with registry.step():
-            upserted = await self._upsert_worker(info, False, len(claims))
-        stale, cancel = await self._extend(claims, lease_seconds) if claims else ([], [])
-        registry.raise_first()
+        # The registry and the leases at once: the registry's node down (seconds of redis-py's retries
+        # on a cluster) must not delay, let alone prevent, any lease extension.
+        upserted, extended = await asyncio.gather(
+            self._upsert_worker(info, False, len(claims)),
+            self._extend(claims, lease_seconds),
+            return_exceptions=True,
+        )
+        if isinstance(extended, BaseException):
+            raise extended
+        if isinstance(upserted, BaseException):
+            raise upserted
+        stale, cancel = extended
         return HeartbeatReply(stale, not upserted.existed, cancel)
 
     async def deregister_worker(self, worker_id: str) -> None:
