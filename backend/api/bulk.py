@@ -35,7 +35,7 @@ class BulkRequest(BaseModel):
     queue: str | None = Field(None, pattern=QUEUE_PATTERN)
     name: str | None = Field(None, pattern=NAME_PATTERN, description="the handler")
     ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] | None = Field(None, max_length=MAX_BULK)
-    limit: int = Field(MAX_BULK, ge=1, le=MAX_BULK, description="at most this many jobs this call")
+    limit: int = Field(MAX_BULK, ge=1, le=MAX_BULK, strict=True, description="at most this many jobs")
 
     def selection(self) -> BulkFilter:
         ids = tuple(self.ids) if self.ids is not None else None
@@ -53,32 +53,34 @@ class PurgeRequest(BaseModel):
 
     queue: str | None = Field(None, pattern=QUEUE_PATTERN)
     state: JobState | None = Field(None, description="done, failed or cancelled; default: all three")
-    older_than: float = Field(0.0, ge=0, le=_YEARS, description="seconds since the job finished")
+    older_than: float = Field(0.0, ge=0, le=_YEARS, strict=True, description="seconds since the job finished")
 
 
 class PurgeOut(BaseModel):
     purged: int = Field(description=f"jobs deleted, at most {MAX_PURGE} per call (that many: call again)")
 
 
-_Body = Body(default_factory=dict)
+# No body is the empty filter (pydantic fills in every default).
+BulkBody = Annotated[BulkRequest, Body(default_factory=BulkRequest)]
+PurgeBody = Annotated[PurgeRequest, Body(default_factory=PurgeRequest)]
 
 
 @router.post("/retry", dependencies=[AuthDep], responses=_ERRORS)
-async def retry_jobs(store: StoreDep, body: Annotated[BulkRequest, _Body]) -> BulkOut:
+async def retry_jobs(store: StoreDep, body: BulkBody) -> BulkOut:
     """Retry every failed/cancelled job the filter selects (each as `POST /api/jobs/{id}/retry`)."""
     result = await store.retry_many(body.selection())
     return BulkOut(matched=result.matched, moved=result.moved, more=result.more)
 
 
 @router.post("/cancel", dependencies=[AuthDep], responses=_ERRORS)
-async def cancel_jobs(store: StoreDep, body: Annotated[BulkRequest, _Body]) -> BulkOut:
+async def cancel_jobs(store: StoreDep, body: BulkBody) -> BulkOut:
     """Cancel every job the filter selects (each as `POST /api/jobs/{id}/cancel`)."""
     result = await store.cancel_many(body.selection())
     return BulkOut(matched=result.matched, moved=result.moved, more=result.more)
 
 
 @router.post("/purge", dependencies=[AuthDep], responses=_ERRORS)
-async def purge_jobs(store: StoreDep, body: Annotated[PurgeRequest, _Body]) -> PurgeOut:
+async def purge_jobs(store: StoreDep, body: PurgeBody) -> PurgeOut:
     """Delete finished jobs (done, failed, cancelled) that finished `older_than` seconds ago or more."""
     state = purge_state(body.state)
     queues = [body.queue] if body.queue is not None else None
