@@ -191,6 +191,26 @@ async def test_bulk_moves_more_jobs_than_one_script_batch(store: JobStore) -> No
     assert (await store.counts())["big"]["enqueued"] == 450
 
 
+async def test_concurrent_bulk_calls_move_each_job_once(store: JobStore) -> None:
+    jobs = await store.enqueue_many([JobSpec("t.job", queue="race", delay=3600) for _ in range(300)])
+    assert (await store.cancel_many(BulkFilter(queue="race"))).moved == 300
+    ids = tuple(job.id for job in jobs)
+    results = await asyncio.gather(
+        store.retry_many(BulkFilter(queue="race")),
+        store.retry_many(BulkFilter(ids=ids)),
+        store.retry_many(BulkFilter(state=JobState.CANCELLED, limit=150)),
+        *(store.retry(job_id) for job_id in ids[:20]),
+        return_exceptions=True,
+    )
+    bulk_moved = sum(result.moved for result in results[:3] if not isinstance(result, BaseException))
+    single_moved = sum(1 for result in results[3:] if not isinstance(result, BaseException))
+    assert not any(isinstance(result, BaseException) for result in results[:3])
+    assert bulk_moved + single_moved == 300  # each job retried exactly once, by one of the callers
+    counts = (await store.counts())["race"]
+    assert counts["enqueued"] == 300 and counts["cancelled"] == 0
+    assert len(await store.claim("w", ["race"], 400, 30)) == 300
+
+
 @pytest.mark.parametrize("selection", [
     BulkFilter(state=JobState.RUNNING),
     BulkFilter(state=JobState.ENQUEUED),
@@ -277,6 +297,7 @@ async def test_running_jobs_of_a_paused_queue_finish_and_housekeeping_goes_on(st
     assert await store.claim("w", ["p"], 10, 30) == []  # promotes and recovers, claims nothing
     assert await state_of(store, due.id) is JobState.ENQUEUED
     assert await state_of(store, lost.id) is JobState.FAILED  # its lease expired: recovered
+    assert (await store.metrics()).queues["p"].runs.get(("t.job", "expired")) == 1  # and counted
     assert await store.complete(claim_of(running), "ok") is JobState.DONE
     await store.resume_queue("p")
     assert [job.id for job in await store.claim("w", ["p"], 10, 30)] == [due.id]
