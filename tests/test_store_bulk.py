@@ -211,6 +211,22 @@ async def test_concurrent_bulk_calls_move_each_job_once(store: JobStore) -> None
     assert len(await store.claim("w", ["race"], 400, 30)) == 300
 
 
+async def test_bulk_takes_the_newest_first_and_finds_a_rare_name_past_the_first_page(store: JobStore) -> None:
+    rare = await store.enqueue_many([JobSpec("t.rare", delay=3600) for _ in range(5)])
+    await store.enqueue_many([JobSpec("t.common", delay=3600) for _ in range(1200)])  # newer: read first
+    assert (await store.cancel_many(BulkFilter(limit=MAX_BULK))).moved == MAX_BULK
+    assert (await store.cancel_many(BulkFilter())).moved == 205
+    result = await store.retry_many(BulkFilter(name="t.rare"))
+    assert (result.matched, result.moved, result.more) == (5, 5, False)
+    assert await states(store, [job.id for job in rare]) == [JobState.ENQUEUED] * 5
+
+    (older,) = await failed(store, 1, queue="order")
+    (newer,) = await failed(store, 1, queue="order")
+    result = await store.retry_many(BulkFilter(state=JobState.FAILED, limit=1))
+    assert (result.matched, result.more) == (1, True)
+    assert await states(store, [older, newer]) == [JobState.FAILED, JobState.ENQUEUED]
+
+
 @pytest.mark.parametrize("selection", [
     BulkFilter(state=JobState.RUNNING),
     BulkFilter(state=JobState.ENQUEUED),
