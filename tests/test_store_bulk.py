@@ -227,6 +227,20 @@ async def test_bulk_takes_the_newest_first_and_finds_a_rare_name_past_the_first_
     assert await states(store, [older, newer]) == [JobState.FAILED, JobState.ENQUEUED]
 
 
+async def test_a_scan_that_reaches_its_bound_says_more(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.workers.redis import operations
+
+    monkeypatch.setattr(operations, "PAGE", 3)  # the bound (MAX_PAGES pages of PAGE ids), made small
+    monkeypatch.setattr(operations, "MAX_PAGES", 2)
+    await store.enqueue_many([JobSpec("t.rare", delay=3600)])
+    await store.enqueue_many([JobSpec("t.common", delay=3600) for _ in range(8)])
+    assert (await store.cancel_many(BulkFilter())).more is True  # 6 of 9 read: may be more
+    result = await store.retry_many(BulkFilter(name="t.rare"))
+    assert (result.matched, result.moved, result.more) == (0, 0, True)
+
+
 @pytest.mark.parametrize("selection", [
     BulkFilter(state=JobState.RUNNING),
     BulkFilter(state=JobState.ENQUEUED),

@@ -11,7 +11,7 @@ was selected is matched but not moved.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -72,31 +72,39 @@ class QueueOperations:
         Ids come from the state indexes; job fields are read (name, cancel request: two fields,
         never the payload) only when the filter needs them, so a call costs the same however
         large the jobs' arguments are."""
-        picked: dict[str, list[str]] = defaultdict(list)
+        picked: dict[str, dict[str, None]] = defaultdict(dict)  # queue -> ids in order, each once
         found = 0
         queues = [selection.queue] if selection.queue is not None else await self.queues()
         for state in states:
             skip_asked = action is BulkAction.CANCEL and state is JobState.RUNNING
             for queue in queues:
                 qkeys = self.keys.queue(queue)
-                sources = [index_key(qkeys, state)] + ([qkeys.parked] if state is JobState.ENQUEUED else [])
-                for source in sources:
-                    offset = 0
-                    for _ in range(MAX_PAGES):
-                        with self._mapped_errors():
-                            raw = await self.redis.zrevrange(source, offset, offset + PAGE - 1)
-                        ids = [str(member) for member in raw]
-                        offset += len(ids)
-                        for job_id in await self._matching(qkeys, ids, selection.name, skip_asked):
-                            if found == selection.limit:
-                                return picked, True
-                            picked[queue].append(job_id)
-                            found += 1
-                        if len(ids) < PAGE:
-                            break
-                    else:
-                        return picked, True  # not scanned to the end: say there may be more
-        return picked, False
+                async for ids in self._index_pages(qkeys, state):
+                    if ids is None:  # the scan bound: there may be more
+                        return _lists(picked), True
+                    for job_id in await self._matching(qkeys, ids, selection.name, skip_asked):
+                        if job_id in picked[queue]:
+                            continue  # listed twice while it changed state: once is enough
+                        if found == selection.limit:
+                            return _lists(picked), True
+                        picked[queue][job_id] = None
+                        found += 1
+        return _lists(picked), False
+
+    async def _index_pages(self, qkeys: QueueKeys, state: JobState) -> AsyncIterator[list[str] | None]:
+        """The ids in `state`'s index (parked jobs too for enqueued), newest first, a page at a
+        time; None after MAX_PAGES pages of one index (a bound on one call's work)."""
+        sources = [index_key(qkeys, state)] + ([qkeys.parked] if state is JobState.ENQUEUED else [])
+        for source in sources:
+            for page in range(MAX_PAGES + 1):
+                if page == MAX_PAGES:
+                    yield None
+                    return
+                with self._mapped_errors():
+                    raw = await self.redis.zrevrange(source, page * PAGE, (page + 1) * PAGE - 1)
+                yield [str(member) for member in raw]
+                if len(raw) < PAGE:
+                    break
 
     async def _matching(self, qkeys: QueueKeys, ids: list[str], name: str | None, skip_asked: bool
                         ) -> list[str]:
@@ -162,3 +170,7 @@ class QueueOperations:
                     pipe.exists(self.keys.queue(queue).paused)
                 replies = await pipe.execute()
         return {queue for queue, exists in zip(queues, replies, strict=True) if int(exists)}
+
+
+def _lists(picked: dict[str, dict[str, None]]) -> dict[str, list[str]]:
+    return {queue: list(ids) for queue, ids in picked.items() if ids}
