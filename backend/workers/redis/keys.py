@@ -19,6 +19,7 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:parked        zset    every parked id of the queue; score = ready score
     PREFIX:{queue}:hlimits       hash    handler name -> at most N running (declared by workers)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
+    PREFIX:{queue}:paused        string  exists while the queue is paused: claim.lua claims nothing
     PREFIX:queues                set     every queue name ever used
     PREFIX:epoch                 string  a random marker of this data set (see reset.py)
     PREFIX:schedules             hash    schedule name -> ScheduleInfo JSON (declared by workers)
@@ -48,6 +49,7 @@ class QueueKeys:
     parked: str
     hlimits: str
     events: str
+    paused: str
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -90,4 +92,5 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         parked=base + "parked",
         hlimits=base + "hlimits",
         events=base + "events",
+        paused=base + "paused",
     )
