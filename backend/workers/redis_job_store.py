@@ -248,7 +248,7 @@ class RedisJobStore(JobStore):
             by_queue[item.claim.queue].append((index, item))
         results: list[JobState | None] = [None] * len(completions)
         for queue, items in by_queue.items():
-            args = sa.FinishArgs(random.random(), [sa.FinishItem.from_completion(item) for _, item in items])
+            args = sa.FinishArgs.of(self.retention_seconds, [item for _, item in items])
             states = await self._call(sc.FINISH, self.keys.queue(queue), args)
             for (index, _), state in zip(items, states, strict=True):
                 results[index] = state

@@ -7,6 +7,7 @@ is sent as its count followed by each record's fields; the Lua side reads a reco
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -105,7 +106,14 @@ def _failure_policy(item: Completion) -> str:
 
 class FinishArgs(NamedTuple):
     seed: float
+    retention_us: int  # terminal jobs older than this are purged as runs finish; -1 = none
     items: Sequence[FinishItem]
+
+    @classmethod
+    def of(cls, retention_seconds: float, completions: Sequence[Completion]) -> FinishArgs:
+        """A batch of reports; finish.lua also purges up to 2n + 2 jobs past `retention_seconds`."""
+        reports = [FinishItem.from_completion(item) for item in completions]
+        return cls(random.random(), s_to_us(retention_seconds), reports)
 
 
 class ClaimRef(NamedTuple):
