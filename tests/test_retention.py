@@ -61,7 +61,8 @@ async def assert_consistent(store: RedisJobStore, ids: list[str]) -> int:
     for job_id in ids:
         state = await r.hget(keys.job(job_id), "state")
         in_jobs = await r.zscore(keys.jobs, job_id) is not None
-        indexed = [s.value for s in TERMINAL_STATES if await r.zscore(keys.state(s.value), job_id) is not None]
+        indexed = [s.value for s in TERMINAL_STATES
+                   if await r.zscore(keys.state(s.value), job_id) is not None]
         if state is None:
             assert not in_jobs and not indexed, f"{job_id} is gone but still indexed: {indexed}"
         else:
@@ -121,7 +122,8 @@ async def test_purge_of_a_job_indexed_twice_leaves_no_index_behind(store: JobSto
     s = redis_store(store)
     keys = s.keys.queue(QUEUE)
     ids = await finish_batch(s, "twice")
-    failed = [i for i in ids if await s.redis.hget(keys.job(i), "state") == "failed"][0]
+    states = {i: await s.redis.hget(keys.job(i), "state") for i in ids}
+    failed = min(i for i, state in states.items() if state == "failed")
     await s.redis.zadd(keys.state("done"), {failed: 0})
     await asyncio.sleep(2 * RETENTION)
     assert await s.purge(older_than=RETENTION, queues=[QUEUE]) == PER_BATCH
