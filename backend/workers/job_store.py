@@ -27,6 +27,7 @@ from backend.workers.models import (
     MetricsSnapshot,
     ScheduleInfo,
     StoreHealth,
+    Tidied,
     WorkerInfo,
 )
 
@@ -272,6 +273,13 @@ class JobStore(ABC):
     @abstractmethod
     async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000) -> int:
         """Delete terminal jobs that finished more than `older_than` seconds ago."""
+
+    @abstractmethod
+    async def tidy(self, stale_after: float | None = None) -> Tidied:
+        """Bound what names and queues nobody uses any more cost: a handler name that no live worker
+        registers and that has no job left loses its counters (its metric series stop), and a queue
+        with no job left and no live worker (heartbeat within `stale_after`) leaves `queues()`.
+        Workers run it with the purge. Never drops a name with a job or a registered handler."""
 
     # -- worker registry -------------------------------------------------------
 

@@ -61,6 +61,7 @@ class Leases:
         backoff = ReconnectBackoff()
         while not state.stop.is_set():
             try:
+                self.info.handlers = self.registry.names()  # tidy keeps the counters of these names
                 await self.store.register_worker(self.info)
                 break
             except OUTAGE_ERRORS as exc:
@@ -210,3 +211,7 @@ class Leases:
             purged = await self.store.purge(self.settings.retention_seconds, self.queues)
             if purged:
                 log.info(fmt("jobs_purged", worker=self.state.worker_id, jobs=purged))
+            tidied = await self.store.tidy(stale_after=3 * self.lease)
+            if tidied.names or tidied.queues:
+                log.info(fmt("store_tidied", worker=self.state.worker_id, names=tidied.names,
+                             queues=",".join(tidied.queues)))

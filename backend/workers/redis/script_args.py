@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from backend.workers.models import Completion, JobSpec
+from backend.workers.models import Completion, JobSpec, WorkerInfo
 from backend.workers.redis.codec import s_to_us
 from backend.workers.rules import check_json, dumps, new_job_id
 
@@ -158,6 +158,23 @@ class SetAsideArgs(NamedTuple):  # the job's claim, the field that could not be 
 class PurgeArgs(NamedTuple):
     older_than_us: int
     limit: int
+
+
+class HandlerName(NamedTuple):
+    name: str
+
+
+class TidyArgs(NamedTuple):
+    served: int  # 1: a live worker serves the queue
+    known: int  # 0: some live worker did not say which handlers it has (keep every name)
+    items: Sequence[HandlerName]  # the handler names live workers register
+
+    @classmethod
+    def of(cls, queue: str, workers: Sequence[WorkerInfo]) -> TidyArgs:
+        names = sorted({name for worker in workers for name in worker.handlers or ()})
+        known = all(worker.handlers is not None for worker in workers)
+        served = any(queue in worker.queues for worker in workers)
+        return cls(int(served), int(known), [HandlerName(name) for name in names])
 
 
 class JobArgs(NamedTuple):

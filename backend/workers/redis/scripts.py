@@ -37,6 +37,7 @@ from backend.workers.redis.script_args import (
     ExtendArgs,
     FinishArgs,
     FinishItem,
+    HandlerName,
     HeartbeatArgs,
     JobArgs,
     LimitArgs,
@@ -46,6 +47,7 @@ from backend.workers.redis.script_args import (
     RecoverArgs,
     ReleaseArgs,
     SetAsideArgs,
+    TidyArgs,
     WorkerField,
     WorkersArgs,
 )
@@ -81,6 +83,7 @@ class Enqueued:
     created_us: float = 0.0
     run_at_us: float = 0.0
     existing: dict[str, str] | None = None  # not created: the existing job's hash
+    fresh: bool = False  # the queue had no seq: new, or emptied by tidy (list it again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +106,8 @@ class WorkersReply:
 
 
 def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
-    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4])) if int(reply[0]) == 1
+    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]), fresh=reply[5:] == [1])
+            if int(reply[0]) == 1
             else Enqueued(False, existing=pairs_to_dict(reply[1])) for reply in raw]
 
 
@@ -123,6 +127,10 @@ def _extended(raw: Any, args: ExtendArgs) -> ExtendReply:
 
 def _count(raw: Any, args: Any) -> int:
     return int(raw)
+
+
+def _tidied(raw: Any, args: TidyArgs) -> tuple[int, bool]:  # (names dropped, queue emptied)
+    return int(raw[0]), int(raw[1]) == 1
 
 
 def _flag(raw: Any, args: Any) -> bool:
@@ -217,6 +225,8 @@ RETRY = Script("retry", ("job_prefix", "ready", "state_prefix", "unique", "wake"
                _job_hash("retry"))
 SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events"), SetAsideArgs, _flag)
 PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats"), PurgeArgs, _count)
+TIDY = Script("tidy", ("stats", "jobs", "ready", "waiting", "running", "parked", "seq", "wake", "hlimits",
+                       "state_prefix", "unique"), TidyArgs, _tidied, HandlerName)
 WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)
 PROGRESS = Script("progress", ("job_prefix", "events"), ProgressArgs, _flag)
 UNPARK = Script("unpark", ("job_prefix", "ready", "wake", "limit_prefix", "parked", "hlimits"),
@@ -228,5 +238,5 @@ WORKERS = Script("workers", ("registry", "worker_prefix"), WorkersArgs, _workers
 SCRIPTS: dict[str, Script[Any, Any]] = {
     script.name: script
     for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, SETASIDE, PURGE,
-                   WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS)
+                   TIDY, WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS)
 }
