@@ -121,6 +121,7 @@ class RedisJobStore(JobStore):
 
     async def _note_queue(self, queue: str, fresh: bool = False) -> None:
         if fresh or queue not in self._known_queues:  # fresh: new, or emptied by tidy (redis/tidy.py)
+            self._known_queues.discard(queue)  # not listed until SADD succeeds: a retried enqueue lists it
             with self._mapped_errors():
                 await self.redis.sadd(self.keys.queues, queue)
             self._known_queues.add(queue)
