@@ -7,6 +7,8 @@ no job and no live worker leaves `queues()`, and comes back as soon as anyone en
 
 from __future__ import annotations
 
+import asyncio
+
 from backend.api.metrics import GUIDE_METRICS, render
 from backend.config import Settings
 from backend.workers.handlers import HandlerRegistry
@@ -155,3 +157,19 @@ async def test_a_worker_registers_its_handler_names(store: JobStore) -> None:
     assert await worker.leases.register()
     (info,) = await store.list_workers()
     assert info.handlers == ["mine.job"]
+
+
+
+async def test_worker_housekeeping_purges_and_tidies(store: JobStore) -> None:
+    """The worker's 5-minute housekeeping pass runs tidy after the purge: no extra process."""
+    settings = Settings(queues=("default",), retention_seconds=0.01)
+    worker = Worker(store, settings, registry=HandlerRegistry(), worker_id="w-hk")
+    assert await worker.leases.register()
+    await run_all(store, [JobSpec("hk.job")])
+    await run_all(store, [JobSpec("hk.job", queue="elsewhere")], "elsewhere")
+    await asyncio.sleep(0.05)  # past the workers' 0.01 s retention
+    await worker.leases.housekeeping()  # the first pass purges and tidies (then every 5 minutes)
+    assert await store.queues() == ["default"]  # served by w-hk; "elsewhere" had no job and no worker
+    s = redis_store(store)
+    stats = await s.redis.hgetall(s.keys.queue("default").stats)
+    assert not [field for field in stats if "hk.job" in field]
