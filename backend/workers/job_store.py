@@ -28,6 +28,7 @@ from backend.workers.models import (
     MetricsSnapshot,
     ScheduleInfo,
     StoreHealth,
+    Tidied,
     WorkerInfo,
 )
 
@@ -299,6 +300,13 @@ class JobStore(ABC):
     @abstractmethod
     async def paused_queues(self) -> set[str]:
         """The known queues that are paused now."""
+
+    @abstractmethod
+    async def tidy(self, stale_after: float | None = None) -> Tidied:
+        """Bound what names and queues nobody uses any more cost: a handler name that no live worker
+        registers and that has no job left loses its counters (its metric series stop), and a queue
+        with no job left and no live worker (heartbeat within `stale_after`) leaves `queues()`.
+        Workers run it with the purge. Never drops a name with a job or a registered handler."""
 
     # -- worker registry -------------------------------------------------------
 

@@ -61,6 +61,7 @@ class Leases:
         backoff = ReconnectBackoff()
         while not state.stop.is_set():
             try:
+                self.info.handlers = self.registry.names()  # tidy keeps the counters of these names
                 await self.store.register_worker(self.info)
                 break
             except OUTAGE_ERRORS as exc:
@@ -204,9 +205,16 @@ class Leases:
         recovered = await self.store.recover(self.queues)
         if recovered:
             log.info(fmt("leases_recovered", worker=self.state.worker_id, jobs=recovered))
-        await self.store.list_workers(stale_after=3 * self.lease)  # drops dead workers' entries
+        workers = await self.store.list_workers(stale_after=3 * self.lease)  # drops dead workers' entries
         if time.monotonic() - self._last_purge >= PURGE_EVERY_SECONDS:
             self._last_purge = time.monotonic()
-            purged = await self.store.purge(self.settings.retention_seconds, self.queues)
+            # its own queues, and those no live worker serves (nobody else would purge them)
+            served = {queue for worker in workers for queue in worker.queues}
+            orphans = [queue for queue in await self.store.queues() if queue not in served]
+            purged = await self.store.purge(self.settings.retention_seconds, [*self.queues, *orphans])
             if purged:
                 log.info(fmt("jobs_purged", worker=self.state.worker_id, jobs=purged))
+            tidied = await self.store.tidy(stale_after=3 * self.lease)
+            if tidied.names or tidied.queues:
+                log.info(fmt("store_tidied", worker=self.state.worker_id, names=tidied.names,
+                             queues=",".join(tidied.queues)))

@@ -276,6 +276,8 @@ class WorkerInfo:
     heartbeat_age: float = 0.0
     running: int = 0
     version: str = ""
+    # the handler names it can run; None: not said (a version before it did), so every name is kept
+    handlers: list[str] | None = None
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -290,6 +292,14 @@ class WorkerInfo:
             "running": self.running,
             "version": self.version,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Tidied:
+    """What `JobStore.tidy` dropped: how many handler names' counters, and which queues."""
+
+    names: int = 0
+    queues: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ from backend.workers.models import (
     MetricsSnapshot,
     ScheduleInfo,
     StoreHealth,
+    Tidied,
     WorkerInfo,
 )
 from backend.workers.redis import script_args as sa
@@ -44,6 +45,7 @@ from backend.workers.redis.codec import (
     queue_metrics,
     readable_schedules,
     s_to_us,
+    worker_fields,
     worker_from_hash,
 )
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
@@ -53,6 +55,7 @@ from backend.workers.redis.operations import QueueOperations
 from backend.workers.redis.per_queue import FirstFailure, extend_each_queue, group_claims, refs, tried_twice
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
+from backend.workers.redis.tidy import tidy
 from backend.workers.rules import dumps, new_job_id
 
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
@@ -118,8 +121,9 @@ class RedisJobStore(QueueOperations, JobStore):
             raw = await self._scripts[script.name](keys=script.key_values(keys), args=sa.to_argv(args))
         return script.parse(raw, args)
 
-    async def _note_queue(self, queue: str) -> None:
-        if queue not in self._known_queues:
+    async def _note_queue(self, queue: str, fresh: bool = False) -> None:
+        if fresh or queue not in self._known_queues:  # fresh: new, or emptied by tidy (redis/tidy.py)
+            self._known_queues.discard(queue)  # not listed until SADD succeeds: a retried enqueue lists it
             with self._mapped_errors():
                 await self.redis.sadd(self.keys.queues, queue)
             self._known_queues.add(queue)
@@ -152,6 +156,8 @@ class RedisJobStore(QueueOperations, JobStore):
         for start in range(0, len(rows), ENQUEUE_BATCH):
             chunk = rows[start : start + ENQUEUE_BATCH]
             replies = await self._call(sc.ENQUEUE, qkeys, sa.EnqueueArgs(queue, [item for _, item in chunk]))
+            if any(reply.fresh for reply in replies):
+                await self._note_queue(queue, fresh=True)
             jobs.extend(job_from_hash(reply.existing) if reply.existing is not None
                         else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us)
                         for (spec, item), reply in zip(chunk, replies, strict=True))
@@ -170,14 +176,8 @@ class RedisJobStore(QueueOperations, JobStore):
             raise JobNotFoundError(f"no job {job_id}")
         return job.queue
 
-    async def list_jobs(
-        self,
-        queue: str | None = None,
-        state: JobState | None = None,
-        name: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> JobPage:
+    async def list_jobs(self, queue: str | None = None, state: JobState | None = None,
+                        name: str | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
         queues = [queue] if queue is not None else await self.queues()
         return await self._reads.list_jobs(queues, state, name, limit, cursor)
 
@@ -250,7 +250,7 @@ class RedisJobStore(QueueOperations, JobStore):
             by_queue[item.claim.queue].append((index, item))
         results: list[JobState | None] = [None] * len(completions)
         for queue, items in by_queue.items():
-            args = sa.FinishArgs(random.random(), [sa.FinishItem.from_completion(item) for _, item in items])
+            args = sa.FinishArgs.of(self.retention_seconds, [item for _, item in items])
             states = await self._call(sc.FINISH, self.keys.queue(queue), args)
             for (index, _), state in zip(items, states, strict=True):
                 results[index] = state
@@ -331,13 +331,13 @@ class RedisJobStore(QueueOperations, JobStore):
         data = await self._call(script, self.keys.queue(name), sa.JobArgs(job_id))
         return job_from_hash(data)
 
+    async def tidy(self, stale_after: float | None = None) -> Tidied:
+        return await tidy(self, stale_after)
+
     # -- worker registry -------------------------------------------------------
 
     async def _upsert_worker(self, info: WorkerInfo, register: bool, running: int) -> sc.HeartbeatResult:
-        fields: dict[str, str | int] = {
-            "id": info.id, "host": info.host, "pid": info.pid, "queues": dumps(info.queues),
-            "concurrency": info.concurrency, "version": info.version, "running": running,
-        }
+        fields = worker_fields(info, running)
         args = sa.HeartbeatArgs(info.id, 1 if register else 0, [sa.WorkerField(*kv) for kv in fields.items()])
         return await self._call(sc.HEARTBEAT, self.keys, args)
 

@@ -11,7 +11,7 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:state:<state> zset    per-state index; score = when the job entered it (ms)
     PREFIX:{queue}:jobs          zset    every job; score = created_at (ms)
     PREFIX:{queue}:unique        hash    unique_key -> id of the live job holding it
-    PREFIX:{queue}:stats         hash    metric counters and histogram buckets
+    PREFIX:{queue}:stats         hash    metric counters and histogram buckets (prg|<name>: purged jobs)
     PREFIX:{queue}:wake          list    wake-up tokens that blocked workers BLPOP
     PREFIX:{queue}:seq           string  enqueue sequence (FIFO order)
     PREFIX:{queue}:limit:run:<k> set     running ids holding a slot of concurrency-limit key <k>
@@ -20,7 +20,7 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:hlimits       hash    handler name -> at most N running (declared by workers)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:{queue}:paused        string  exists while the queue is paused: claim.lua claims nothing
-    PREFIX:queues                set     every queue name ever used
+    PREFIX:queues                set     queues in use (tidy takes off those with no job and no worker)
     PREFIX:epoch                 string  a random marker of this data set (see reset.py)
     PREFIX:schedules             hash    schedule name -> ScheduleInfo JSON (declared by workers)
     PREFIX:{workers}:registry    zset    worker id -> last heartbeat (ms)

@@ -7,10 +7,11 @@ is sent as its count followed by each record's fields; the Lua side reads a reco
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from backend.workers.models import Completion, JobSpec
+from backend.workers.models import Completion, JobSpec, WorkerInfo
 from backend.workers.redis.codec import s_to_us
 from backend.workers.rules import check_json, dumps, new_job_id
 
@@ -105,7 +106,14 @@ def _failure_policy(item: Completion) -> str:
 
 class FinishArgs(NamedTuple):
     seed: float
+    retention_us: int  # terminal jobs older than this are purged as runs finish; -1 = none
     items: Sequence[FinishItem]
+
+    @classmethod
+    def of(cls, retention_seconds: float, completions: Sequence[Completion]) -> FinishArgs:
+        """A batch of reports; finish.lua also purges up to 2n + 2 jobs past `retention_seconds`."""
+        reports = [FinishItem.from_completion(item) for item in completions]
+        return cls(random.random(), s_to_us(retention_seconds), reports)
 
 
 class ClaimRef(NamedTuple):
@@ -161,6 +169,23 @@ class BulkArgs(NamedTuple):
 
 class PauseArgs(NamedTuple):
     paused: int  # 1 pause | 0 resume
+
+
+class HandlerName(NamedTuple):
+    name: str
+
+
+class TidyArgs(NamedTuple):
+    served: int  # 1: a live worker serves the queue
+    known: int  # 0: some live worker did not say which handlers it has (keep every name)
+    items: Sequence[HandlerName]  # the handler names live workers register
+
+    @classmethod
+    def of(cls, queue: str, workers: Sequence[WorkerInfo]) -> TidyArgs:
+        names = sorted({name for worker in workers for name in worker.handlers or ()})
+        known = all(worker.handlers is not None for worker in workers)
+        served = any(queue in worker.queues for worker in workers)
+        return cls(int(served), int(known), [HandlerName(name) for name in names])
 
 
 class JobArgs(NamedTuple):

@@ -38,6 +38,7 @@ from backend.workers.redis.script_args import (
     ExtendArgs,
     FinishArgs,
     FinishItem,
+    HandlerName,
     HeartbeatArgs,
     JobArgs,
     LimitArgs,
@@ -48,6 +49,7 @@ from backend.workers.redis.script_args import (
     RecoverArgs,
     ReleaseArgs,
     SetAsideArgs,
+    TidyArgs,
     WorkerField,
     WorkersArgs,
 )
@@ -83,6 +85,7 @@ class Enqueued:
     created_us: float = 0.0
     run_at_us: float = 0.0
     existing: dict[str, str] | None = None  # not created: the existing job's hash
+    fresh: bool = False  # the queue had no seq: new, or emptied by tidy (list it again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,8 @@ class WorkersReply:
 
 
 def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
-    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4])) if int(reply[0]) == 1
+    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]), fresh=reply[5:] == [1])
+            if int(reply[0]) == 1
             else Enqueued(False, existing=pairs_to_dict(reply[1])) for reply in raw]
 
 
@@ -125,6 +129,10 @@ def _extended(raw: Any, args: ExtendArgs) -> ExtendReply:
 
 def _count(raw: Any, args: Any) -> int:
     return int(raw)
+
+
+def _tidied(raw: Any, args: TidyArgs) -> tuple[int, bool]:  # (names dropped, queue emptied)
+    return int(raw[0]), int(raw[1]) == 1
 
 
 def _flag(raw: Any, args: Any) -> bool:
@@ -205,7 +213,8 @@ ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "
                              "wake", "seq"), EnqueueArgs, _enqueued, EnqueueItem)
 CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused"), ClaimArgs,
                _claimed)
-FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events"), FinishArgs, _finished, FinishItem)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs"), FinishArgs, _finished,
+                FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
@@ -223,7 +232,9 @@ CANCEL_MANY = Script("cancel_many", _CANCEL_KEYS, BulkArgs, _count, JobArgs)
 RETRY_MANY = Script("retry_many", _RETRY_KEYS, BulkArgs, _count, JobArgs)
 PAUSE = Script("pause", ("paused", "wake"), PauseArgs, _flag)
 SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events"), SetAsideArgs, _flag)
-PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs"), PurgeArgs, _count)
+PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats"), PurgeArgs, _count)
+TIDY = Script("tidy", ("stats", "jobs", "ready", "waiting", "running", "parked", "seq", "wake", "hlimits",
+                       "state_prefix", "unique", "paused"), TidyArgs, _tidied, HandlerName)
 WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)
 PROGRESS = Script("progress", ("job_prefix", "events"), ProgressArgs, _flag)
 UNPARK = Script("unpark", ("job_prefix", "ready", "wake", "limit_prefix", "parked", "hlimits"),
@@ -235,5 +246,5 @@ WORKERS = Script("workers", ("registry", "worker_prefix"), WorkersArgs, _workers
 SCRIPTS: dict[str, Script[Any, Any]] = {
     script.name: script
     for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, SETASIDE, PURGE,
-                   WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS, CANCEL_MANY, RETRY_MANY, PAUSE)
+                   TIDY, WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS, CANCEL_MANY, RETRY_MANY, PAUSE)
 }

@@ -8,13 +8,16 @@
 --   backoff base s, cap s, jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),
 --   limit_key ('' = none), limit ('' = none), events (1|0),
 --   trace ('' = none)
--- Returns per job: {1, id, state, created_us, run_at_us} when created, {0, HGETALL of the existing job} when not.
+-- Returns per job: {1, id, state, created_us, run_at_us, fresh} when created, {0, HGETALL of the existing job}
+-- when not. fresh = 1: the queue had no seq (new, or emptied by tidy.lua): the caller lists the queue again.
 local queue, n = ARGV[1], tonumber(ARGV[2])
 local now = now_us()
 local out = {}
 local woke = false
 -- One INCRBY reserves sequence numbers for the whole batch (unused ones are harmless gaps).
 local seq = redis.call('INCRBY', K.seq, n) - n
+local fresh = 0
+if seq == 0 then fresh = 1 end
 for i = 0, n - 1 do
   local b = 3 + i * WIDTH
   local id, name, args, kwargs, priority, max_attempts, timeout, bo_base, bo_cap, bo_jitter, delay_us,
@@ -55,7 +58,7 @@ for i = 0, n - 1 do
     redis.call('ZADD', K.jobs, now, id)
     move_state(id, nil, state, now)
     stat('enq|' .. name, 1)
-    out[#out + 1] = {1, id, state, now, run_at}
+    out[#out + 1] = {1, id, state, now, run_at, fresh}
   end
 end
 if woke then wake_one() end

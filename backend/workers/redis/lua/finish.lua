@@ -3,8 +3,9 @@
 -- cancelled (ok = 2, the worker stopped the handler on a cancel request): running -> cancelled.
 -- KEYS (scripts.FINISH; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
---    KEYS[8] wake  KEYS[9] limit_prefix  KEYS[10] parked  KEYS[11] events
--- ARGV[1] random seed  ARGV[2] n  ARGV[3..] n records of WIDTH fields (scripts.FinishItem):
+--    KEYS[8] wake  KEYS[9] limit_prefix  KEYS[10] parked  KEYS[11] events  KEYS[12] jobs
+-- ARGV[1] random seed  ARGV[2] retention µs (-1 = purge nothing)  ARGV[3] n
+-- ARGV[4..] n records of WIDTH fields (scripts.FinishItem):
 --   job_id, token, ok (1|0|2), payload (result json | error json), duration s,
 --   policy ('' unless ok = 0; else "retryable delay_us max_attempts bo_base bo_cap bo_jitter",
 --   '-' = none: delay -1 = the backoff, the handler's max attempts and backoff, else the job's own)
@@ -12,11 +13,13 @@
 -- CODE.CORRUPT when the job's record could not be read: it was set aside (failed, see set_aside). A report
 -- re-sent after its reply was lost (redis-py retries on connection errors) finds its own token in
 -- done_token and gets the state that report produced, so it is neither applied twice nor called stale.
-local seed, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- Retention keeps pace with finishing: up to 2n + 2 terminal jobs past the retention are deleted
+-- (purge_expired in lib.lua), so finished jobs cannot pile up faster than they expire.
+local seed, retention_us, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us()
 local out = {}
 for i = 0, n - 1 do
-  local b = 3 + i * WIDTH
+  local b = 4 + i * WIDTH
   local job_id, token, ok, payload, duration, policy = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. job_id
   local f = redis.call('HMGET', jobkey, 'state', 'token', 'name', 'unique_key', 'lkey', 'ev', 'done_token',
@@ -51,5 +54,6 @@ for i = 0, n - 1 do
     out[#out + 1] = state
   end
 end
+if retention_us >= 0 then purge_expired(now - retention_us, 2 * n + 2) end
 flush_stats()
 return out

@@ -285,3 +285,42 @@ local function cancel_job(id)
   emit(f[3], id, 'cancelled')
   return CODE.OK, nil, true
 end
+
+-- Retention: terminal jobs that entered their state at or before `cutoff` (µs), oldest first, are
+-- deleted with every index entry that names them (their state index, jobs, the unique key if it
+-- still names them). purge.lua runs it on demand; finish.lua runs it for up to 2n + 2 jobs per n
+-- reports, so deleting keeps pace with finishing however fast the workers drain. A terminal index
+-- entry whose hash says the job is live (an inconsistent record) is dropped and the job kept.
+-- Each deletion counts `prg|<name>`: a name whose every enqueued job is gone has enq = prg (tidy.lua).
+-- At most `limit` index entries are looked at, of one terminal state if `only` names one (else all
+-- three); returns how many jobs were deleted.
+local TERMINAL = {'done', 'failed', 'cancelled'}
+local LIVE = {enqueued = true, running = true, scheduled = true, retry_scheduled = true}
+
+local function purge_expired(cutoff, limit, only)
+  local seen, purged = 0, 0
+  local states = TERMINAL
+  if only == 'done' or only == 'failed' or only == 'cancelled' then states = {only} end
+  for _, state in ipairs(states) do
+    if seen >= limit then break end
+    local index = K.state_prefix .. state
+    local ids = redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'LIMIT', 0, limit - seen)
+    seen = seen + #ids
+    for _, id in ipairs(ids) do
+      local jobkey = K.job_prefix .. id
+      local f = redis.call('HMGET', jobkey, 'state', 'name', 'unique_key')
+      redis.call('ZREM', index, id)
+      if not LIVE[f[1]] then
+        if f[1] ~= state then -- another terminal index may hold it too: leave none behind
+          for _, other in ipairs(TERMINAL) do redis.call('ZREM', K.state_prefix .. other, id) end
+        end
+        redis.call('DEL', jobkey)
+        redis.call('ZREM', K.jobs, id)
+        release_unique(jobkey, id, f[3] or '')
+        if f[2] and f[2] ~= '' then stat('prg|' .. f[2], 1) end
+        purged = purged + 1
+      end
+    end
+  end
+  return purged
+end
