@@ -31,7 +31,6 @@ from backend.workers.models import (
     JobSpec,
     JobState,
     MetricsSnapshot,
-    ScheduleInfo,
     StoreHealth,
     WorkerInfo,
 )
@@ -42,11 +41,11 @@ from backend.workers.redis.codec import (
     job_from_hash,
     new_job,
     queue_metrics,
-    readable_schedules,
     s_to_us,
     worker_from_hash,
 )
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
+from backend.workers.redis.declarations import Declarations
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.per_queue import FirstFailure, group_claims, refs, tried_twice
@@ -61,7 +60,7 @@ A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
 
 
-class RedisJobStore(JobStore):
+class RedisJobStore(Declarations, JobStore):
     """JobStore on one Redis server (or cluster slot per queue). Owns its client."""
 
     backend = "redis"
@@ -151,7 +150,8 @@ class RedisJobStore(JobStore):
             chunk = rows[start : start + ENQUEUE_BATCH]
             replies = await self._call(sc.ENQUEUE, qkeys, sa.EnqueueArgs(queue, [item for _, item in chunk]))
             jobs.extend(job_from_hash(reply.existing) if reply.existing is not None
-                        else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us)
+                        else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us,
+                                     reply.max_attempts or item.max_attempts)
                         for (spec, item), reply in zip(chunk, replies, strict=True))
         return jobs
 
@@ -280,25 +280,6 @@ class RedisJobStore(JobStore):
             seconds, micros = await self.redis.time()
         return int(seconds) + int(micros) / 1e6
 
-    async def set_handler_limits(self, queue: str, limits: dict[str, int]) -> None:
-        if not limits:
-            return
-        await self._note_queue(queue)
-        with self._mapped_errors():
-            await self.redis.hset(self.keys.queue(queue).hlimits, mapping=dict(limits))
-
-    async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:
-        if not schedules:
-            return
-        with self._mapped_errors():
-            mapping = {schedule.name: dumps(schedule.to_json()) for schedule in schedules}
-            await self.redis.hset(self.keys.schedules, mapping=mapping)
-
-    async def list_schedules(self) -> list[ScheduleInfo]:
-        with self._mapped_errors():
-            raw = await self.redis.hgetall(self.keys.schedules)
-        return sorted(readable_schedules(raw.values()), key=lambda s: s.name)
-
     def queue_job_events(self, queues: Sequence[str]) -> AsyncGenerator[tuple[str, str, str], None]:
         return self._reads.events({self.keys.queue(queue).events: queue for queue in queues}, self.cluster)
 
@@ -349,6 +330,7 @@ class RedisJobStore(JobStore):
         fields: dict[str, str | int] = {
             "id": info.id, "host": info.host, "pid": info.pid, "queues": dumps(info.queues),
             "concurrency": info.concurrency, "version": info.version, "running": running,
+            "handlers": dumps(info.handlers),
         }
         args = sa.HeartbeatArgs(info.id, 1 if register else 0, [sa.WorkerField(*kv) for kv in fields.items()])
         return await self._call(sc.HEARTBEAT, self.keys, args)

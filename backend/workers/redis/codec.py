@@ -196,8 +196,10 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
     )
 
 
-def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any) -> Job:
-    """The record enqueue.lua just wrote, rebuilt without reading it back."""
+def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any,
+            max_attempts: int) -> Job:
+    """The record enqueue.lua just wrote, rebuilt without reading it back (`max_attempts`: its
+    effective value, the handler's when the spec set none)."""
     return Job(
         id=job_id,
         name=spec.name,
@@ -205,10 +207,10 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         args=spec.args,
         kwargs=spec.kwargs,
         state=JobState(str(state)),
-        max_attempts=spec.max_attempts,
+        max_attempts=max_attempts,
         priority=spec.priority,
         timeout=spec.timeout,
-        backoff=spec.backoff,
+        backoff=spec.backoff or Backoff(),
         run_at=float(run_at_us) / 1e6,
         created_at=float(created_us) / 1e6,
         unique_key=spec.unique_key,
@@ -250,6 +252,7 @@ def worker_from_hash(worker_id: str, data: dict[str, str], now_us: float) -> Wor
         heartbeat_age=max(0.0, (now_us - last) / 1e6),
         running=f.read("running", _integer, 0),
         version=data.get("version", ""),
+        handlers=list(_json_list(data.get("handlers"))),
     )
 
 

@@ -18,6 +18,9 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:limit:wait:<k> zset   ids parked on key <k> (over its limit); score = ready score
     PREFIX:{queue}:parked        zset    every parked id of the queue; score = ready score
     PREFIX:{queue}:hlimits       hash    handler name -> at most N running (declared by workers)
+    PREFIX:{queue}:hpolicy       hash    handler name -> "max_attempts bo_base bo_cap bo_jitter" ('-': none),
+                                         the policy of jobs that set none of their own (workers advertise it)
+    PREFIX:{queue}:handlers      hash    handler name -> when a live worker last advertised it (µs)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:queues                set     every queue name ever used
     PREFIX:epoch                 string  a random marker of this data set (see reset.py)
@@ -48,6 +51,8 @@ class QueueKeys:
     parked: str
     hlimits: str
     events: str
+    hpolicy: str
+    handlers: str
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -90,4 +95,6 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         parked=base + "parked",
         hlimits=base + "hlimits",
         events=base + "events",
+        hpolicy=base + "hpolicy",
+        handlers=base + "handlers",
     )

@@ -30,6 +30,8 @@ from backend.workers.models import JobState
 from backend.workers.redis.codec import pairs_to_dict
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.script_args import (
+    AdvertiseArgs,
+    AdvertiseItem,
     ClaimArgs,
     ClaimRef,
     EnqueueArgs,
@@ -80,6 +82,7 @@ class Enqueued:
     state: str = ""  # created: its state and times (µs)
     created_us: float = 0.0
     run_at_us: float = 0.0
+    max_attempts: int = 0  # created: its effective max attempts (0: not said, a server before it did)
     existing: dict[str, str] | None = None  # not created: the existing job's hash
 
 
@@ -103,7 +106,8 @@ class WorkersReply:
 
 
 def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
-    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4])) if int(reply[0]) == 1
+    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]),
+                     int(reply[5]) if len(reply) > 5 else 0) if int(reply[0]) == 1
             else Enqueued(False, existing=pairs_to_dict(reply[1])) for reply in raw]
 
 
@@ -200,9 +204,11 @@ def prelude(script: Script[Any, Any]) -> str:
 _LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
-                             "wake", "seq"), EnqueueArgs, _enqueued, EnqueueItem)
-CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events"), ClaimArgs, _claimed)
-FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events"), FinishArgs, _finished, FinishItem)
+                             "wake", "seq", "hpolicy"), EnqueueArgs, _enqueued, EnqueueItem)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "hpolicy"), ClaimArgs,
+               _claimed)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "handlers"), FinishArgs, _finished,
+                FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
@@ -222,10 +228,11 @@ UNPARK = Script("unpark", ("job_prefix", "ready", "wake", "limit_prefix", "parke
                 LimitArgs, _count)
 HEARTBEAT = Script("heartbeat", ("registry", "worker_prefix"), HeartbeatArgs, _heartbeat, WorkerField,
                    registry=True)
+ADVERTISE = Script("advertise", ("handlers", "hpolicy"), AdvertiseArgs, _count, AdvertiseItem)
 WORKERS = Script("workers", ("registry", "worker_prefix"), WorkersArgs, _workers, registry=True)
 
 SCRIPTS: dict[str, Script[Any, Any]] = {
     script.name: script
     for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, SETASIDE, PURGE,
-                   WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS)
+                   WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS, ADVERTISE)
 }
