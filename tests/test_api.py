@@ -267,7 +267,8 @@ async def test_workers_lists_live_workers_with_heartbeat_age(
     client: httpx.AsyncClient, store: JobStore
 ) -> None:
     assert (await client.get("/api/workers")).json() == {"workers": []}
-    info = WorkerInfo(id="w-api-1", host="h1", pid=4242, queues=["default", "mail"], concurrency=3)
+    info = WorkerInfo(id="w-api-1", host="h1", pid=4242, queues=["default", "mail"], concurrency=3,
+                      handlers=["bagbot.echo", "emails.send"])
     await store.register_worker(info)
     (worker,) = (await client.get("/api/workers")).json()["workers"]
     assert (worker["id"], worker["host"], worker["pid"], worker["queues"], worker["concurrency"]) == (
@@ -278,6 +279,7 @@ async def test_workers_lists_live_workers_with_heartbeat_age(
         3,
     )
     assert worker["running"] == 0
+    assert worker["handlers"] == ["bagbot.echo", "emails.send"]
     assert 0 <= worker["heartbeat_age"] < 60
     assert worker["started_at"] > 0 and worker["last_heartbeat"] > 0
     await store.deregister_worker("w-api-1")

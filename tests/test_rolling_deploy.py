@@ -142,7 +142,9 @@ async def test_workers_list_their_handlers(store: RedisJobStore, fleet: Fleet) -
     assert "tests.rolling_new" in by_new[1].handlers and "bagbot.echo" in by_new[1].handlers
 
 
-async def test_a_handlers_max_attempts_applies_to_jobs_that_set_none(store: RedisJobStore, fleet: Fleet) -> None:
+async def test_a_handlers_max_attempts_applies_to_jobs_that_set_none(
+    store: RedisJobStore, fleet: Fleet
+) -> None:
     """@task(max_attempts=5), enqueued without max_attempts by a process that does not import it: five
     runs, and current_job().max_attempts says 5; a job that says 2 gets 2."""
     await fleet.start(NEW, BAGBOT_CONCURRENCY="4")
