@@ -55,6 +55,7 @@ from backend.workers.rules import dumps, new_job_id
 
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
 HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
+PRECISE_WAIT_BELOW = 1.0  # seconds: shorter waits for work end on a local timer (see wait_for_jobs)
 
 A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
@@ -224,14 +225,19 @@ class RedisJobStore(Declarations, JobStore):
         if timeout <= 0 or not queues:
             return
         keys = [self.keys.queue(queue).wake for queue in queues]
+        # BLPOP's own timeout is only as precise as the server's hz (100 ms at the default 10): a short
+        # wait (a job due soon) is ended by a local timer instead, the server's timeout a backstop.
+        local = timeout if timeout < PRECISE_WAIT_BELOW else None
+        block = timeout + 1.0 if local is not None else timeout
         with self._mapped_errors():
-            if not self.cluster or len(keys) == 1:
-                await self.redis.blpop(keys, timeout=timeout)
+            if local is None and (not self.cluster or len(keys) == 1):
+                await self.redis.blpop(keys, timeout=block)
                 return
             # On a cluster the wake lists live in different slots: one BLPOP each, first one wins.
-            waits = [asyncio.ensure_future(self.redis.blpop([key], timeout=timeout)) for key in keys]
+            groups = [[key] for key in keys] if self.cluster else [keys]
+            waits = [asyncio.ensure_future(self.redis.blpop(group, timeout=block)) for group in groups]
             try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, timeout=local, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
