@@ -145,7 +145,6 @@ class Leases:
         self.info.running = len(state.runs)
         reply = await self.store.heartbeat(self.info, self.claims_held(), self.lease)
         stale, vanished = reply.stale, reply.vanished
-        await self.advertise()
         for claim in reply.cancel:
             self.cancel_on_request(claim)
         if vanished:
@@ -159,6 +158,7 @@ class Leases:
         for claim in stale:
             self.drop_stale(claim)
         self._log_progress()
+        await self.advertise()  # last: what the heartbeat learnt is acted on whatever this meets
 
     async def advertise(self) -> None:
         """Say which handlers this worker runs, with their policies (see JobStore.advertise_handlers)."""

@@ -237,11 +237,14 @@ class RedisJobStore(Declarations, JobStore):
             groups = [[key] for key in keys] if self.cluster else [keys]
             waits = [asyncio.ensure_future(self.redis.blpop(group, timeout=block)) for group in groups]
             try:
-                await asyncio.wait(waits, timeout=local, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waits, timeout=local, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
+            for wait in done:  # a store that cannot be reached says so here, not at the next claim
+                if (error := wait.exception()) is not None:
+                    raise error
 
     async def next_wakeup(self, queues: Sequence[str]) -> float | None:
         waits = [await self._call(sc.WAKEUP, self.keys.queue(queue), sa.NoArgs()) for queue in queues]

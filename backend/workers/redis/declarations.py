@@ -15,6 +15,7 @@ from backend.workers.redis import script_args as sa
 from backend.workers.redis import scripts as sc
 from backend.workers.redis.codec import readable_schedules
 from backend.workers.redis.keys import RedisKeys
+from backend.workers.redis.per_queue import FirstFailure
 from backend.workers.rules import dumps
 
 
@@ -42,9 +43,12 @@ class Declarations:
 
     async def advertise_handlers(self, queues: Sequence[str], handlers: Sequence[HandlerPolicy]) -> None:
         items = [sa.AdvertiseItem(h.name, sa.policy_value(h)) for h in handlers]
+        failure = FirstFailure()  # one queue's node down must not stop the others' advertisements
         for queue in queues:
-            await self._note_queue(queue)
-            await self._call(sc.ADVERTISE, self.keys.queue(queue), sa.AdvertiseArgs(items))
+            with failure.step():
+                await self._note_queue(queue)
+                await self._call(sc.ADVERTISE, self.keys.queue(queue), sa.AdvertiseArgs(items))
+        failure.raise_first()
 
     async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:
         if not schedules:
