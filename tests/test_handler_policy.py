@@ -184,3 +184,19 @@ async def test_a_stale_hand_back_changes_nothing(store: JobStore) -> None:
     assert await hand_back(store, Claim("default", job.id, "not-the-token"), grace=30) is None
     assert (await current(store, job)).state is JobState.RUNNING
     assert claimed.attempts == 1
+
+
+async def test_garbage_in_the_advertisements_or_the_job_never_breaks_a_hand_back(store: JobStore) -> None:
+    """An unreadable last-seen time counts as never seen, an unreadable first hand-back time as now:
+    the job is handed back (a fresh grace), never failed early and never left running."""
+    assert isinstance(store, RedisJobStore)
+    keys = store.keys.queue("default")
+    for seen, since in (("yesterday", "nan?"), ("nan", "nan"), ("inf", "-inf"), ("1e300", "1e300")):
+        job = await store.enqueue(JobSpec("t.garbled"))
+        await store.redis.hset(keys.handlers, mapping={"t.garbled": seen})
+        await store.redis.hset(keys.job(job.id), mapping={"uh_since": since})
+        claimed = await claim_soon(store)
+        assert await hand_back(store, claim_of(claimed), grace=30) is JobState.SCHEDULED, (seen, since)
+        back = await current(store, job)
+        assert back.attempts == 0 and not back.unreadable
+        await store.cancel(job.id)

@@ -279,12 +279,12 @@ local function hand_back(id, jobkey, name, err, grace_us, delay_us, now, lkey, e
     release_unique(jobkey, id, ukey)
     return 'cancelled'
   end
-  local since = tonumber(f[2])
+  local since = bounded(f[2], 0, now) -- unreadable (or from the future): counts from now
   if not since then
     since = now
     redis.call('HSET', jobkey, 'uh_since', now)
   end
-  local seen = tonumber(redis.call('HGET', K.handlers, name)) or 0
+  local seen = bounded(redis.call('HGET', K.handlers, name), 0, now) or 0 -- unreadable: never seen
   if now - math.max(seen, since) < grace_us then
     local run_at = now + math.max(0, delay_us)
     leave_running(id, jobkey, 'scheduled', now, lkey, ev, {'worker', '', 'started_at', '', 'run_at', run_at,
