@@ -22,9 +22,7 @@ if limit > 0 then
   local hl = redis.call('HGETALL', K.hlimits)
   local hlimits = {}
   for j = 1, #hl, 2 do hlimits[hl[j]] = tonumber(hl[j + 1]) end
-  local hp = redis.call('HGETALL', K.hpolicy)
-  local hpolicy = {}
-  for j = 1, #hp, 2 do hpolicy[hp[j]] = hp[j + 1] end
+  local hpolicy = {} -- handler name -> its hpolicy entry (false: none), read once per call and name
   local lease_until = now + lease_us
   local n = 0
   for _ = 1, 20 do -- parked jobs make room for more pops; bounded so one call stays short
@@ -88,7 +86,10 @@ if limit > 0 then
           changes[#changes + 1] = 'lkey'
           changes[#changes + 1] = lk or ''
         end
-        for _, v in ipairs(policy_fields(hpolicy[name], ma_def, bo_def)) do changes[#changes + 1] = v end
+        if ma_def == '1' or bo_def == '1' then
+          if hpolicy[name] == nil then hpolicy[name] = redis.call('HGET', K.hpolicy, name) or false end
+          for _, v in ipairs(policy_fields(hpolicy[name] or nil, ma_def, bo_def)) do changes[#changes + 1] = v end
+        end
         redis.call('HSET', jobkey, unpack(changes))
         redis.call('ZADD', K.running, lease_until, id)
         emit(ev, id, 'running')
