@@ -27,6 +27,10 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("redis_bytes_per_queued_job", "Redis memory per queued job (bytes)", "{:,.0f}"),
     ("redis_bytes_per_finished_job", "Redis memory per finished job (bytes)", "{:,.0f}"),
     ("worker_peak_rss_mib", "worker peak RSS (MiB)", "{:.1f}"),
+    ("due_lateness_p50_ms", "delayed job, start after due time p50 (ms)", "{:.1f}"),
+    ("due_lateness_p99_ms", "delayed job, start after due time p99 (ms)", "{:.1f}"),
+    ("retry_lateness_p50_ms", "retry, start after due time p50 (ms)", "{:.1f}"),
+    ("retry_lateness_p99_ms", "retry, start after due time p99 (ms)", "{:.1f}"),
 )
 
 

@@ -86,7 +86,8 @@ def enqueue(
         typer.Option(help="Run no earlier than this ISO 8601 time with its zone, e.g. 2026-12-01T09:00:00Z."),
     ] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first (-1000..1000).")] = 0,
-    max_attempts: Annotated[int, typer.Option(help="Runs before the job is failed.")] = DEFAULT_MAX_ATTEMPTS,
+    max_attempts: Annotated[int | None, typer.Option(
+        help=f"Runs before the job is failed (default: the handler's, else {DEFAULT_MAX_ATTEMPTS}).")] = None,
     timeout: Annotated[
         float | None, typer.Option(help="Seconds a run may take (default: the handler's).")
     ] = None,

@@ -146,7 +146,7 @@ def schedules_table(listed: list[JSONDict]) -> Table:
 def workers_table(listed: list[JSONDict], lease: float) -> Table:
     """Registered workers; a heartbeat older than `lease` is red (its jobs are about to be recovered)."""
     table = Table(box=None, header_style="bold")
-    for column in ("id", "host", "pid", "queues", "running", "heartbeat age", "started"):
+    for column in ("id", "host", "pid", "queues", "running", "heartbeat age", "started", "handlers"):
         table.add_column(column, overflow="fold")
     for info in listed:
         heartbeat_age = float(info.get("heartbeat_age") or 0.0)
@@ -158,6 +158,7 @@ def workers_table(listed: list[JSONDict], lease: float) -> Table:
             f"{info.get('running')}/{info.get('concurrency')}",
             Text(f"{heartbeat_age:.1f}s", style="red" if heartbeat_age > lease else "green"),
             age(info.get("started_at")),
+            ",".join(info.get("handlers") or []),
         )
     return table
 

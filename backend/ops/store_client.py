@@ -45,7 +45,7 @@ class StoreClient(Client):
             delay=body.get("delay"),
             run_at=_run_at(body.get("run_at")),
             priority=int(body.get("priority") or 0),
-            max_attempts=int(body.get("max_attempts") or 3),
+            max_attempts=int(body["max_attempts"]) if body.get("max_attempts") else None,
             timeout=body.get("timeout"),
             unique_key=body.get("unique_key"),
             events=bool(body.get("events")),

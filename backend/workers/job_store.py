@@ -19,6 +19,7 @@ from backend.workers.bulk import BulkFilter, BulkResult
 from backend.workers.models import (
     Claim,
     Completion,
+    HandlerPolicy,
     HeartbeatReply,
     Job,
     JobError,
@@ -216,6 +217,13 @@ class JobStore(ABC):
     @abstractmethod
     async def set_handler_limits(self, queue: str, limits: dict[str, int]) -> None:
         """Declare per-handler concurrency limits on `queue` (name -> at most N running)."""
+
+    @abstractmethod
+    async def advertise_handlers(self, queues: Sequence[str], handlers: Sequence[HandlerPolicy]) -> None:
+        """Say, on the store's clock, that a live worker runs `handlers` on `queues`, with each one's
+        policy for jobs that set none of their own (a job's max_attempts / backoff given at enqueue wins).
+        Workers call it with every heartbeat: a job whose handler its worker lacks is handed back
+        (`Completion.unknown_grace`) until no live worker has advertised that handler for the grace time."""
 
     @abstractmethod
     async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:

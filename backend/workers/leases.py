@@ -16,9 +16,10 @@ from backend.config import Settings
 from backend.workers.handlers import HandlerRegistry
 from backend.workers.job_store import JobStore
 from backend.workers.logfmt import fmt
-from backend.workers.models import Claim, WorkerInfo
+from backend.workers.models import Claim, HandlerPolicy, WorkerInfo
 from backend.workers.outages import OUTAGE_ERRORS, ReconnectBackoff
 from backend.workers.reporting import Reporter
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS
 from backend.workers.worker_state import WorkerState
 
 log = logging.getLogger("bagbot.worker")
@@ -63,6 +64,7 @@ class Leases:
             try:
                 self.info.handlers = self.registry.names()  # tidy keeps the counters of these names
                 await self.store.register_worker(self.info)
+                await self.advertise()
                 break
             except OUTAGE_ERRORS as exc:
                 state.outage.failed("register", exc)
@@ -156,6 +158,13 @@ class Leases:
         for claim in stale:
             self.drop_stale(claim)
         self._log_progress()
+        await self.advertise()  # last: what the heartbeat learnt is acted on whatever this meets
+
+    async def advertise(self) -> None:
+        """Say which handlers this worker runs, with their policies (see JobStore.advertise_handlers)."""
+        policies = [HandlerPolicy(h.name, h.max_attempts or DEFAULT_MAX_ATTEMPTS, h.backoff)
+                    for h in self.registry.handlers()]
+        await self.store.advertise_handlers(self.queues, policies)
 
     def _log_progress(self) -> None:
         """One line per heartbeat with what happened since the last one (nothing when idle)."""

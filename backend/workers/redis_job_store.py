@@ -31,7 +31,6 @@ from backend.workers.models import (
     JobSpec,
     JobState,
     MetricsSnapshot,
-    ScheduleInfo,
     StoreHealth,
     Tidied,
     WorkerInfo,
@@ -43,12 +42,12 @@ from backend.workers.redis.codec import (
     job_from_hash,
     new_job,
     queue_metrics,
-    readable_schedules,
     s_to_us,
     worker_fields,
     worker_from_hash,
 )
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
+from backend.workers.redis.declarations import Declarations
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.operations import QueueOperations
@@ -56,18 +55,19 @@ from backend.workers.redis.per_queue import FirstFailure, extend_each_queue, gro
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
 from backend.workers.redis.tidy import tidy
-from backend.workers.rules import dumps, new_job_id
+from backend.workers.rules import new_job_id
 
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
 HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
+PRECISE_WAIT_BELOW = 1.0  # seconds: shorter waits for work end on a local timer (see wait_for_jobs)
 
 A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
 
 
-class RedisJobStore(QueueOperations, JobStore):
+class RedisJobStore(QueueOperations, Declarations, JobStore):
     """JobStore on one Redis server (or cluster slot per queue). Owns its client. Bulk retry/cancel,
-    purge and pause/resume: redis/operations.py."""
+    purge and pause/resume: redis/operations.py; worker declarations: redis/declarations.py."""
 
     backend = "redis"
 
@@ -159,7 +159,8 @@ class RedisJobStore(QueueOperations, JobStore):
             if any(reply.fresh for reply in replies):
                 await self._note_queue(queue, fresh=True)
             jobs.extend(job_from_hash(reply.existing) if reply.existing is not None
-                        else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us)
+                        else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us,
+                                     reply.max_attempts or item.max_attempts)
                         for (spec, item), reply in zip(chunk, replies, strict=True))
         return jobs
 
@@ -226,18 +227,26 @@ class RedisJobStore(QueueOperations, JobStore):
         if timeout <= 0 or not queues:
             return
         keys = [self.keys.queue(queue).wake for queue in queues]
+        # BLPOP's own timeout is only as precise as the server's hz (100 ms at the default 10): a short
+        # wait (a job due soon) is ended by a local timer instead, the server's timeout a backstop.
+        local = timeout if timeout < PRECISE_WAIT_BELOW else None
+        block = timeout + 1.0 if local is not None else timeout
         with self._mapped_errors():
-            if not self.cluster or len(keys) == 1:
-                await self.redis.blpop(keys, timeout=timeout)
+            if local is None and (not self.cluster or len(keys) == 1):
+                await self.redis.blpop(keys, timeout=block)
                 return
             # On a cluster the wake lists live in different slots: one BLPOP each, first one wins.
-            waits = [asyncio.ensure_future(self.redis.blpop([key], timeout=timeout)) for key in keys]
+            groups = [[key] for key in keys] if self.cluster else [keys]
+            waits = [asyncio.ensure_future(self.redis.blpop(group, timeout=block)) for group in groups]
             try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waits, timeout=local, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
+            for wait in done:  # a store that cannot be reached says so here, not at the next claim
+                if (error := wait.exception()) is not None:
+                    raise error
 
     async def next_wakeup(self, queues: Sequence[str]) -> float | None:
         waits = [await self._call(sc.WAKEUP, self.keys.queue(queue), sa.NoArgs()) for queue in queues]
@@ -274,25 +283,6 @@ class RedisJobStore(QueueOperations, JobStore):
         with self._mapped_errors():
             seconds, micros = await self.redis.time()
         return int(seconds) + int(micros) / 1e6
-
-    async def set_handler_limits(self, queue: str, limits: dict[str, int]) -> None:
-        if not limits:
-            return
-        await self._note_queue(queue)
-        with self._mapped_errors():
-            await self.redis.hset(self.keys.queue(queue).hlimits, mapping=dict(limits))
-
-    async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:
-        if not schedules:
-            return
-        with self._mapped_errors():
-            mapping = {schedule.name: dumps(schedule.to_json()) for schedule in schedules}
-            await self.redis.hset(self.keys.schedules, mapping=mapping)
-
-    async def list_schedules(self) -> list[ScheduleInfo]:
-        with self._mapped_errors():
-            raw = await self.redis.hgetall(self.keys.schedules)
-        return sorted(readable_schedules(raw.values()), key=lambda s: s.name)
 
     def queue_job_events(self, queues: Sequence[str]) -> AsyncGenerator[tuple[str, str, str], None]:
         return self._reads.events({self.keys.queue(queue).events: queue for queue in queues}, self.cluster)

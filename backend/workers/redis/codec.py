@@ -197,8 +197,10 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
     )
 
 
-def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any) -> Job:
-    """The record enqueue.lua just wrote, rebuilt without reading it back."""
+def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any,
+            max_attempts: int) -> Job:
+    """The record enqueue.lua just wrote, rebuilt without reading it back (`max_attempts`: its
+    effective value, the handler's when the spec set none)."""
     return Job(
         id=job_id,
         name=spec.name,
@@ -206,10 +208,10 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         args=spec.args,
         kwargs=spec.kwargs,
         state=JobState(str(state)),
-        max_attempts=spec.max_attempts,
+        max_attempts=max_attempts,
         priority=spec.priority,
         timeout=spec.timeout,
-        backoff=spec.backoff,
+        backoff=spec.backoff or Backoff(),
         run_at=float(run_at_us) / 1e6,
         created_at=float(created_us) / 1e6,
         unique_key=spec.unique_key,

@@ -18,6 +18,9 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:limit:wait:<k> zset   ids parked on key <k> (over its limit); score = ready score
     PREFIX:{queue}:parked        zset    every parked id of the queue; score = ready score
     PREFIX:{queue}:hlimits       hash    handler name -> at most N running (declared by workers)
+    PREFIX:{queue}:hpolicy       hash    handler name -> "max_attempts bo_base bo_cap bo_jitter" ('-': none),
+                                         the policy of jobs that set none of their own (workers advertise it)
+    PREFIX:{queue}:handlers      hash    handler name -> when a live worker last advertised it (µs)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:{queue}:paused        string  exists while the queue is paused: claim.lua claims nothing
     PREFIX:queues                set     queues in use (tidy takes off those with no job and no worker)
@@ -50,6 +53,8 @@ class QueueKeys:
     hlimits: str
     events: str
     paused: str
+    hpolicy: str
+    handlers: str
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -93,4 +98,6 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         hlimits=base + "hlimits",
         events=base + "events",
         paused=base + "paused",
+        hpolicy=base + "hpolicy",
+        handlers=base + "handlers",
     )

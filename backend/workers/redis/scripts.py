@@ -30,6 +30,8 @@ from backend.workers.models import JobState
 from backend.workers.redis.codec import pairs_to_dict
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.script_args import (
+    AdvertiseArgs,
+    AdvertiseItem,
     BulkArgs,
     ClaimArgs,
     ClaimRef,
@@ -84,6 +86,7 @@ class Enqueued:
     state: str = ""  # created: its state and times (µs)
     created_us: float = 0.0
     run_at_us: float = 0.0
+    max_attempts: int = 0  # created: its effective max attempts (0: not said, a server before it did)
     existing: dict[str, str] | None = None  # not created: the existing job's hash
     fresh: bool = False  # the queue had no seq: new, or emptied by tidy (list it again)
 
@@ -108,8 +111,8 @@ class WorkersReply:
 
 
 def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
-    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]), fresh=reply[5:] == [1])
-            if int(reply[0]) == 1
+    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]),
+                     int(reply[5]) if len(reply) > 5 else 0, fresh=reply[6:] == [1]) if int(reply[0]) == 1
             else Enqueued(False, existing=pairs_to_dict(reply[1])) for reply in raw]
 
 
@@ -210,11 +213,11 @@ def prelude(script: Script[Any, Any]) -> str:
 _LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
-                             "wake", "seq"), EnqueueArgs, _enqueued, EnqueueItem)
-CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused"), ClaimArgs,
-               _claimed)
-FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs"), FinishArgs, _finished,
-                FinishItem)
+                             "wake", "seq", "hpolicy"), EnqueueArgs, _enqueued, EnqueueItem)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "hpolicy"),
+               ClaimArgs, _claimed)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "handlers"), FinishArgs,
+                _finished, FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
@@ -241,10 +244,12 @@ UNPARK = Script("unpark", ("job_prefix", "ready", "wake", "limit_prefix", "parke
                 LimitArgs, _count)
 HEARTBEAT = Script("heartbeat", ("registry", "worker_prefix"), HeartbeatArgs, _heartbeat, WorkerField,
                    registry=True)
+ADVERTISE = Script("advertise", ("handlers", "hpolicy"), AdvertiseArgs, _count, AdvertiseItem)
 WORKERS = Script("workers", ("registry", "worker_prefix"), WorkersArgs, _workers, registry=True)
 
 SCRIPTS: dict[str, Script[Any, Any]] = {
     script.name: script
     for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, SETASIDE, PURGE,
-                   TIDY, WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS, CANCEL_MANY, RETRY_MANY, PAUSE)
+                   TIDY, WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS, CANCEL_MANY, RETRY_MANY, PAUSE,
+                   ADVERTISE)
 }

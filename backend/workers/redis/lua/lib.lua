@@ -162,12 +162,22 @@ local function not_numeric(checks)
   return nil
 end
 
+-- The job's max attempts given the handler's (`cap`, nil when none): a job that set its own
+-- (ma_def = '0') keeps it; one that did not (ma_def = '1') takes the handler's; a record written
+-- before ma_def existed (false) keeps the old rule, the lower of the two.
+local function effective_max(max_attempts, cap, ma_def)
+  if not cap or cap < 1 or ma_def == '0' then return max_attempts end
+  if ma_def == '1' then return cap end
+  return math.min(cap, max_attempts)
+end
+
 -- running -> retry_scheduled (attempts left and retryable) or failed: the one retry policy.
 -- delay_us < 0 means "use the backoff": the handler's `bo` when given, else the job's own.
--- cap (optional, >= 1) is the handler's max attempts: the lower of it and the job's wins.
--- outcome nil means retry/failed as it turns out.
+-- cap (optional, >= 1) is the handler's max attempts: see effective_max. A job's own backoff
+-- (bo_def = '0') wins over the handler's `bo`. outcome nil means retry/failed as it turns out.
 local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, r, cap, bo)
-  local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req')
+  local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req',
+    'ma_def', 'bo_def')
   local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
   local bad, value = not_numeric({{'attempts', f[2]}, {'max_attempts', f[3]}})
   if not name or name == '' then bad, value = 'name', '' end
@@ -175,7 +185,8 @@ local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, 
     set_aside(id, jobkey, 'running', now, corrupt_error(bad or 'attempts', value or ''), f[4], f[5])
     return CODE.CORRUPT
   end
-  if cap and cap >= 1 and cap < max_attempts then max_attempts = cap end
+  max_attempts = effective_max(max_attempts, cap, f[7])
+  if f[8] == '0' then bo = nil end
   if retryable and attempts < max_attempts then
     if delay_us < 0 then delay_us = backoff_us(jobkey, attempts, r, bo) end
     local run_at = now + delay_us
@@ -250,7 +261,7 @@ local function retry_job(id)
   end
   local now = now_us()
   redis.call('HSET', jobkey, 'state', 'enqueued', 'attempts', 0, 'finished_at', '', 'run_at', now,
-    'token', '', 'lease_until', '', 'state_at', now, 'cancel_req', '')
+    'token', '', 'lease_until', '', 'state_at', now, 'cancel_req', '', 'uh_since', '')
   push_ready(jobkey, id)
   if key and key ~= '' then redis.call('HSET', K.unique, key, id) end
   move_state(id, state, 'enqueued', now)
@@ -323,4 +334,62 @@ local function purge_expired(cutoff, limit, only)
     end
   end
   return purged
+end
+
+-- A number a policy may hold: finite and within bounds (a hand-written hpolicy entry is not trusted).
+local function bounded(v, low, high)
+  local x = tonumber(v)
+  if x and x == x and x >= low and x <= high then return x end
+  return nil
+end
+
+-- A handler's policy as the hpolicy hash holds it ("max_attempts bo_base bo_cap bo_jitter", '-' = no
+-- backoff) -> the field, value pairs that make it the job's for what the job did not set itself
+-- (ma_def / bo_def = '1'). Empty when there is no policy, or nothing of it applies or can be read.
+local function policy_fields(policy, ma_def, bo_def)
+  local out = {}
+  if not policy then return out end
+  local p = {}
+  for v in string.gmatch(policy, '%S+') do p[#p + 1] = v end
+  local ma = bounded(p[1], 1, 1000000)
+  if ma_def == '1' and ma then
+    out[1], out[2] = 'max_attempts', string.format('%d', math.floor(ma))
+  end
+  local base, cap, jitter = bounded(p[2], 0, 1e9), bounded(p[3], 0, 1e9), bounded(p[4], 0, 1)
+  if bo_def == '1' and base and cap and jitter then
+    for _, v in ipairs({'bo_base', p[2], 'bo_cap', p[3], 'bo_jitter', p[4]}) do out[#out + 1] = v end
+  end
+  return out
+end
+
+-- A worker without the job's handler hands it back (finish, ok = 3): running -> scheduled at
+-- now + delay_us, the attempt not counted, while a live worker advertised the handler less than
+-- grace_us ago (hash K.handlers) or the job was first handed back less than grace_us ago (a handler
+-- still being deployed); after that, running -> failed with `err` (UnknownHandler). A job with a
+-- cancel request is cancelled. Returns the new state.
+local function hand_back(id, jobkey, name, err, grace_us, delay_us, now, lkey, ev, ukey)
+  local f = redis.call('HMGET', jobkey, 'attempts', 'uh_since', 'cancel_req')
+  if f[3] == '1' then
+    leave_running(id, jobkey, 'cancelled', now, lkey, ev, {'finished_at', now})
+    release_unique(jobkey, id, ukey)
+    return 'cancelled'
+  end
+  local since = bounded(f[2], 0, now) -- unreadable (or from the future): counts from now
+  if not since then
+    since = now
+    redis.call('HSET', jobkey, 'uh_since', now)
+  end
+  local seen = bounded(redis.call('HGET', K.handlers, name), 0, now) or 0 -- unreadable: never seen
+  if now - math.max(seen, since) < grace_us then
+    local run_at = now + math.max(0, delay_us)
+    leave_running(id, jobkey, 'scheduled', now, lkey, ev, {'worker', '', 'started_at', '', 'run_at', run_at,
+      'attempts', math.max(0, (tonumber(f[1]) or 1) - 1)})
+    redis.call('ZADD', K.waiting, run_at, id)
+    wake_one()
+    return 'scheduled'
+  end
+  leave_running(id, jobkey, 'failed', now, lkey, ev, {'finished_at', now, 'last_error', err})
+  stat('run|' .. name .. '|failed', 1)
+  release_unique(jobkey, id, ukey)
+  return 'failed'
 end
