@@ -24,6 +24,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("commands_per_job_batched", "Redis commands per job, batched", "{:.2f}"),
     ("script_commands_per_job", "  incl. commands inside scripts", "{:.1f}"),
     ("redis_cpu_us_per_job", "Redis CPU per job (µs)", "{:.1f}"),
+    ("floor_redis_cpu_us_per_job", "  floor: minimal lifecycle, same server (µs)", "{:.1f}"),
+    ("redis_cpu_vs_floor", "  ours / floor (target ≤ 2×)", "{:.2f}×"),
     ("redis_bytes_per_queued_job", "Redis memory per queued job (bytes)", "{:,.0f}"),
     ("redis_bytes_per_finished_job", "Redis memory per finished job (bytes)", "{:,.0f}"),
     ("worker_peak_rss_mib", "worker peak RSS (MiB)", "{:.1f}"),
