@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -66,6 +67,13 @@ def register(app: typer.Typer) -> None:
         latency_rate: Annotated[float, typer.Option("--latency-rate", min=1, help="Jobs/s.")] = 200.0,
         queues: Annotated[int, typer.Option("--queues", min=1, help="Spread jobs over N queues.")] = 1,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+        compare_bullmq: Annotated[bool, typer.Option(
+            "--compare-bullmq", help="Alternate with BullMQ's scripts on a private redis-server.")] = False,
+        pairs: Annotated[int, typer.Option("--pairs", min=1, help="--compare-bullmq: runs of each.")] = 3,
+        bullmq_dir: Annotated[Path | None, typer.Option(
+            "--bullmq-dir", help="BullMQ's bench.mjs, mem.mjs. Default: ../shared/bench/bullmq.")] = None,
+        bullmq_node_modules: Annotated[Path | None, typer.Option(
+            "--bullmq-node-modules", help="Holds bullmq. Default: npm installs into .cache/.")] = None,
     ) -> None:
         """Measure enqueue and drain rates, start latency, Redis commands, CPU and memory per job."""
         if store not in ("redis", "memory"):
@@ -73,6 +81,11 @@ def register(app: typer.Typer) -> None:
         url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         opts = BenchOptions(jobs=jobs, workers=workers, concurrency=concurrency, store=store, redis_url=url,
                             latency_jobs=latency_jobs, latency_rate=latency_rate, queues=queues)
+        if compare_bullmq:
+            from backend.ops.bench_cli_compare import compare_command
+
+            compare_command(opts, pairs, bullmq_dir, bullmq_node_modules, json_out)
+            return
         result = run_bench(opts, quiet=json_out)
         if json_out:
             typer.echo(json.dumps(result.to_json(), indent=2))
