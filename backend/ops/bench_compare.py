@@ -131,6 +131,6 @@ def print_comparison(comparison: Comparison) -> None:
     console = Console()
     console.print(table)
     console.print("[dim]ratio = bagbot / BullMQ, the median of each pair's ratio; enqueue 1 at a time: 100 "
-                  "in flight; batched: BullMQ's addBulk; start latency: an idle worker. Redis CPU: bagbot's counts the batched "
-                  "enqueue + drain, BullMQ's (bench.mjs) the one-at-a-time enqueue + drain; the floor is "
+                  "in flight; batched: BullMQ's addBulk; start latency: an idle worker. Redis CPU: bagbot's "
+                  "counts the batched enqueue + drain, BullMQ's (bench.mjs) the one-at-a-time enqueue + drain; the floor is "
                   "measured in bagbot's run. BullMQ memory from mem.mjs (addBulk, then drain).[/dim]")
