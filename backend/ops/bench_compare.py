@@ -132,5 +132,6 @@ def print_comparison(comparison: Comparison) -> None:
     console.print(table)
     console.print("[dim]ratio = bagbot / BullMQ, the median of each pair's ratio; enqueue 1 at a time: 100 "
                   "in flight; batched: BullMQ's addBulk; start latency: an idle worker. Redis CPU: bagbot's "
-                  "counts the batched enqueue + drain, BullMQ's (bench.mjs) the one-at-a-time enqueue + drain; the floor is "
-                  "measured in bagbot's run. BullMQ memory from mem.mjs (addBulk, then drain).[/dim]")
+                  "counts the batched enqueue + drain, BullMQ's (bench.mjs) the one-at-a-time enqueue + "
+                  "drain; the floor is measured in bagbot's run. BullMQ memory: mem.mjs (addBulk, then "
+                  "drain).[/dim]")
