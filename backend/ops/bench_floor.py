@@ -55,7 +55,7 @@ return out
 """
 
 # KEYS[1] job key prefix  KEYS[2] running  KEYS[3] done.  ARGV: id, token pairs.
-# Returns the number finished (a stale token finishes nothing).
+# Returns the number finished (a stale token, or a repeated finish, finishes nothing).
 FINISH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -63,7 +63,7 @@ local n = 0
 for i = 1, #ARGV, 2 do
   local id, key = ARGV[i], KEYS[1] .. ARGV[i]
   if redis.call('HGET', key, 'token') == ARGV[i + 1] then
-    redis.call('HSET', key, 'state', 'done', 'finished_at', now)
+    redis.call('HSET', key, 'state', 'done', 'token', '', 'finished_at', now)  -- a repeat finishes nothing
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZADD', KEYS[3], now, id)
     n = n + 1
