@@ -100,6 +100,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def schedstat(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one), summed over the process's threads."""
+    run = wait = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        on_cpu, queued, _ = (task / "schedstat").read_text().split()
+        run, wait = run + int(on_cpu) / 1e9, wait + int(queued) / 1e9
+    return run, wait
+
+
 def attach_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
     """py-spy on the running worker (after its imports, so start-up is not in the profile)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -126,11 +135,18 @@ async def profile(url: str, jobs: int, py_spy: str | None) -> None:
             spy = attach_py_spy(worker.pid, py_spy)
         while not await store.list_workers():
             await asyncio.sleep(0.01)
+        redis_pid = int((await admin.info("server"))["process_id"])
+        sched = [schedstat(worker.pid), schedstat(redis_pid)]
         worker_cpu, started = cpu_seconds(worker.pid), time.monotonic()
         while (await store.counts()).get("bench", {}).get(JobState.DONE.value, 0) < jobs:
             await asyncio.sleep(0.05)
         drained = await stats(admin)
         worker_cpu, elapsed = cpu_seconds(worker.pid) - worker_cpu, time.monotonic() - started
+        for name, pid, (run0, wait0) in (("worker", worker.pid, sched[0]), ("redis", redis_pid, sched[1])):
+            run, wait = schedstat(pid)
+            run, wait = (run - run0) / elapsed, (wait - wait0) / elapsed
+            print(f"{name}: on a CPU {100 * run:.0f}%, runnable but waiting for a CPU {100 * wait:.0f}%, "
+                  f"idle {100 * (1 - run - wait):.0f}% of the drain")
         print(f"worker CPU during the drain (after it registered): {worker_cpu * 1e6 / jobs:.0f} µs/job; "
               f"{jobs / elapsed:,.0f} jobs/s wall clock{' under py-spy' if py_spy else ''}")
     finally:
