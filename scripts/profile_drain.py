@@ -126,6 +126,7 @@ async def profile(url: str, jobs: int, py_spy: str | None) -> None:
                                   for _ in range(min(500, jobs - offset))])
     queued = await stats(admin)
     await memory(admin, prefix, jobs, "after the enqueue")
+    drain_start = await stats(admin)  # the memory survey's own commands are in neither phase
     worker = start_worker(url, prefix)
     spy = None
     try:
@@ -158,7 +159,8 @@ async def profile(url: str, jobs: int, py_spy: str | None) -> None:
     await memory(admin, prefix, jobs, "after the drain")
     await store.close()
     report("enqueue (enqueue_many, 500 per call)", start, queued, jobs)
-    report("drain (one worker, concurrency 100; includes heartbeats and idle waits)", queued, drained, jobs)
+    report("drain (one worker, concurrency 100; includes heartbeats and idle waits)", drain_start, drained,
+           jobs)
     floor = Floor(admin, f"floor-{uuid.uuid4().hex[:8]}", "bench")
     await floor.load()
     before = await stats(admin)
