@@ -167,7 +167,41 @@ async def profile(url: str, jobs: int, py_spy: str | None) -> None:
     await floor.cycle(jobs)
     report("floor (enqueue + claim + finish, 100 per call)", before, await stats(admin), jobs)
     await memory(admin, floor.job_prefix.split(":")[0], jobs, "of the floor, all done")
+    await lua_costs(admin)
     await admin.aclose()
+
+
+# What reading a job's hash into Lua costs, 100 jobs per call, as `claim.lua` and `finish.lua` do it.
+SAMPLE_JOB = ["id", "0" * 32, "name", "bagbot.noop", "queue", "bench", "args", "[]", "kwargs", "{}",
+              "state", "enqueued", "attempts", "0", "max_attempts", "3", "priority", "0", "timeout", "",
+              "bo_base", "1", "bo_cap", "300", "bo_jitter", "0.25", "run_at", "",
+              "created_at", "1765000000000000", "seq", "1", "unique_key", ""]
+LUA_VARIANTS = {
+    "empty per-job loop": "for _, id in ipairs(ARGV) do local k = KEYS[1] .. id end return 1",
+    "HMGET 4 fields": "for _, id in ipairs(ARGV) do redis.call('HMGET', KEYS[1] .. id, 'name', 'state', "
+                      "'attempts', 'token') end return 1",
+    "HGETALL (18 fields)": "for _, id in ipairs(ARGV) do redis.call('HGETALL', KEYS[1] .. id) end return 1",
+    "HGETALL + returned": "local out = {} for _, id in ipairs(ARGV) do out[#out + 1] = "
+                          "redis.call('HGETALL', KEYS[1] .. id) end return out",
+}
+
+
+async def lua_costs(client: Redis) -> None:
+    prefix = f"luacost-{uuid.uuid4().hex[:8]}:{{q}}:job:"
+    ids = [f"{i:032d}" for i in range(100)]
+    for job_id in ids:
+        await client.hset(prefix + job_id, mapping=dict(zip(SAMPLE_JOB[::2], SAMPLE_JOB[1::2], strict=True)))
+    print("\n-- Lua micro-costs (Redis CPU µs per job, 100 jobs per call, best of 3 x 30,000) --")
+    for name, body in LUA_VARIANTS.items():
+        sha = await client.script_load(body)
+        best = []
+        for _ in range(3):
+            before = (await stats(client))[1]
+            for _ in range(300):
+                await client.evalsha(sha, 1, prefix, *ids)
+            best.append(((await stats(client))[1] - before) * 1e6 / 30_000)
+        print(f"{name:<40}{min(best):>8.2f}")
+    await client.delete(*[prefix + job_id for job_id in ids])
 
 
 def top_functions(path: str, count: int = 25) -> None:
