@@ -126,12 +126,12 @@ def print_comparison(comparison: Comparison) -> None:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row, line in zip(ROWS, comparison.rows, strict=True):
         theirs = "" if line["bullmq"] is None else row.fmt.format(line["bullmq"])
-        ratio = "" if line["ratio"] is None else f"{line['ratio']:.2f}×"
+        ratio = "" if line["ratio"] is None else f"{line['ratio']:.3g}×"  # 0.998 is not "1.00"
         met = {True: "met", False: "NOT met", None: ""}[line["met"]]
         if row.kind == "max" or not line["ratios"]:  # each pair's figure the target is judged on
             each = " ".join(row.fmt.format(value) for value in line["values"])
         else:
-            each = " ".join(f"{r:.2f}×" for r in line["ratios"])
+            each = " ".join(f"{r:.3g}×" for r in line["ratios"])
         table.add_row(row.label, row.fmt.format(line["bagbot"]), theirs, ratio, each, line["target"], met)
     console = Console(width=max(Console().width, 100))
     console.print(table)
