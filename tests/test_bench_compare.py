@@ -22,6 +22,7 @@ from backend.ops.bench_bullmq import DEFAULT_CACHE, DEFAULT_SCRIPTS
 from backend.ops.bench_compare import ROWS, Comparison
 from backend.ops.bench_floor import Floor, floor_cpu_us_per_job
 from backend.ops.redis_info import RedisInfo
+from tests.conftest import delete_cluster_prefix
 from tests.redis_server import delete_prefix
 from tests.worker_procs import ROOT
 
@@ -75,6 +76,17 @@ async def test_floor_cpu_is_measured_over_a_whole_cycle(redis_url: str, prefix: 
         await delete_prefix(redis_url, prefix)
 
 
+@pytest.mark.redis_only
+async def test_the_floor_runs_on_a_cluster(redis_cluster_url: str, prefix: str) -> None:
+    info = await RedisInfo.connect(redis_cluster_url)  # sums INFO cpu over every master
+    try:
+        assert len(info.nodes) > 1
+        assert await floor_cpu_us_per_job(info, redis_cluster_url, prefix, "bench", 250) > 0
+    finally:
+        await info.close()
+        await delete_cluster_prefix(redis_cluster_url, prefix)
+
+
 def test_comparison_judges_each_target_on_the_median_of_the_pairs_ratios() -> None:
     def pair(drain: float, theirs_drain: float, p99: float) -> dict[str, dict[str, float]]:
         ours = {row.ours: 1.0 for row in ROWS} | {"drain_jobs_per_s": drain, "latency_p99_ms": p99}
@@ -125,6 +137,26 @@ def test_compare_bullmq_without_node_says_so(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))  # nothing on PATH: no node (python runs by full path)
     done = bagbot("--compare-bullmq", "--bullmq-dir", str(tmp_path), env=env)
     assert done.returncode == 2 and "node is not on PATH" in done.stderr, done.stderr
+
+
+def test_compare_bullmq_refuses_more_than_one_worker(tmp_path: Path) -> None:
+    done = bagbot("--compare-bullmq", "--workers", "2", "--bullmq-dir", str(tmp_path))
+    assert done.returncode == 2 and "one worker process" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_a_failing_bullmq_script_ends_the_comparison_with_its_error(tmp_path: Path) -> None:
+    if shutil.which("node") is None or shutil.which("redis-server") is None:
+        pytest.skip("needs node and redis-server")
+    (tmp_path / "bench.mjs").write_text("console.error('no bullmq here'); process.exit(3);\n")
+    (tmp_path / "mem.mjs").write_text("")
+    package = tmp_path / "node_modules" / "bullmq"
+    package.mkdir(parents=True)
+    (package / "package.json").write_text('{"name": "bullmq", "version": "0.0.0-fake"}')
+    done = bagbot("--compare-bullmq", "--pairs", "1", "--jobs", "50", "--latency-jobs", "5",
+                  "--bullmq-dir", str(tmp_path), "--bullmq-node-modules", str(tmp_path / "node_modules"))
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "node bench.mjs failed (3): no bullmq here" in done.stderr, done.stderr[-3000:]
 
 
 def _bullmq_paths() -> tuple[Path, Path] | None:

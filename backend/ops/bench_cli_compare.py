@@ -14,9 +14,13 @@ from backend.ops.bench_run import BenchOptions
 
 def compare_command(opts: BenchOptions, pairs: int, scripts: Path | None, node_modules: Path | None,
                     json_out: bool) -> None:
-    """Exit 2 with the reason when node, bullmq or the scripts are missing (nothing is measured then)."""
+    """Exit 2 with the reason when node, bullmq or the scripts are missing (nothing is measured then),
+    1 when a BullMQ script fails."""
     if opts.store != "redis":
         raise typer.BadParameter("--compare-bullmq measures the redis store")
+    if opts.workers != 1 or opts.queues != 1:
+        raise typer.BadParameter("--compare-bullmq compares one worker process on one queue, as BullMQ's "
+                                 "scripts run")
     try:
         bullmq = find_bullmq(scripts, node_modules)
     except BullmqUnavailable as exc:
@@ -26,7 +30,11 @@ def compare_command(opts: BenchOptions, pairs: int, scripts: Path | None, node_m
     def say(line: str) -> None:
         typer.echo(line, err=True)
 
-    comparison = run_compare(opts, bullmq, pairs, say=None if json_out else say)
+    try:
+        comparison = run_compare(opts, bullmq, pairs, say=None if json_out else say)
+    except RuntimeError as exc:  # a BullMQ script failed, or no redis-server to run them on
+        typer.echo(f"bagbot bench --compare-bullmq: {exc}", err=True)
+        raise typer.Exit(1) from None
     if json_out:
         typer.echo(json.dumps(comparison.to_json(), indent=2))
     else:
