@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,6 +25,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("commands_per_job_batched", "Redis commands per job, batched", "{:.2f}"),
     ("script_commands_per_job", "  incl. commands inside scripts", "{:.1f}"),
     ("redis_cpu_us_per_job", "Redis CPU per job (µs)", "{:.1f}"),
+    ("floor_redis_cpu_us_per_job", "  floor: minimal lifecycle, same server (µs)", "{:.1f}"),
+    ("redis_cpu_vs_floor", "  ours / floor (target ≤ 2×)", "{:.2f}×"),
     ("redis_bytes_per_queued_job", "Redis memory per queued job (bytes)", "{:,.0f}"),
     ("redis_bytes_per_finished_job", "Redis memory per finished job (bytes)", "{:,.0f}"),
     ("worker_peak_rss_mib", "worker peak RSS (MiB)", "{:.1f}"),
@@ -72,6 +75,13 @@ def register(app: typer.Typer) -> None:
             "--soak", min=1, help="Instead: drain for this many seconds, sampling Redis memory.")] = None,
         retention: Annotated[float, typer.Option("--retention", min=0.001, help="--soak: the workers'"
                              " BAGBOT_RETENTION_SECONDS.")] = 5.0,
+        compare_bullmq: Annotated[bool, typer.Option(
+            "--compare-bullmq", help="Alternate with BullMQ's scripts on a private redis-server.")] = False,
+        pairs: Annotated[int, typer.Option("--pairs", min=1, help="--compare-bullmq: runs of each.")] = 3,
+        bullmq_dir: Annotated[Path | None, typer.Option(
+            "--bullmq-dir", help="BullMQ's bench.mjs, mem.mjs. Default: ../shared/bench/bullmq.")] = None,
+        bullmq_node_modules: Annotated[Path | None, typer.Option(
+            "--bullmq-node-modules", help="Holds bullmq. Default: npm installs into .cache/.")] = None,
     ) -> None:
         """Measure enqueue and drain rates, start latency, Redis commands, CPU and memory per job."""
         if store not in ("redis", "memory"):
@@ -84,6 +94,11 @@ def register(app: typer.Typer) -> None:
             return
         opts = BenchOptions(jobs=jobs, workers=workers, concurrency=concurrency, store=store, redis_url=url,
                             latency_jobs=latency_jobs, latency_rate=latency_rate, queues=queues)
+        if compare_bullmq:
+            from backend.ops.bench_cli_compare import compare_command
+
+            compare_command(opts, pairs, bullmq_dir, bullmq_node_modules, json_out)
+            return
         result = run_bench(opts, quiet=json_out)
         if json_out:
             typer.echo(json.dumps(result.to_json(), indent=2))

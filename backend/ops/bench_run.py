@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from backend.config import Settings, redact_url
 from backend.ops.bench_due import measure_due_lateness, percentile
+from backend.ops.bench_floor import floor_cpu_us_per_job
 from backend.ops.redis_info import TOP_LEVEL_COMMANDS, RedisInfo, commands_delta
 from backend.workers.job_store import JobStore
 from backend.workers.models import JobSpec, JobState
@@ -72,6 +73,8 @@ class BenchResult:
     commands_per_job_batched: float = 0.0
     script_commands_per_job: float = 0.0
     redis_cpu_us_per_job: float = 0.0
+    floor_redis_cpu_us_per_job: float = 0.0
+    redis_cpu_vs_floor: float = 0.0
     redis_bytes_per_queued_job: float = 0.0
     redis_bytes_per_finished_job: float = 0.0
     worker_peak_rss_mib: float = 0.0
@@ -248,9 +251,12 @@ async def run_redis_bench(opts: BenchOptions, progress: Progress) -> BenchResult
     queues = queue_names(opts.queues)
     prefixes: list[str] = []
 
+    def new_prefix() -> str:
+        prefixes.append(f"bagbot-bench-{uuid.uuid4().hex[:8]}")
+        return prefixes[-1]
+
     def fresh_store() -> tuple[RedisJobStore, str]:
-        prefix = f"bagbot-bench-{uuid.uuid4().hex[:8]}"
-        prefixes.append(prefix)
+        prefix = new_prefix()
         return RedisJobStore.from_url(opts.redis_url, prefix=prefix), prefix
 
     try:
@@ -286,6 +292,10 @@ async def run_redis_bench(opts: BenchOptions, progress: Progress) -> BenchResult
         result.commands_per_job_single = (single_top + worker_top) / opts.jobs
         result.drain_jobs_per_s = await _drain_rate(store, opts.jobs)
         await store.close()
+        # the floor (bench_floor.py) on the same server, its keys purged like the others
+        result.floor_redis_cpu_us_per_job = await floor_cpu_us_per_job(info, opts.redis_url, new_prefix(),
+                                                                       queues[0], opts.jobs)
+        result.redis_cpu_vs_floor = result.redis_cpu_us_per_job / result.floor_redis_cpu_us_per_job
 
         # 3. start latency on an idle worker at a steady rate.
         store, prefix = fresh_store()
