@@ -18,6 +18,7 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:limit:wait:<k> zset   ids parked on key <k> (over its limit); score = ready score
     PREFIX:{queue}:parked        zset    every parked id of the queue; score = ready score
     PREFIX:{queue}:hlimits       hash    handler name -> at most N running (declared by workers)
+    PREFIX:{queue}:history       hash    runs, failed runs, duration buckets per minute (lua flush_history)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:queues                set     every queue name ever used
     PREFIX:epoch                 string  a random marker of this data set (see reset.py)
@@ -48,6 +49,7 @@ class QueueKeys:
     parked: str
     hlimits: str
     events: str
+    history: str
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -90,4 +92,5 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         parked=base + "parked",
         hlimits=base + "hlimits",
         events=base + "events",
+        history=base + "history",
     )

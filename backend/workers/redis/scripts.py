@@ -8,7 +8,8 @@ Arguments are NamedTuples of wire values, in `script_args.py`.
 
 Each script's source is a generated prelude, then `lib.lua` (per-queue scripts), then its file. The
 prelude holds what Python and Lua share, written once here or in `rules.py`: `K` (the script's keys
-by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY and the codes (`CODE`).
+by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY, ERROR_HISTORY,
+ERROR_MAX_BYTES, HISTORY_MINUTES and the codes (`CODE`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,14 @@ from backend.workers.redis.script_args import (
     WorkerField,
     WorkersArgs,
 )
-from backend.workers.rules import DURATION_BUCKETS, MAX_PRIORITY, PRIORITY_SPAN
+from backend.workers.rules import (
+    DURATION_BUCKETS,
+    ERROR_HISTORY,
+    ERROR_MAX_BYTES,
+    HISTORY_MINUTES,
+    MAX_PRIORITY,
+    PRIORITY_SPAN,
+)
 
 
 class Code(StrEnum):
@@ -191,6 +199,8 @@ def prelude(script: Script[Any, Any]) -> str:
         f"local BUCKETS = {{{', '.join(repr(float(b)) for b in DURATION_BUCKETS)}}}",
         f"local PRIORITY_SPAN = {PRIORITY_SPAN}",
         f"local MAX_PRIORITY = {MAX_PRIORITY}",
+        f"local ERROR_HISTORY, ERROR_MAX_BYTES = {ERROR_HISTORY}, {ERROR_MAX_BYTES}",
+        f"local HISTORY_MINUTES = {HISTORY_MINUTES}",
         f"local CODE = {{{codes}}}",
         "",
     ])
@@ -200,21 +210,24 @@ def prelude(script: Script[Any, Any]) -> str:
 _LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
-                             "wake", "seq"), EnqueueArgs, _enqueued, EnqueueItem)
-CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events"), ClaimArgs, _claimed)
-FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events"), FinishArgs, _finished, FinishItem)
+                             "wake", "seq", "history"), EnqueueArgs, _enqueued, EnqueueItem)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "history"), ClaimArgs,
+               _claimed)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "history"), FinishArgs, _finished,
+                FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
 RECOVER = Script("recover", ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique",
-                             "stats", "wake", "limit_prefix", "parked", "events"), RecoverArgs, _count)
+                             "stats", "wake", "limit_prefix", "parked", "events", "history"),
+                 RecoverArgs, _count)
 PROMOTE = Script("promote", ("job_prefix", "ready", "waiting", "state_prefix", "wake", "seq"),
                  LimitArgs, _count)
 CANCEL = Script("cancel", ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix",
                            "parked", "events"), JobArgs, _job_hash("cancel"))
 RETRY = Script("retry", ("job_prefix", "ready", "state_prefix", "unique", "wake", "seq"), JobArgs,
                _job_hash("retry"))
-SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events"), SetAsideArgs, _flag)
+SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events", "history"), SetAsideArgs, _flag)
 PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs"), PurgeArgs, _count)
 WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)
 PROGRESS = Script("progress", ("job_prefix", "events"), ProgressArgs, _flag)

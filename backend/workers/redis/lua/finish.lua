@@ -3,7 +3,7 @@
 -- cancelled (ok = 2, the worker stopped the handler on a cancel request): running -> cancelled.
 -- KEYS (scripts.FINISH; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
---    KEYS[8] wake  KEYS[9] limit_prefix  KEYS[10] parked  KEYS[11] events
+--    KEYS[8] wake  KEYS[9] limit_prefix  KEYS[10] parked  KEYS[11] events  KEYS[12] history
 -- ARGV[1] random seed  ARGV[2] n  ARGV[3..] n records of WIDTH fields (scripts.FinishItem):
 --   job_id, token, ok (1|0|2), payload (result json | error json), duration s,
 --   policy ('' unless ok = 0; else "retryable delay_us max_attempts bo_base bo_cap bo_jitter",
