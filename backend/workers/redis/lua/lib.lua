@@ -23,10 +23,11 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- The history hash keeps minutes [min, min + HISTORY_MINUTES - 1] at most (field "min"): a sample
--- stamped before "min" (the server clock went back) counts in minute "min". Moving the window
--- deletes the fields of the minutes it leaves, so the hash never holds more than HISTORY_MINUTES
--- minutes of fields. A "min" that is not a plain minute number (a hand edit) starts afresh.
+-- The history hash holds minutes from "min" on: a sample stamped before "min" (the server clock
+-- went back) counts in minute "min". When the window moves, the minutes it leaves are deleted, at
+-- most HISTORY_MINUTES of them per call (so a call stays short however long the queue was idle),
+-- so the hash holds HISTORY_MINUTES minutes of fields (18 each) plus what a few calls still have
+-- to delete. A "min" that is not a plain minute number (a hand edit) starts afresh.
 local function trim_history(minute)
   local oldest = tonumber(redis.call('HGET', K.history, 'min'))
   if not oldest or oldest ~= math.floor(oldest) or oldest < 0 or oldest > 2 ^ 40 then oldest = minute end
@@ -39,7 +40,8 @@ local function trim_history(minute)
       for slot = 1, #BUCKETS + 1 do fields[#fields + 1] = m .. '|d' .. slot end
       redis.call('HDEL', K.history, unpack(fields))
     end
-    oldest = cutoff
+    oldest = math.min(cutoff, oldest + HISTORY_MINUTES)
+    if redis.call('HLEN', K.history) <= 1 then oldest = cutoff end -- only "min" is left: skip ahead
   end
   redis.call('HSET', K.history, 'min', string.format('%d', oldest))
   return minute
