@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/queues", tags=["queues"])
 
 class MinuteOut(BaseModel):
     at: float = Field(description="the minute's start, epoch seconds on the store's clock")
-    processed: int = Field(description="runs that ended in that minute (done, retried, failed, lease expired)")
+    processed: int = Field(description="runs that ended that minute (done, retried, failed, lease expired)")
     failed: int = Field(description="of those, the runs that raised or whose lease expired")
     mean: float | None = Field(description="mean run duration, seconds; null when nothing ran")
     p50: float | None
