@@ -141,6 +141,12 @@ class QueueOut(BaseModel):
     name: str
     counts: dict[str, int] = Field(description="state -> number of jobs, every state present")
     total: int
+    paused: bool = Field(False, description="no worker claims from it until it is resumed")
+
+
+class PauseOut(BaseModel):
+    queue: str
+    paused: bool
 
 
 class QueuesOut(BaseModel):

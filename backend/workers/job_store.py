@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Protocol
 
+from backend.workers.bulk import BulkFilter, BulkResult
 from backend.workers.history import MinuteStats
 from backend.workers.models import (
     Claim,
@@ -271,8 +272,34 @@ class JobStore(ABC):
         Raises JobNotFoundError or IllegalTransitionError."""
 
     @abstractmethod
-    async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000) -> int:
-        """Delete terminal jobs that finished more than `older_than` seconds ago."""
+    async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000,
+                    state: JobState | None = None) -> int:
+        """Delete terminal jobs (only those in `state`, one of them, when given) that finished more
+        than `older_than` seconds ago, at most `limit` in all. Returns how many."""
+
+    @abstractmethod
+    async def retry_many(self, selection: BulkFilter) -> BulkResult:
+        """`retry` each job `selection` matches (at most its limit), each by the same atomic step as
+        `retry`: a matched job whose state does not allow it is left as it is (matched, not moved).
+        Raises InvalidJobError for a filter that makes no sense (see bulk.py)."""
+
+    @abstractmethod
+    async def cancel_many(self, selection: BulkFilter) -> BulkResult:
+        """`cancel` each job `selection` matches, as `retry_many` does for `retry`. A running job
+        (selected by id or by state=running) gets a cancel request, as with `cancel`."""
+
+    @abstractmethod
+    async def pause_queue(self, queue: str) -> None:
+        """Stop every worker claiming from `queue` at its next claim (running jobs finish, enqueues
+        are accepted, due jobs are still promoted and expired leases recovered)."""
+
+    @abstractmethod
+    async def resume_queue(self, queue: str) -> None:
+        """Undo `pause_queue`; a worker waiting on the queue is woken at once."""
+
+    @abstractmethod
+    async def paused_queues(self) -> set[str]:
+        """The known queues that are paused now."""
 
     # -- worker registry -------------------------------------------------------
 

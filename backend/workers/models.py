@@ -334,6 +334,7 @@ class MetricsSnapshot:
     counts: dict[str, dict[str, int]]  # queue -> state -> jobs
     heartbeat_ages: dict[str, float]  # worker id -> seconds since its last heartbeat
     unreadable: int = 0  # stored values this snapshot skipped because they could not be read
+    paused: set[str] = field(default_factory=set)  # queues paused now (bagbot_queue_paused)
 
 
 @dataclass(slots=True)

@@ -50,6 +50,7 @@ from backend.workers.redis.codec import (
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
+from backend.workers.redis.operations import QueueOperations
 from backend.workers.redis.per_queue import FirstFailure, group_claims, refs, tried_twice
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
@@ -62,8 +63,9 @@ A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
 
 
-class RedisJobStore(JobStore):
-    """JobStore on one Redis server (or cluster slot per queue). Owns its client."""
+class RedisJobStore(QueueOperations, JobStore):
+    """JobStore on one Redis server (or cluster slot per queue). Owns its client. Bulk retry/cancel,
+    purge and pause/resume: redis/operations.py."""
 
     backend = "redis"
 
@@ -337,13 +339,6 @@ class RedisJobStore(JobStore):
         data = await self._call(script, self.keys.queue(name), sa.JobArgs(job_id))
         return job_from_hash(data)
 
-    async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000) -> int:
-        total = 0
-        for queue in await self._queue_names(queues):
-            args = sa.PurgeArgs(s_to_us(older_than), limit)
-            total += await self._call(sc.PURGE, self.keys.queue(queue), args)
-        return total
-
     # -- worker registry -------------------------------------------------------
 
     async def _upsert(self, info: WorkerInfo, register: bool, claims: Sequence[Claim]) -> sc.HeartbeatResult:
@@ -386,6 +381,7 @@ class RedisJobStore(JobStore):
             counts=await self.counts(),
             heartbeat_ages={worker.id: worker.heartbeat_age for worker in workers},
             unreadable=sum(skipped for _, skipped in read),
+            paused=await self.paused_queues(),
         )
 
     async def history(self, queue: str, minutes: int) -> list[MinuteStats]:

@@ -150,6 +150,17 @@ class SetAsideArgs(NamedTuple):  # the job's claim, the field that could not be 
 class PurgeArgs(NamedTuple):
     older_than_us: int
     limit: int
+    state: str = ""  # one terminal state, '' = all three
+
+
+class BulkArgs(NamedTuple):
+    """retry_many, cancel_many: the ids of one queue."""
+
+    items: Sequence[JobArgs]
+
+
+class PauseArgs(NamedTuple):
+    paused: int  # 1 pause | 0 resume
 
 
 class JobArgs(NamedTuple):

@@ -31,6 +31,7 @@ from backend.workers.models import JobState
 from backend.workers.redis.codec import pairs_to_dict
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.script_args import (
+    BulkArgs,
     ClaimArgs,
     ClaimRef,
     EnqueueArgs,
@@ -42,6 +43,7 @@ from backend.workers.redis.script_args import (
     JobArgs,
     LimitArgs,
     NoArgs,
+    PauseArgs,
     ProgressArgs,
     PurgeArgs,
     RecoverArgs,
@@ -211,8 +213,8 @@ _LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique",
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
                              "wake", "seq", "history"), EnqueueArgs, _enqueued, EnqueueItem)
-CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "history"), ClaimArgs,
-               _claimed)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "history"),
+               ClaimArgs, _claimed)
 FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "history"), FinishArgs, _finished,
                 FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
@@ -223,10 +225,15 @@ RECOVER = Script("recover", ("job_prefix", "ready", "waiting", "running", "state
                  RecoverArgs, _count)
 PROMOTE = Script("promote", ("job_prefix", "ready", "waiting", "state_prefix", "wake", "seq"),
                  LimitArgs, _count)
-CANCEL = Script("cancel", ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix",
-                           "parked", "events"), JobArgs, _job_hash("cancel"))
-RETRY = Script("retry", ("job_prefix", "ready", "state_prefix", "unique", "wake", "seq"), JobArgs,
-               _job_hash("retry"))
+_CANCEL_KEYS = ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix", "parked",
+                "events")
+_RETRY_KEYS = ("job_prefix", "ready", "state_prefix", "unique", "wake", "seq")
+CANCEL = Script("cancel", _CANCEL_KEYS, JobArgs, _job_hash("cancel"))
+RETRY = Script("retry", _RETRY_KEYS, JobArgs, _job_hash("retry"))
+# the transitions of CANCEL and RETRY (cancel_job, retry_job in lib.lua) applied to many ids
+CANCEL_MANY = Script("cancel_many", _CANCEL_KEYS, BulkArgs, _count, JobArgs)
+RETRY_MANY = Script("retry_many", _RETRY_KEYS, BulkArgs, _count, JobArgs)
+PAUSE = Script("pause", ("paused", "wake"), PauseArgs, _flag)
 SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events", "history"), SetAsideArgs, _flag)
 PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs"), PurgeArgs, _count)
 WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)
@@ -240,5 +247,5 @@ WORKERS = Script("workers", ("registry", "worker_prefix"), WorkersArgs, _workers
 SCRIPTS: dict[str, Script[Any, Any]] = {
     script.name: script
     for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, SETASIDE, PURGE,
-                   WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS)
+                   WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS, CANCEL_MANY, RETRY_MANY, PAUSE)
 }

@@ -6,7 +6,7 @@
 -- KEYS (scripts.CLAIM; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
 --    KEYS[8] wake  KEYS[9] seq  KEYS[10] limit_prefix  KEYS[11] parked  KEYS[12] hlimits
---    KEYS[13] events  KEYS[14] history
+--    KEYS[13] events  KEYS[14] paused  KEYS[15] history
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
 -- Returns per claimed job {HGETALL before the claim, the fields the claim changed}.
@@ -14,6 +14,11 @@ local worker, limit, lease_us = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us()
 promote_due(now, tonumber(ARGV[4]))
 recover_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if redis.call('EXISTS', K.paused) == 1 then -- paused (pause.lua): housekeeping only, no wake-up chain
+  redis.call('DEL', K.wake)
+  flush_stats()
+  return {}
+end
 local out = {}
 if limit > 0 then
   -- one call per claim (not per job); empty unless some worker declared a handler limit

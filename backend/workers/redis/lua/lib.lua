@@ -302,3 +302,59 @@ local function recover_expired(now, limit, seed)
   end
   return #ids
 end
+
+-- The manual retry, written once for retry.lua and retry_many.lua: failed / cancelled -> enqueued,
+-- attempts reset, back of its priority; refused while another live job holds its unique_key.
+-- Returns CODE.OK, or an error code and its detail (the current state, or the key's holder).
+local function retry_job(id)
+  local jobkey = K.job_prefix .. id
+  local f = redis.call('HMGET', jobkey, 'state', 'unique_key')
+  local state, key = f[1], f[2]
+  if not state then return CODE.NOT_FOUND end
+  if state ~= 'failed' and state ~= 'cancelled' then return CODE.ILLEGAL, state end
+  if key and key ~= '' then
+    local holder = redis.call('HGET', K.unique, key)
+    if holder and holder ~= id then
+      local held = redis.call('HGET', K.job_prefix .. holder, 'state')
+      if held and held ~= 'done' and held ~= 'failed' and held ~= 'cancelled' then
+        return CODE.CONFLICT, holder
+      end
+    end
+  end
+  local now = now_us()
+  redis.call('HSET', jobkey, 'state', 'enqueued', 'attempts', 0, 'finished_at', '', 'run_at', now,
+    'token', '', 'lease_until', '', 'state_at', now, 'cancel_req', '')
+  push_ready(jobkey, id)
+  if key and key ~= '' then redis.call('HSET', K.unique, key, id) end
+  move_state(id, state, 'enqueued', now)
+  wake_one()
+  return CODE.OK
+end
+
+-- The cancel, written once for cancel.lua and cancel_many.lua: enqueued / scheduled /
+-- retry_scheduled -> cancelled; on a running job only a cancel request (cancel_req = 1) is recorded.
+-- Returns CODE.OK, nil, whether anything changed; or an error code and its detail (the state).
+local function cancel_job(id)
+  local jobkey = K.job_prefix .. id
+  local f = redis.call('HMGET', jobkey, 'state', 'parked', 'ev', 'cancel_req')
+  local state = f[1]
+  if not state then return CODE.NOT_FOUND end
+  if state == 'running' then
+    if f[4] == '1' then return CODE.OK, nil, false end
+    redis.call('HSET', jobkey, 'cancel_req', 1)
+    emit(f[3], id, 'cancel_requested')
+    return CODE.OK, nil, true
+  end
+  if state ~= 'enqueued' and state ~= 'scheduled' and state ~= 'retry_scheduled' then
+    return CODE.ILLEGAL, state
+  end
+  local now = now_us()
+  redis.call('ZREM', K.ready, id)
+  redis.call('ZREM', K.waiting, id)
+  if f[2] and f[2] ~= '' then drop_parked(id, f[2]) end
+  redis.call('HSET', jobkey, 'state', 'cancelled', 'finished_at', now, 'state_at', now)
+  release_unique(jobkey, id)
+  move_state(id, state, 'cancelled', now)
+  emit(f[3], id, 'cancelled')
+  return CODE.OK, nil, true
+end
