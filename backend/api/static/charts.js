@@ -1,7 +1,7 @@
 "use strict";
 // The history charts: plain SVG drawn here (no library, no CDN), from GET /api/queues/{q}/history.
 const SVG_NS = "http://www.w3.org/2000/svg";
-const CHART = { width: 420, height: 96, left: 40, right: 8, top: 8, bottom: 16 };
+const CHART = { width: 420, height: 110, left: 44, right: 8, top: 8, bottom: 16 };
 
 function svgEl(tag, attrs, ...children) {
   const node = document.createElementNS(SVG_NS, tag);
@@ -79,7 +79,7 @@ function durationChart(minutes) {
     const flush = () => {
       if (points.length === 1) {
         const [cx, cy] = points[0].split(",");
-        svg.append(svgEl("circle", { cx, cy, r: 2, fill: color }));
+        svg.append(svgEl("circle", { cx, cy, r: 3, fill: color }));
       } else if (points.length > 1) {
         svg.append(svgEl("polyline", { points: points.join(" "), fill: "none", stroke: color, "stroke-width": 1.5 }));
       }
@@ -100,8 +100,9 @@ function durationChart(minutes) {
   return svg;
 }
 
-// One card per queue: totals over the window, then both charts.
-function queueCharts(queue, minutes) {
+// One card per queue: totals over the window, then both charts side by side, each `width` wide.
+function queueCharts(queue, minutes, width) {
+  CHART.width = Math.max(300, Math.floor(width));
   const runs = minutes.reduce((sum, m) => sum + m.processed, 0);
   const failed = minutes.reduce((sum, m) => sum + m.failed, 0);
   const card = document.createElement("div");
@@ -109,7 +110,19 @@ function queueCharts(queue, minutes) {
   card.setAttribute("data-testid", "chart-" + queue);
   card.setAttribute("data-runs", String(runs));
   const title = document.createElement("h3");
-  title.textContent = `${queue} · ${runs} runs, ${failed} failed in ${minutes.length} min`;
-  card.append(title, runsChart(minutes), durationChart(minutes));
+  title.textContent = `${queue} · ${runs} runs, ${failed} failed in the last ${minutes.length} min`;
+  const pair = document.createElement("div");
+  pair.className = "pair";
+  for (const [caption, svg] of [["runs per minute (red: failed)", runsChart(minutes)],
+                                ["run duration per minute: p50, p95", durationChart(minutes)]]) {
+    const figure = document.createElement("figure");
+    const label = document.createElement("figcaption");
+    label.textContent = caption;
+    svg.setAttribute("width", String(CHART.width));
+    svg.setAttribute("height", String(CHART.height));
+    figure.append(label, svg);
+    pair.append(figure);
+  }
+  card.append(title, pair);
   return card;
 }

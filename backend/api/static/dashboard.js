@@ -261,15 +261,59 @@ function turnPage(how) {
   refresh();
 }
 
+// -- bulk actions on the filtered jobs (POST /api/jobs/retry|cancel, bounded per call) ---------------
+
+const BULK = {
+  retry: { states: ["failed", "cancelled"], all: "failed/cancelled", label: "Retry all " },
+  cancel: { states: ["enqueued", "scheduled", "retry_scheduled", "running"], all: "waiting", label: "Cancel all " },
+};
+let bulkShown = null;
+
+function describe(action, f) {
+  const parts = [f.state || BULK[action].all, "jobs"];
+  if (f.name) parts.push("named " + f.name);
+  if (f.queue) parts.push("in queue " + f.queue);
+  return parts.join(" ");
+}
+
+async function bulk(action, f) {
+  const what = describe(action, f);
+  if (!confirm(action + " every " + what + "?")) return;
+  try {
+    const r = await api("/api/jobs/" + action, { method: "POST", body: JSON.stringify(f) });
+    flash(action + ": " + r.moved + " of " + r.matched + " " + what + (r.more ? " (more match: run it again)" : ""), "ok");
+  } catch (e) {
+    flash(action + " " + what + " failed: " + e.message, "error");
+  }
+  refresh();
+}
+
+// The buttons follow the filters: retry for failed/cancelled, cancel for jobs not finished yet.
+function renderBulk(f) {
+  const key = JSON.stringify(f);
+  if (key === bulkShown) return;
+  bulkShown = key;
+  const buttons = [];
+  for (const action of ["retry", "cancel"]) {
+    if (f.state && !BULK[action].states.includes(f.state)) continue;
+    buttons.push(el("button", { type: "button", class: action === "cancel" ? "danger" : "", "data-testid": "bulk-" + action,
+                                title: action + " every " + describe(action, f) + " (up to 1000 per click)",
+                                text: BULK[action].label + (f.state || BULK[action].all).replace("_", " "),
+                                onclick: () => bulk(action, f) }));
+  }
+  $("bulk").replaceChildren(...buttons);
+}
+
 // -- refreshing -------------------------------------------------------------------------------------
 
 let chartsAt = 0;
 async function refreshCharts(queues) {
   if (Date.now() - chartsAt < CHARTS_MS) return;
   chartsAt = Date.now();
+  const width = ($("charts").clientWidth - 60) / 2;  // two charts side by side per queue
   const cards = await Promise.all(queues.map(async (q) => {
     const history = await api("/api/queues/" + encodeURIComponent(q.name) + "/history?minutes=60");
-    return queueCharts(q.name, history.minutes);
+    return queueCharts(q.name, history.minutes, width);
   }));
   $("charts").replaceChildren(...cards);
   if (!cards.length) $("charts").append(el("p", { class: "empty", text: "no queues yet" }));
@@ -286,7 +330,7 @@ async function refreshOverview() {
   fillBody($("jobs"), jobs.jobs.map(jobRow), 9, pages.length > 1 ? "no more jobs" : "no jobs");
   renderPager(jobs.cursor);
   fillBody($("failures"), failures.jobs.map(failureRow), 7, "no failures");
-  if (typeof renderBulk === "function") renderBulk(filters());
+  renderBulk(filters());
   await refreshCharts(queues.queues);
 }
 
