@@ -291,11 +291,14 @@ async def test_resume_wakes_a_waiting_worker_at_once(store: JobStore) -> None:
     await store.wait_for_jobs(["p"], 1.0)
     assert time.monotonic() - started >= 0.5, "a paused queue with ready jobs woke a waiting worker"
 
+    # A wait returns by itself after at most 5 s (MAX_BLOCK_SECONDS): the resume must end it well before.
     waiting = asyncio.ensure_future(store.wait_for_jobs(["p"], 30.0))
     await asyncio.sleep(0.2)
     assert not waiting.done()
+    resumed = time.monotonic()
     await store.resume_queue("p")
-    await asyncio.wait_for(waiting, timeout=10.0)  # far below its own 30 s: woken by the resume
+    await asyncio.wait_for(waiting, timeout=10.0)
+    assert time.monotonic() - resumed < 2.5, "the resume did not wake the waiting worker"
     assert len(await store.claim("w", ["p"], 1, 30)) == 1
 
 
