@@ -57,7 +57,8 @@ def stack(tmp_path: Path, redis_url: str, prefix: str, delete_prefix_after: None
     env = {"JOB_STORE": "redis", "REDIS_URL": redis_url, "BAGBOT_PREFIX": prefix, "BAGBOT_API_TOKEN": TOKEN,
            "BAGBOT_HEARTBEAT_SECONDS": "0.5", "BAGBOT_LEASE_SECONDS": "10"}
     backend = BackendProcess(tmp_path, env)
-    worker = worker_process(tmp_path, {**env, "BAGBOT_CONCURRENCY": "4", "BAGBOT_TASKS": "tests.tasks_dashboard"})
+    worker_env = {**env, "BAGBOT_CONCURRENCY": "4", "BAGBOT_TASKS": "tests.tasks_dashboard"}
+    worker = worker_process(tmp_path, worker_env)
     try:
         backend.wait_ready()
         worker.wait_for_log("worker_registered")
@@ -224,7 +225,8 @@ def test_bulk_retry_pause_resume_and_the_charts_after_a_burst(stack: Stack, page
     assert stack.api.get("/api/queues").json()["queues"][0]["paused"] is True
     held = stack.enqueue(name="bagbot.noop")
     page.get_by_test_id("state-filter").select_option("enqueued")
-    expect(page.get_by_test_id(f"job-{held['id']}")).to_have_attribute("data-state", "enqueued", timeout=10_000)
+    held_row = page.get_by_test_id(f"job-{held['id']}")
+    expect(held_row).to_have_attribute("data-state", "enqueued", timeout=10_000)
     time.sleep(3)  # an absence: a worker that claimed would have done so within a heartbeat or two
     assert stack.job(held["id"])["state"] == "enqueued"
     shoot(page, "paused.png")
