@@ -413,6 +413,7 @@ async def test_store_unavailable_gives_503_and_health_stays_200(prefix: str) -> 
                 ("GET", "/api/jobs/abc"),
                 ("GET", "/api/workers"),
                 ("GET", "/api/metrics"),
+                ("GET", "/api/queues/default/history"),
                 ("POST", "/api/jobs/abc/cancel"),
                 ("POST", "/api/jobs/abc/retry"),
             ]:

@@ -1,5 +1,6 @@
-"""Each attempt's error (Job.errors), a queue's per-minute history and workers' running jobs, on the
-memory store and a real Redis, through the store and the HTTP API: what is kept, how it is bounded,
+"""Each attempt's error (Job.errors), a queue's per-minute history and workers' running jobs, on every
+store of the conformance suite (memory, fakeredis, a real Redis and a real Cluster), through the store
+and the HTTP API: what is kept, how it is bounded,
 and what a corrupt or hostile stored value does (it is skipped, never a 500)."""
 
 from __future__ import annotations
@@ -20,11 +21,6 @@ from backend.workers.redis_job_store import RedisJobStore
 from backend.workers.rules import DURATION_BUCKETS, ERROR_HISTORY, ERROR_MAX_BYTES, HISTORY_MINUTES
 
 TOKEN = "history-token"
-
-
-@pytest.fixture
-def store(app_store: JobStore) -> JobStore:
-    return app_store
 
 
 @pytest.fixture
