@@ -83,7 +83,7 @@ def wait_state(api: httpx.Client, job_id: str, state: str) -> None:
 
 
 def shoot(base: str, failing: str, out: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
         args = ["--headless", "--no-sandbox", "--disable-gpu"]
@@ -92,7 +92,7 @@ def shoot(base: str, failing: str, out: Path) -> None:
             page: Any = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(base + "/")
             page.get_by_test_id("page-size").select_option("10")
-            page.wait_for_function("document.querySelectorAll('#jobs tr.job-row').length === 10")
+            expect(page.locator("#jobs tr.job-row")).to_have_count(10, timeout=30_000)
             page.wait_for_selector("[data-testid=chart-default] g.bar", timeout=30_000)
             page.wait_for_selector("#workers [data-testid^=running-]", timeout=30_000)
             page.screenshot(path=str(out / "dashboard.png"), full_page=True)
