@@ -130,6 +130,11 @@ def test_a_failed_job_opens_from_the_list_with_each_attempts_traceback(stack: St
     expect(attempts.nth(1).get_by_test_id("traceback")).to_contain_text("Traceback (most recent call last)")
     expect(attempts.nth(1).get_by_test_id("traceback")).to_contain_text("diagnostics.py")
     shoot(page, "job-detail.png")
+    # A refresh that finds the job unchanged leaves the page alone (a traceback being read stays put).
+    page.evaluate("window.shownTraceback = document.querySelector('[data-testid=traceback]')")
+    before = page.get_by_test_id("updated").text_content()
+    expect(page.get_by_test_id("updated")).not_to_have_text(before or "", timeout=10_000)
+    assert page.evaluate("document.querySelector('[data-testid=traceback]') === window.shownTraceback")
 
     # Retry from the detail page: it runs again and its history grows to four attempts' errors.
     page.get_by_test_id(f"retry-{failing['id']}").click()

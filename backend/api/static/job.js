@@ -82,12 +82,18 @@ function detailTarget() {
   return { id: match[1], queue: new URLSearchParams(location.search).get("queue") };
 }
 
+// Drawn again only when the job changed, so a traceback being read (scrolled, selected) stays put.
+let shownJob = null;
 async function refreshDetail(target) {
   const box = $("job-detail");
   const query = target.queue ? "?queue=" + encodeURIComponent(target.queue) : "";
   try {
-    renderJobDetail(await api("/api/jobs/" + encodeURIComponent(target.id) + query), box);
+    const job = await api("/api/jobs/" + encodeURIComponent(target.id) + query);
+    const seen = JSON.stringify(job);
+    if (seen !== shownJob) renderJobDetail(job, box);
+    shownJob = seen;
   } catch (e) {
+    shownJob = null;
     if (!e.message.startsWith("404")) throw e;
     box.replaceChildren(el("a", { href: "/", text: "← all jobs" }),
                         el("p", { class: "empty", "data-testid": "not-found", text: "no job " + target.id +
