@@ -7,12 +7,15 @@ POST /api/jobs/retry|cancel|purge and POST /api/queues/{queue}/pause|resume; GET
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
+from backend.api.app import create_app
+from backend.config import Settings
 from backend.workers.job_store import JobStore
 from backend.workers.models import JobSpec, JobState
 from tests.test_api import client_for, fail_job
@@ -175,3 +178,32 @@ async def test_a_bad_queue_name_in_the_path_is_a_422(
     response = await client.post(f"/api/queues/{queue}/{action}", headers=AUTH)
     assert response.status_code == 422, response.text
     assert await app_store.queues() == []
+
+
+async def test_the_memory_backends_embedded_worker_honours_the_pause() -> None:
+    app = create_app(Settings(job_store="memory", queues=("default", "other"), heartbeat_seconds=30,
+                              lease_seconds=60, api_token=TOKEN))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api.test"
+    ) as c:
+        assert (await post(c, "/api/queues/default/pause")).json()["paused"] is True
+        held = (await post(c, "/api/jobs", {"name": "bagbot.noop"})).json()
+        ran = (await post(c, "/api/jobs", {"name": "bagbot.noop", "queue": "other"})).json()
+
+        async def state(job_id: str) -> str:
+            return str((await c.get(f"/api/jobs/{job_id}")).json()["state"])
+
+        for _ in range(400):
+            if await state(ran["id"]) == "done":
+                break
+            await asyncio.sleep(0.05)
+        assert await state(ran["id"]) == "done"
+        for _ in range(20):  # a second in which the paused job may not start
+            assert await state(held["id"]) == "enqueued"
+            await asyncio.sleep(0.05)
+        await post(c, "/api/queues/default/resume")
+        for _ in range(60):  # well under the 5 s idle wait: woken by the resume
+            if await state(held["id"]) == "done":
+                break
+            await asyncio.sleep(0.05)
+        assert await state(held["id"]) == "done"

@@ -191,6 +191,56 @@ async def test_bulk_moves_more_jobs_than_one_script_batch(store: JobStore) -> No
     assert (await store.counts())["big"]["enqueued"] == 450
 
 
+async def test_concurrent_bulk_calls_move_each_job_once(store: JobStore) -> None:
+    jobs = await store.enqueue_many([JobSpec("t.job", queue="race", delay=3600) for _ in range(300)])
+    assert (await store.cancel_many(BulkFilter(queue="race"))).moved == 300
+    ids = tuple(job.id for job in jobs)
+    results = await asyncio.gather(
+        store.retry_many(BulkFilter(queue="race")),
+        store.retry_many(BulkFilter(ids=ids)),
+        store.retry_many(BulkFilter(state=JobState.CANCELLED, limit=150)),
+        *(store.retry(job_id) for job_id in ids[:20]),
+        return_exceptions=True,
+    )
+    bulk_moved = sum(result.moved for result in results[:3] if not isinstance(result, BaseException))
+    single_moved = sum(1 for result in results[3:] if not isinstance(result, BaseException))
+    assert not any(isinstance(result, BaseException) for result in results[:3])
+    assert bulk_moved + single_moved == 300  # each job retried exactly once, by one of the callers
+    counts = (await store.counts())["race"]
+    assert counts["enqueued"] == 300 and counts["cancelled"] == 0
+    assert len(await store.claim("w", ["race"], 400, 30)) == 300
+
+
+async def test_bulk_takes_the_newest_first_and_finds_a_rare_name_past_the_first_page(store: JobStore) -> None:
+    rare = await store.enqueue_many([JobSpec("t.rare", delay=3600) for _ in range(5)])
+    await store.enqueue_many([JobSpec("t.common", delay=3600) for _ in range(1200)])  # newer: read first
+    assert (await store.cancel_many(BulkFilter(limit=MAX_BULK))).moved == MAX_BULK
+    assert (await store.cancel_many(BulkFilter())).moved == 205
+    result = await store.retry_many(BulkFilter(name="t.rare"))
+    assert (result.matched, result.moved, result.more) == (5, 5, False)
+    assert await states(store, [job.id for job in rare]) == [JobState.ENQUEUED] * 5
+
+    (older,) = await failed(store, 1, queue="order")
+    (newer,) = await failed(store, 1, queue="order")
+    result = await store.retry_many(BulkFilter(state=JobState.FAILED, limit=1))
+    assert (result.matched, result.more) == (1, True)
+    assert await states(store, [older, newer]) == [JobState.FAILED, JobState.ENQUEUED]
+
+
+async def test_a_scan_that_reaches_its_bound_says_more(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.workers.redis import operations
+
+    monkeypatch.setattr(operations, "PAGE", 3)  # the bound (MAX_PAGES pages of PAGE ids), made small
+    monkeypatch.setattr(operations, "MAX_PAGES", 2)
+    await store.enqueue_many([JobSpec("t.rare", delay=3600)])
+    await store.enqueue_many([JobSpec("t.common", delay=3600) for _ in range(8)])
+    assert (await store.cancel_many(BulkFilter())).more is True  # 6 of 9 read: may be more
+    result = await store.retry_many(BulkFilter(name="t.rare"))
+    assert (result.matched, result.moved, result.more) == (0, 0, True)
+
+
 @pytest.mark.parametrize("selection", [
     BulkFilter(state=JobState.RUNNING),
     BulkFilter(state=JobState.ENQUEUED),
@@ -277,6 +327,7 @@ async def test_running_jobs_of_a_paused_queue_finish_and_housekeeping_goes_on(st
     assert await store.claim("w", ["p"], 10, 30) == []  # promotes and recovers, claims nothing
     assert await state_of(store, due.id) is JobState.ENQUEUED
     assert await state_of(store, lost.id) is JobState.FAILED  # its lease expired: recovered
+    assert (await store.metrics()).queues["p"].runs.get(("t.job", "expired")) == 1  # and counted
     assert await store.complete(claim_of(running), "ok") is JobState.DONE
     await store.resume_queue("p")
     assert [job.id for job in await store.claim("w", ["p"], 10, 30)] == [due.id]

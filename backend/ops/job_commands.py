@@ -291,7 +291,8 @@ def jobs_cancel(
 
     Enqueued, scheduled or retry_scheduled: cancelled at once (a filter's default).
 
-    Running (by ID, or --state running): its worker stops it within a heartbeat, and it ends cancelled."""
+    Running: its worker stops it within a heartbeat, and it ends cancelled. A filter takes running
+    jobs only with --state running."""
     if _single(job_ids, state, name, limit, everything):
         job_id = (job_ids or [""])[0]
         _print_transition(run(url, token, lambda c: c.cancel(job_id, queue)), json_out)

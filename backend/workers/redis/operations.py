@@ -1,28 +1,31 @@
 """The Redis store's operator steps over many jobs or a whole queue: bulk retry/cancel, purge,
 pause and resume.
 
-A mixin of RedisJobStore (its module is at the line limit). Jobs are selected with the read
-queries, then moved per queue in batches by retry_many.lua / cancel_many.lua, which apply the
-very transition of retry.lua / cancel.lua (retry_job / cancel_job in lib.lua) to each id: a job
-whose state changed since it was selected is matched but not moved.
+A mixin of RedisJobStore (its module is at the line limit). Jobs are selected from the state
+indexes (ids only; two fields of a job when a filter needs them), then moved per queue in
+batches by retry_many.lua / cancel_many.lua, which apply the very transition of retry.lua /
+cancel.lua (retry_job / cancel_job in lib.lua) to each id: a job whose state changed since it
+was selected is matched but not moved.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from backend.workers.bulk import MAX_BULK, BulkAction, BulkFilter, BulkResult
-from backend.workers.models import JobPage, JobState
+from backend.workers.bulk import BulkAction, BulkFilter, BulkResult
+from backend.workers.models import JobState
 from backend.workers.redis import script_args as sa
 from backend.workers.redis import scripts as sc
 from backend.workers.redis.codec import s_to_us
 from backend.workers.redis.keys import QueueKeys, RedisKeys
+from backend.workers.redis.reads import index_key
 
 MOVE_BATCH = 200  # ids per retry_many / cancel_many call: keeps each script short for other clients
-MAX_PAGES = 50  # listing pages read to select one call's jobs (a rare name filter scans many)
+PAGE = 1000  # index entries read per round trip while selecting
+MAX_PAGES = 50  # pages read per index to select one call's jobs (a rare name filter scans many)
 
 A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
@@ -42,9 +45,6 @@ class QueueOperations:
         async def _note_queue(self, queue: str) -> None: ...
         async def _queue_names(self, queues: Sequence[str] | None) -> list[str]: ...
         async def queues(self) -> list[str]: ...
-        async def list_jobs(self, queue: str | None = None, state: JobState | None = None,
-                            name: str | None = None, limit: int = 50,
-                            cursor: str | None = None) -> JobPage: ...
 
     async def retry_many(self, selection: BulkFilter) -> BulkResult:
         return await self._bulk(BulkAction.RETRY, selection)
@@ -67,27 +67,58 @@ class QueueOperations:
 
     async def _pick_listed(self, action: BulkAction, selection: BulkFilter, states: Sequence[JobState]
                            ) -> tuple[dict[str, list[str]], bool]:
-        """Up to `limit` jobs in `states`, newest first; and whether more match."""
-        picked: dict[str, list[str]] = defaultdict(list)
+        """Up to `limit` jobs in `states`, newest first queue by queue; and whether more match.
+
+        Ids come from the state indexes; job fields are read (name, cancel request: two fields,
+        never the payload) only when the filter needs them, so a call costs the same however
+        large the jobs' arguments are."""
+        picked: dict[str, dict[str, None]] = defaultdict(dict)  # queue -> ids in order, each once
         found = 0
+        queues = [selection.queue] if selection.queue is not None else await self.queues()
         for state in states:
-            cursor: str | None = None
-            for _ in range(MAX_PAGES):
-                page = await self.list_jobs(selection.queue, state, selection.name,
-                                            min(MAX_BULK, selection.limit + 1 - found), cursor)
-                for job in page.jobs:
-                    if action is BulkAction.CANCEL and job.cancel_requested:
-                        continue  # already asked to stop: selecting it again would never drain
-                    if found == selection.limit:
-                        return picked, True
-                    picked[job.queue].append(job.id)
-                    found += 1
-                cursor = page.cursor
-                if cursor is None:
+            skip_asked = action is BulkAction.CANCEL and state is JobState.RUNNING
+            for queue in queues:
+                qkeys = self.keys.queue(queue)
+                async for ids in self._index_pages(qkeys, state):
+                    if ids is None:  # the scan bound: there may be more
+                        return _lists(picked), True
+                    for job_id in await self._matching(qkeys, ids, selection.name, skip_asked):
+                        if job_id in picked[queue]:
+                            continue  # listed twice while it changed state: once is enough
+                        if found == selection.limit:
+                            return _lists(picked), True
+                        picked[queue][job_id] = None
+                        found += 1
+        return _lists(picked), False
+
+    async def _index_pages(self, qkeys: QueueKeys, state: JobState) -> AsyncIterator[list[str] | None]:
+        """The ids in `state`'s index (parked jobs too for enqueued), newest first, a page at a
+        time; None after MAX_PAGES pages of one index (a bound on one call's work)."""
+        sources = [index_key(qkeys, state)] + ([qkeys.parked] if state is JobState.ENQUEUED else [])
+        for source in sources:
+            for page in range(MAX_PAGES + 1):
+                if page == MAX_PAGES:
+                    yield None
+                    return
+                with self._mapped_errors():
+                    raw = await self.redis.zrevrange(source, page * PAGE, (page + 1) * PAGE - 1)
+                yield [str(member) for member in raw]
+                if len(raw) < PAGE:
                     break
-            else:
-                return picked, True  # not scanned to the end: say there may be more
-        return picked, False
+
+    async def _matching(self, qkeys: QueueKeys, ids: list[str], name: str | None, skip_asked: bool
+                        ) -> list[str]:
+        """The ids whose job has handler `name` (when given) and, with `skip_asked`, no cancel request
+        yet (one already asked to stop would be selected again by every call and never drain)."""
+        if not ids or (name is None and not skip_asked):
+            return ids
+        with self._mapped_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(qkeys.job(job_id), "name", "cancel_req")
+                replies = await pipe.execute()
+        return [job_id for job_id, (job_name, asked) in zip(ids, replies, strict=True)
+                if (name is None or job_name == name) and not (skip_asked and asked == "1")]
 
     async def _pick_ids(self, selection: BulkFilter) -> dict[str, list[str]]:
         """The listed ids that exist (in `queue`, or in any queue) and match state and name."""
@@ -139,3 +170,7 @@ class QueueOperations:
                     pipe.exists(self.keys.queue(queue).paused)
                 replies = await pipe.execute()
         return {queue for queue, exists in zip(queues, replies, strict=True) if int(exists)}
+
+
+def _lists(picked: dict[str, dict[str, None]]) -> dict[str, list[str]]:
+    return {queue: list(ids) for queue, ids in picked.items() if ids}
