@@ -15,7 +15,7 @@ import pytest
 from backend.api.app import create_app
 from backend.config import Settings
 from backend.workers.job_store import JobStore
-from backend.workers.models import Claim, Job, JobError, JobSpec, JobState, WorkerInfo
+from backend.workers.models import Claim, Completion, Job, JobError, JobSpec, JobState, WorkerInfo
 from backend.workers.redis.codec import RUNNING_JOBS_SHOWN
 from backend.workers.redis_job_store import RedisJobStore
 from backend.workers.rules import DURATION_BUCKETS, ERROR_HISTORY, ERROR_MAX_BYTES, HISTORY_MINUTES
@@ -254,3 +254,17 @@ async def test_the_job_page_and_the_dashboards_files_are_served(client: httpx.As
         assert ".innerHTML" not in asset.text and "insertAdjacentHTML" not in asset.text
     for missing in ("x.js", "..%2Fapp.py", "dashboard.html%00.js"):
         assert (await client.get(f"/ui/{missing}")).status_code == 404
+
+
+async def test_a_finish_sent_again_adds_no_error_and_no_run(store: JobStore) -> None:
+    """redis-py re-sends a script after a lost reply: the repeat must count nothing twice."""
+    job = await store.enqueue(JobSpec("t.again", queue="again", max_attempts=3))
+    [claimed] = await store.claim("w1", ["again"], 1, 30)
+    report = Completion(Claim("again", job.id, claimed.token or ""), 0.3, error=JobError("E", "once"),
+                        retry_delay=60)
+    assert await store.finish([report]) == [JobState.RETRY_SCHEDULED]
+    assert await store.finish([report]) == [JobState.RETRY_SCHEDULED]  # the repeat: same answer
+    found = await store.get(job.id, "again")
+    assert found is not None and len(found.errors) == 1
+    history = await store.history("again", 2)
+    assert sum(m.processed for m in history) == 1 and sum(m.failed for m in history) == 1
