@@ -122,10 +122,16 @@ async def test_hostile_or_old_error_histories_read_as_what_can_be_read(
     await run_once(store, job, JobError("New", "n"))
     raw = await redis.hget(key, "errors")
     assert raw.splitlines()[0] == good and len(raw) < 1000
+    # thousands of lines (a hand edit): the last ERROR_HISTORY are read, and kept at the next failure
+    await redis.hset(key, "errors", "\n".join(f"{i} 1 {{\"type\":\"T{i}\"}}" for i in range(5000)))
+    body = (await client.get(f"/api/jobs/{job.id}")).json()
+    assert [e["type"] for e in body["errors"]] == [f"T{i}" for i in range(5000 - ERROR_HISTORY, 5000)]
+    await run_once(store, job, JobError("Last", "n"))
+    assert len((await redis.hget(key, "errors")).splitlines()) == ERROR_HISTORY
     # a record written before the history existed: no errors, its last_error still shown
     await redis.hdel(key, "errors")
     body = (await client.get(f"/api/jobs/{job.id}")).json()
-    assert body["errors"] == [] and body["last_error"]["type"] == "New"
+    assert body["errors"] == [] and body["last_error"]["type"] == "Last"
 
 
 # -- per-minute history ----------------------------------------------------------------------------

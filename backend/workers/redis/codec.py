@@ -25,6 +25,7 @@ from backend.workers.models import (
 )
 from backend.workers.rules import (
     DURATION_BUCKETS,
+    ERROR_HISTORY,
     Backoff,
     InvalidJobError,
     dumps,
@@ -214,7 +215,7 @@ def attempt_errors(raw: str | None) -> list[AttemptError]:
     Never raises: a line that cannot be read is skipped, and a record written before the history
     existed has none (its last_error is still there)."""
     found: list[AttemptError] = []
-    for line in (raw or "").splitlines():
+    for line in (raw or "").splitlines()[-ERROR_HISTORY:]:  # a hand-edited field may hold more
         attempt, at, payload = [*line.split(" ", 2), "", ""][:3]
         try:
             error = JobError.from_json(_json_of(dict)(payload))
