@@ -253,6 +253,9 @@ def test_bulk_retry_pause_resume_and_the_charts_after_a_burst(stack: Stack, page
     assert runs >= 5 + 5 + 1 + 40  # the failed runs, their retries, the held job and the burst
     assert card.get_by_test_id("runs-chart").locator("g.bar rect").count() >= 1
     assert card.get_by_test_id("duration-chart").locator("polyline, circle").count() >= 1
+    page.get_by_test_id("history-window").select_option("180")
+    expect(card.locator("h3")).to_contain_text("in the last 3 hours", timeout=10_000)
+    assert card.get_by_test_id("runs-chart").locator("g.bar rect").count() >= 1
     worker_row = page.locator("#workers tr[data-worker]")
     expect(worker_row).to_have_count(1)
     expect(worker_row.get_by_test_id(f"running-{long['id']}")).to_be_visible(timeout=15_000)

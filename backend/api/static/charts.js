@@ -110,7 +110,8 @@ function queueCharts(queue, minutes, width) {
   card.setAttribute("data-testid", "chart-" + queue);
   card.setAttribute("data-runs", String(runs));
   const title = document.createElement("h3");
-  title.textContent = `${queue} · ${runs} runs, ${failed} failed in the last ${minutes.length} min`;
+  const span = minutes.length >= 120 ? (minutes.length / 60) + " hours" : minutes.length + " min";
+  title.textContent = `${queue} · ${runs} runs, ${failed} failed in the last ${span}`;
   const pair = document.createElement("div");
   pair.className = "pair";
   for (const [caption, svg] of [["runs per minute (red: failed)", runsChart(minutes)],

@@ -312,7 +312,8 @@ async function refreshCharts(queues) {
   chartsAt = Date.now();
   const width = ($("charts").clientWidth - 60) / 2;  // two charts side by side per queue
   const cards = await Promise.all(queues.map(async (q) => {
-    const history = await api("/api/queues/" + encodeURIComponent(q.name) + "/history?minutes=60");
+    const minutes = encodeURIComponent($("history-window").value);
+    const history = await api("/api/queues/" + encodeURIComponent(q.name) + "/history?minutes=" + minutes);
     return queueCharts(q.name, history.minutes, width);
   }));
   $("charts").replaceChildren(...cards);
@@ -416,6 +417,7 @@ function init() {
   $("prev-page").addEventListener("click", () => turnPage("prev"));
   $("first-page").addEventListener("click", () => turnPage("first"));
   $("paused").addEventListener("change", refresh);
+  $("history-window").addEventListener("change", () => { chartsAt = 0; refresh(); });
   $("enqueue-form").addEventListener("submit", enqueue);
   $("lookup").addEventListener("submit", lookup);
   (detailTarget() ? $("detail") : $("overview")).hidden = false;

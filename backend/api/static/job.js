@@ -25,7 +25,7 @@ function field(label, value, testid) {
 }
 
 function renderJobDetail(job, box) {
-  const failedNow = job.state === "failed" || job.state === "corrupt";
+  const recovered = job.state === "done";  // its errors are history, not a failure: grey, not red
   const title = el("div", { class: "detail-title" },
     el("a", { href: "/", text: "← all jobs" }),
     el("h2", { "data-testid": "detail-name", text: job.name }),
@@ -64,9 +64,9 @@ function renderJobDetail(job, box) {
   if (job.state === "done") parts.push(el("h3", { text: "result" }), jsonBlock(job.result, "detail-result"));
   parts.push(el("h3", { text: "errors by attempt" + (errors.length ? " (oldest first)" : "") }));
   if (errors.length) {
-    parts.push(el("div", { "data-testid": "attempts" }, ...errors.map((e) => attemptBlock(e, !failedNow))));
+    parts.push(el("div", { "data-testid": "attempts" }, ...errors.map((e) => attemptBlock(e, recovered))));
   } else if (job.last_error) {  // a record older than the history, or set aside: its last error only
-    parts.push(attemptBlock(Object.assign({ attempt: "?", at: job.finished_at }, job.last_error), !failedNow));
+    parts.push(attemptBlock(Object.assign({ attempt: "?", at: job.finished_at }, job.last_error), recovered));
   } else {
     parts.push(el("p", { class: "empty", "data-testid": "no-errors", text: "no failed attempt" }));
   }
