@@ -415,6 +415,7 @@ async def test_store_unavailable_gives_503_and_health_stays_200(prefix: str) -> 
                 ("GET", "/api/jobs/abc"),
                 ("GET", "/api/workers"),
                 ("GET", "/api/metrics"),
+                ("GET", "/api/queues/default/history"),
                 ("POST", "/api/jobs/abc/cancel"),
                 ("POST", "/api/jobs/abc/retry"),
             ]:
@@ -539,10 +540,12 @@ async def test_dashboard_and_docs_are_served(client: httpx.AsyncClient) -> None:
     page = await client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert ".innerHTML" not in page.text  # API data goes in as text only
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    scripts = [(await client.get(f"/ui/{name}")).text for name in ("dashboard.js", "job.js", "charts.js")]
+    text = "\n".join([page.text, *scripts])
+    assert ".innerHTML" not in text  # API data goes in as text only
     for marker in ('id="queues"', 'id="workers"', 'id="jobs"', 'id="failures"', 'id="token"', "/api/jobs"):
-        assert marker in page.text
+        assert marker in text
     assert (await client.get("/docs")).status_code == 200
     schema = (await client.get("/openapi.json")).json()
     paths = schema["paths"]

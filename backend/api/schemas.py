@@ -91,6 +91,11 @@ class JobErrorOut(BaseModel):
     traceback: str = ""
 
 
+class AttemptErrorOut(JobErrorOut):
+    attempt: int = Field(description="the attempt that raised (1-based; a manual retry starts again at 1)")
+    at: float = Field(description="when it was recorded, epoch seconds on the store's clock")
+
+
 class JobOut(BaseModel):
     """A job as the API shows it. Times are epoch seconds on the store's clock."""
 
@@ -111,6 +116,10 @@ class JobOut(BaseModel):
     worker: str | None
     lease_until: float | None
     last_error: JobErrorOut | None
+    errors: list[AttemptErrorOut] = Field(
+        default_factory=list,
+        description="the errors of the last failed attempts, oldest first (rules.ERROR_HISTORY kept);"
+        " a job that ended done after failures keeps them here")
     result: Any = None
     unique_key: str | None
     limit_key: str | None = None
@@ -146,6 +155,11 @@ class QueuesOut(BaseModel):
     queues: list[QueueOut]
 
 
+class RunningJobOut(BaseModel):
+    queue: str
+    id: str
+
+
 class WorkerOut(BaseModel):
     id: str
     host: str
@@ -158,6 +172,8 @@ class WorkerOut(BaseModel):
     running: int
     version: str
     handlers: list[str] = Field(default_factory=list, description="the handler names this worker runs")
+    running_jobs: list[RunningJobOut] = Field(
+        default_factory=list, description="its running jobs as of its last heartbeat (the first 100)")
 
 
 class WorkersOut(BaseModel):

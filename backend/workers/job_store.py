@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Protocol
 
 from backend.workers.bulk import BulkFilter, BulkResult
+from backend.workers.history import MinuteStats
 from backend.workers.models import (
     Claim,
     Completion,
@@ -347,6 +348,11 @@ class JobStore(ABC):
     async def metrics(self) -> MetricsSnapshot:
         """Counters, histogram buckets, job counts and heartbeat ages, in a
         number of round trips independent of the number of jobs."""
+
+    @abstractmethod
+    async def history(self, queue: str, minutes: int) -> list[MinuteStats]:
+        """The queue's last `minutes` minutes (at most rules.HISTORY_MINUTES are kept), oldest first,
+        one entry per minute of the store's clock: runs, failed runs and duration buckets."""
 
     @abstractmethod
     async def health(self) -> StoreHealth:

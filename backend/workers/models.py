@@ -81,6 +81,18 @@ class JobError:
         return cls(_type_name(exc), readable(exc)[:limit], tb[-limit:])
 
 
+@dataclass(slots=True)
+class AttemptError:
+    """The error of one failed attempt, as the job's history keeps it (rules.ERROR_HISTORY of them)."""
+
+    attempt: int
+    at: float  # epoch seconds on the store's clock
+    error: JobError
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"attempt": self.attempt, "at": self.at, **self.error.to_json()}
+
+
 def _type_name(exc: BaseException) -> str:
     try:
         return str(type(exc).__name__)
@@ -157,6 +169,8 @@ class Job:
     last_error: JobError | None = None
     result: JSON = None
     unique_key: str | None = None
+    # the errors of the last rules.ERROR_HISTORY failed attempts, oldest first (also of a job now done)
+    errors: list[AttemptError] = field(default_factory=list)
     limit_key: str | None = None
     limit: int | None = None
     events: bool = False
@@ -192,6 +206,7 @@ class Job:
             "worker": self.worker,
             "lease_until": self.lease_until,
             "last_error": self.last_error.to_json() if self.last_error else None,
+            "errors": [entry.to_json() for entry in self.errors],
             "result": self.result,
             "unique_key": self.unique_key,
             "limit_key": self.limit_key,
@@ -283,6 +298,8 @@ class WorkerInfo:
     version: str = ""
     # the handler names it can run; None: not said (a version before it did), so every name is kept
     handlers: list[str] | None = None
+    # (queue, job id) of its running jobs as of its last heartbeat (at most codec.RUNNING_JOBS_SHOWN)
+    running_jobs: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -297,6 +314,7 @@ class WorkerInfo:
             "running": self.running,
             "version": self.version,
             "handlers": self.handlers or [],
+            "running_jobs": [{"queue": queue, "id": job_id} for queue, job_id in self.running_jobs],
         }
 
 

@@ -1,10 +1,9 @@
 """The Redis job store: script calls, batching and error mapping.
 
-Every state change is one Lua script from `redis/lua/` (one file per transition), called by SHA,
-on the server's clock, only through its description in `redis/scripts.py` (keys, arguments,
-reply). Every script touches the keys of one queue only (hash tag `{queue}`), so it runs
-unchanged on Redis Cluster. Key names come from `redis/keys.py`; the read queries live in
-`redis/reads.py`; every redis-py call goes through `redis/errors.py`.
+Every state change is one Lua script from `redis/lua/` (one file per transition), called by SHA, on
+the server's clock, only through its description in `redis/scripts.py` (keys, arguments, reply).
+Every script touches the keys of one queue only (hash tag `{queue}`): it runs unchanged on Redis
+Cluster. Key names: `redis/keys.py`; read queries: `redis/reads.py`; redis-py errors: `redis/errors.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from backend.config import redact_url
+from backend.workers.history import MinuteStats
 from backend.workers.job_store import JobNotFoundError, JobStore, ResetWatch
 from backend.workers.models import (
     Claim,
@@ -326,20 +326,20 @@ class RedisJobStore(QueueOperations, Declarations, JobStore):
 
     # -- worker registry -------------------------------------------------------
 
-    async def _upsert_worker(self, info: WorkerInfo, register: bool, running: int) -> sc.HeartbeatResult:
-        fields = worker_fields(info, running)
-        args = sa.HeartbeatArgs(info.id, 1 if register else 0, [sa.WorkerField(*kv) for kv in fields.items()])
+    async def _upsert(self, info: WorkerInfo, register: bool, claims: Sequence[Claim]) -> sc.HeartbeatResult:
+        fields = worker_fields(info, claims).items()
+        args = sa.HeartbeatArgs(info.id, 1 if register else 0, [sa.WorkerField(*kv) for kv in fields])
         return await self._call(sc.HEARTBEAT, self.keys, args)
 
     async def register_worker(self, info: WorkerInfo) -> None:
-        await self._upsert_worker(info, True, info.running)
+        await self._upsert(info, True, ())
 
     async def heartbeat(self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
                         ) -> HeartbeatReply:
         # The registry and the leases at once: the registry's node down (seconds of redis-py's retries
         # on a cluster) must not delay, let alone prevent, any lease extension.
         upserted, extended = await asyncio.gather(
-            self._upsert_worker(info, False, len(claims)),
+            self._upsert(info, False, claims),
             self._extend(claims, lease_seconds),
             return_exceptions=True,
         )
@@ -359,8 +359,7 @@ class RedisJobStore(QueueOperations, Declarations, JobStore):
     async def list_workers(self, stale_after: float | None = None) -> list[WorkerInfo]:
         args = sa.WorkersArgs(-1 if stale_after is None else s_to_us(stale_after))
         reply = await self._call(sc.WORKERS, self.keys, args)
-        return sorted((worker_from_hash(wid, data, reply.now_us) for wid, data in reply.workers),
-                      key=lambda w: w.id)
+        return sorted((worker_from_hash(w, d, reply.now_us) for w, d in reply.workers), key=lambda w: w.id)
 
     # -- observability -----------------------------------------------------------
 
@@ -376,6 +375,9 @@ class RedisJobStore(QueueOperations, Declarations, JobStore):
             unreadable=sum(skipped for _, skipped in read),
             paused=await self.paused_queues(),
         )
+
+    async def history(self, queue: str, minutes: int) -> list[MinuteStats]:
+        return await self._reads.history(self.keys.queue(queue), minutes)
 
     async def health(self) -> StoreHealth:
         return await self._reads.health(self.backend)

@@ -28,6 +28,12 @@ DEFAULT_TIMEOUT = 300.0
 MAX_PRIORITY = 1000
 # Enqueue sequence numbers per priority level: ready score = (MAX_PRIORITY - priority) * PRIORITY_SPAN + seq
 PRIORITY_SPAN = 2**40
+# A job keeps the errors of its last ERROR_HISTORY failed attempts (Job.errors, oldest first), each
+# at most ERROR_MAX_BYTES of JSON (a longer one keeps its type and a note; last_error has it whole).
+ERROR_HISTORY = 10
+ERROR_MAX_BYTES = 16_384
+# Each queue keeps per-minute run counts and duration buckets of its last HISTORY_MINUTES minutes.
+HISTORY_MINUTES = 180
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

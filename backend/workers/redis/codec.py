@@ -12,9 +12,20 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from backend.workers.models import Job, JobError, JobSpec, JobState, QueueMetrics, ScheduleInfo, WorkerInfo
+from backend.workers.models import (
+    AttemptError,
+    Claim,
+    Job,
+    JobError,
+    JobSpec,
+    JobState,
+    QueueMetrics,
+    ScheduleInfo,
+    WorkerInfo,
+)
 from backend.workers.rules import (
     DURATION_BUCKETS,
+    ERROR_HISTORY,
     Backoff,
     InvalidJobError,
     dumps,
@@ -129,6 +140,7 @@ def _strict_job(data: Mapping[str, str]) -> Job:
         last_error=last_error,
         result=loads(data.get("result")),
         unique_key=data.get("unique_key") or None,
+        errors=attempt_errors(data.get("errors")),
         limit_key=data.get("lk") or None,
         limit=int(data["lm"]) if data.get("lm") else None,
         events=data.get("ev") == "1",
@@ -186,6 +198,7 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
         last_error=JobError.from_json(last_error),
         result=f.read("result", loads, None),
         unique_key=data.get("unique_key") or None,
+        errors=attempt_errors(data.get("errors")),
         limit_key=data.get("lk") or None,
         limit=f.read("lm", _integer, None),
         events=data.get("ev") == "1",
@@ -195,6 +208,22 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
         trace=data.get("tp") or None,
         unreadable=f.bad,
     )
+
+
+def attempt_errors(raw: str | None) -> list[AttemptError]:
+    """The job's error history (lib.lua record_error: "<attempt> <time µs> <error json>" per line).
+    Never raises: a line that cannot be read is skipped, and a record written before the history
+    existed has none (its last_error is still there)."""
+    found: list[AttemptError] = []
+    for line in (raw or "").splitlines()[-ERROR_HISTORY:]:  # a hand-edited field may hold more
+        attempt, at, payload = [*line.split(" ", 2), "", ""][:3]
+        try:
+            error = JobError.from_json(_json_of(dict)(payload))
+            if error is not None:
+                found.append(AttemptError(_integer(attempt), _finite(at) / 1e6, error))
+        except (ValueError, TypeError, OverflowError):
+            continue
+    return found
 
 
 def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any,
@@ -238,11 +267,17 @@ def format_cursor(after: tuple[float, str]) -> str:
     return f"{after[0]:.0f}:{after[1]}"
 
 
-def worker_fields(info: WorkerInfo, running: int) -> dict[str, str | int]:
-    """A registry entry's fields (worker_from_hash reads them back)."""
+RUNNING_JOBS_SHOWN = 100  # running job ids a worker's entry lists (its `running` count has them all)
+
+
+def worker_fields(info: WorkerInfo, claims: Sequence[Claim]) -> dict[str, str | int]:
+    """A worker's registry entry (worker_from_hash reads it back); `claims` (its heartbeat's) are its
+    running jobs."""
+    jobs = [[claim.queue, claim.job_id] for claim in claims[:RUNNING_JOBS_SHOWN]]
     fields: dict[str, str | int] = {
         "id": info.id, "host": info.host, "pid": info.pid, "queues": dumps(info.queues),
-        "concurrency": info.concurrency, "version": info.version, "running": running,
+        "concurrency": info.concurrency, "version": info.version, "running": len(claims),
+        "running_jobs": dumps(jobs),
     }
     if info.handlers is not None:  # tidy keeps the counters of these names (redis/tidy.py)
         fields["handlers"] = dumps(info.handlers)
@@ -265,7 +300,18 @@ def worker_from_hash(worker_id: str, data: dict[str, str], now_us: float) -> Wor
         running=f.read("running", _integer, 0),
         version=data.get("version", ""),
         handlers=_handler_names(data.get("handlers")),
+        running_jobs=_running_jobs(data.get("running_jobs")),
     )
+
+
+def _running_jobs(raw: str | None) -> list[tuple[str, str]]:
+    """(queue, job id) pairs; anything else in the field is skipped."""
+    try:
+        value = loads(raw) if raw else []
+    except ValueError:
+        return []
+    pairs = value if isinstance(value, list) else []
+    return [(str(p[0]), str(p[1])) for p in pairs if isinstance(p, list) and len(p) == 2][:RUNNING_JOBS_SHOWN]
 
 
 def readable_schedules(values: Iterable[str]) -> Iterator[ScheduleInfo]:

@@ -21,6 +21,7 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:hpolicy       hash    handler name -> "max_attempts bo_base bo_cap bo_jitter" ('-': none),
                                          the policy of jobs that set none of their own (workers advertise it)
     PREFIX:{queue}:handlers      hash    handler name -> when a live worker last advertised it (µs)
+    PREFIX:{queue}:history       hash    runs, failed runs, duration buckets per minute (lua flush_history)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:{queue}:paused        string  exists while the queue is paused: claim.lua claims nothing
     PREFIX:queues                set     queues in use (tidy takes off those with no job and no worker)
@@ -52,6 +53,7 @@ class QueueKeys:
     parked: str
     hlimits: str
     events: str
+    history: str
     paused: str
     hpolicy: str
     handlers: str
@@ -97,6 +99,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         parked=base + "parked",
         hlimits=base + "hlimits",
         events=base + "events",
+        history=base + "history",
         paused=base + "paused",
         hpolicy=base + "hpolicy",
         handlers=base + "handlers",

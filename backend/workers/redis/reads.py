@@ -7,15 +7,18 @@ Redis Cluster (the cluster client splits a pipeline by slot).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from redis import exceptions as redis_errors
 
+from backend.workers.history import MinuteStats
 from backend.workers.models import ALL_STATES, Job, JobPage, JobState, StoreHealth
 from backend.workers.redis.codec import format_cursor, job_from_hash, parse_cursor
 from backend.workers.redis.keys import QueueKeys, RedisKeys
+from backend.workers.rules import HISTORY_MINUTES
 
 
 def index_key(qkeys: QueueKeys, state: JobState | None) -> str:
@@ -152,6 +155,31 @@ class Reads:
     async def stats(self, queues: Sequence[str]) -> list[dict[str, str]]:
         """Each queue's metric counters (the stats hash)."""
         return await self._hgetall([self.keys.queue(name).stats for name in queues])
+
+    async def history(self, qkeys: QueueKeys, minutes: int) -> list[MinuteStats]:
+        """The last `minutes` minutes of the queue's history hash (lib.lua flush_history), oldest
+        first, every minute present (zeros where nothing ran). Unreadable fields are skipped."""
+        with self.errors():
+            seconds, _ = await self.redis.time()
+            data = await self.redis.hgetall(qkeys.history)
+        last, minutes = int(seconds) // 60, max(1, min(minutes, HISTORY_MINUTES))
+        out = {m: MinuteStats(at=m * 60.0) for m in range(last - minutes + 1, last + 1)}
+        for name, raw in data.items():
+            minute, _, kind = str(name).partition("|")
+            try:
+                stats = out.get(int(minute))
+                if stats is None or not kind:
+                    continue
+                if kind == "s":
+                    total = float(raw)
+                    stats.duration_sum = total if math.isfinite(total) and total > 0 else 0.0
+                elif kind in ("n", "f"):
+                    setattr(stats, "processed" if kind == "n" else "failed", max(0, int(raw)))
+                elif kind[0] == "d" and 1 <= int(kind[1:]) <= len(stats.buckets):
+                    stats.buckets[int(kind[1:]) - 1] = max(0, int(raw))
+            except (ValueError, OverflowError):
+                continue
+        return list(out.values())
 
     async def events(
         self, channels: Mapping[str, str], cluster: bool

@@ -8,7 +8,8 @@ Arguments are NamedTuples of wire values, in `script_args.py`.
 
 Each script's source is a generated prelude, then `lib.lua` (per-queue scripts), then its file. The
 prelude holds what Python and Lua share, written once here or in `rules.py`: `K` (the script's keys
-by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY and the codes (`CODE`).
+by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY, ERROR_HISTORY,
+ERROR_MAX_BYTES, HISTORY_MINUTES and the codes (`CODE`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ from backend.workers.redis.script_args import (
     WorkerField,
     WorkersArgs,
 )
-from backend.workers.rules import DURATION_BUCKETS, MAX_PRIORITY, PRIORITY_SPAN
+from backend.workers.rules import (
+    DURATION_BUCKETS,
+    ERROR_HISTORY,
+    ERROR_MAX_BYTES,
+    HISTORY_MINUTES,
+    MAX_PRIORITY,
+    PRIORITY_SPAN,
+)
 
 
 class Code(StrEnum):
@@ -204,6 +212,8 @@ def prelude(script: Script[Any, Any]) -> str:
         f"local BUCKETS = {{{', '.join(repr(float(b)) for b in DURATION_BUCKETS)}}}",
         f"local PRIORITY_SPAN = {PRIORITY_SPAN}",
         f"local MAX_PRIORITY = {MAX_PRIORITY}",
+        f"local ERROR_HISTORY, ERROR_MAX_BYTES = {ERROR_HISTORY}, {ERROR_MAX_BYTES}",
+        f"local HISTORY_MINUTES = {HISTORY_MINUTES}",
         f"local CODE = {{{codes}}}",
         "",
     ])
@@ -213,16 +223,17 @@ def prelude(script: Script[Any, Any]) -> str:
 _LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
-                             "wake", "seq", "hpolicy"), EnqueueArgs, _enqueued, EnqueueItem)
-CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "hpolicy"),
-               ClaimArgs, _claimed)
-FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "handlers"), FinishArgs,
-                _finished, FinishItem)
+                             "wake", "seq", "hpolicy", "history"), EnqueueArgs, _enqueued, EnqueueItem)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "hpolicy",
+                         "history"), ClaimArgs, _claimed)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "handlers", "history"),
+                FinishArgs, _finished, FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
 RECOVER = Script("recover", ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique",
-                             "stats", "wake", "limit_prefix", "parked", "events"), RecoverArgs, _count)
+                             "stats", "wake", "limit_prefix", "parked", "events", "history"),
+                 RecoverArgs, _count)
 PROMOTE = Script("promote", ("job_prefix", "ready", "waiting", "state_prefix", "wake", "seq"),
                  LimitArgs, _count)
 _CANCEL_KEYS = ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix", "parked",
@@ -234,8 +245,8 @@ RETRY = Script("retry", _RETRY_KEYS, JobArgs, _job_hash("retry"))
 CANCEL_MANY = Script("cancel_many", _CANCEL_KEYS, BulkArgs, _count, JobArgs)
 RETRY_MANY = Script("retry_many", _RETRY_KEYS, BulkArgs, _count, JobArgs)
 PAUSE = Script("pause", ("paused", "wake"), PauseArgs, _flag)
-SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events"), SetAsideArgs, _flag)
-PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats"), PurgeArgs, _count)
+SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events", "history"), SetAsideArgs, _flag)
+PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats", "history"), PurgeArgs, _count)
 TIDY = Script("tidy", ("stats", "jobs", "ready", "waiting", "running", "parked", "seq", "wake", "hlimits",
                        "state_prefix", "unique", "paused"), TidyArgs, _tidied, HandlerName)
 WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)

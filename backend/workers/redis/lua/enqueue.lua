@@ -2,7 +2,7 @@
 -- an existing id, or a unique_key held by a live job, returns that job unchanged.
 -- KEYS (scripts.ENQUEUE; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] state_prefix  KEYS[5] jobs  KEYS[6] unique  KEYS[7] stats
---    KEYS[8] wake  KEYS[9] seq  KEYS[10] hpolicy
+--    KEYS[8] wake  KEYS[9] seq  KEYS[10] hpolicy  KEYS[11] history
 -- ARGV[1] queue  ARGV[2] n  ARGV[3..] n records of WIDTH fields (scripts.EnqueueItem):
 --   id, name, args json, kwargs json, priority, max_attempts, timeout ('' = none),
 --   backoff base s, cap s, jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),

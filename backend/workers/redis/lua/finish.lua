@@ -5,6 +5,7 @@
 -- KEYS (scripts.FINISH; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
 --    KEYS[8] wake  KEYS[9] limit_prefix  KEYS[10] parked  KEYS[11] events  KEYS[12] jobs  KEYS[13] handlers
+--    KEYS[14] history
 -- ARGV[1] random seed  ARGV[2] retention µs (-1 = purge nothing)  ARGV[3] n
 -- ARGV[4..] n records of WIDTH fields (scripts.FinishItem):
 --   job_id, token, ok (1|0|2|3), payload (result json | error json), duration s,

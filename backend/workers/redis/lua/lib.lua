@@ -18,16 +18,68 @@ local function stat(field, n)
   STATS[field] = STATS[field] + n
 end
 
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The history hash holds minutes from "min" on: a sample stamped before "min" (the server clock
+-- went back) counts in minute "min". When the window moves, the minutes it leaves are deleted, at
+-- most HISTORY_MINUTES of them per call (so a call stays short however long the queue was idle),
+-- so the hash holds HISTORY_MINUTES minutes of fields (18 each) plus what a few calls still have
+-- to delete. A "min" that is not a plain minute number (a hand edit) starts afresh.
+local function trim_history(minute)
+  local oldest = tonumber(redis.call('HGET', K.history, 'min'))
+  if not oldest or oldest ~= math.floor(oldest) or oldest < 0 or oldest > 2 ^ 40 then oldest = minute end
+  minute = math.max(minute, oldest)
+  local cutoff = minute - HISTORY_MINUTES + 1
+  if oldest < cutoff then
+    for old = oldest, math.min(cutoff - 1, oldest + HISTORY_MINUTES - 1) do
+      local m = string.format('%d', old)
+      local fields = {m .. '|n', m .. '|f', m .. '|s'}
+      for slot = 1, #BUCKETS + 1 do fields[#fields + 1] = m .. '|d' .. slot end
+      redis.call('HDEL', K.history, unpack(fields))
+    end
+    oldest = math.min(cutoff, oldest + HISTORY_MINUTES)
+    if redis.call('HLEN', K.history) <= 1 then oldest = cutoff end -- only "min" is left: skip ahead
+  end
+  redis.call('HSET', K.history, 'min', string.format('%d', oldest))
+  return minute
+end
+
+-- This call's runs, per minute of the server clock, for the history charts (GET
+-- /api/queues/{queue}/history): "<minute>|n" runs, "<minute>|f" runs that raised or expired,
+-- "<minute>|d<slot>" runs per duration bucket (slots of BUCKETS), "<minute>|s" their duration sum.
+-- Read from the counters flush_stats writes, so history and metrics count the same runs.
+local function flush_history()
+  local add, order = {}, {}
+  local function bump(kind, n)
+    if add[kind] == nil then add[kind] = 0 order[#order + 1] = kind end
+    add[kind] = add[kind] + n
+  end
+  for _, field in ipairs(STAT_FIELDS) do
+    local kind, outcome = string.match(field, '^(%a+)|.*|(%w+)$')
+    if kind == 'run' then
+      bump('n', STATS[field])
+      if outcome ~= 'done' then bump('f', STATS[field]) end
+    elseif kind == 'dur' then
+      bump('d' .. outcome, STATS[field])
+    end
+  end
+  if #order == 0 then return end
+  local minute = string.format('%d', trim_history(math.floor(now_us() / 60000000)))
+  for _, kind in ipairs(order) do redis.call('HINCRBY', K.history, minute .. '|' .. kind, add[kind]) end
+  local total = 0
+  for _, seconds in pairs(DURSUM) do total = total + seconds end
+  if total > 0 then redis.call('HINCRBYFLOAT', K.history, minute .. '|s', string.format('%.6f', total)) end
+end
+
 local function flush_stats()
   for _, field in ipairs(STAT_FIELDS) do redis.call('HINCRBY', K.stats, field, STATS[field]) end
   for name, seconds in pairs(DURSUM) do
     redis.call('HINCRBYFLOAT', K.stats, 'dursum|' .. name, string.format('%.6f', seconds))
   end
-end
-
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  flush_history()
 end
 
 -- A cheap per-item pseudo-random number in [0, 1) derived from the caller's seed,
@@ -171,6 +223,26 @@ local function effective_max(max_attempts, cap, ma_def)
   return math.min(cap, max_attempts)
 end
 
+-- The job's error history (field "errors"): one line per failed attempt, oldest first, the last
+-- ERROR_HISTORY kept: "<attempt> <time µs> <error json>". An error over ERROR_MAX_BYTES keeps its
+-- type and a note (last_error holds it whole); lines of another shape (a hand edit) are dropped.
+local function record_error(jobkey, attempt, err, now)
+  err = string.gsub(err, '[\r\n]', ' ')
+  if #err > ERROR_MAX_BYTES then
+    local kind = string.match(err, '^{"type":"([%w_.:]*)"') or 'Error'
+    err = '{"type":"' .. kind .. '","message":"an error of ' .. #err ..
+      ' bytes: too long for the history, see last_error","traceback":""}'
+  end
+  local keep = {}
+  for line in string.gmatch(redis.call('HGET', jobkey, 'errors') or '', '[^\n]+') do
+    if #line <= ERROR_MAX_BYTES + 64 and string.match(line, '^%d+ %d+ {') then keep[#keep + 1] = line end
+  end
+  local lines = {}
+  for i = math.max(1, #keep - ERROR_HISTORY + 2), #keep do lines[#lines + 1] = keep[i] end
+  lines[#lines + 1] = string.format('%d %d ', math.floor(attempt), now) .. err
+  redis.call('HSET', jobkey, 'errors', table.concat(lines, '\n'))
+end
+
 -- running -> retry_scheduled (attempts left and retryable) or failed: the one retry policy.
 -- delay_us < 0 means "use the backoff": the handler's `bo` when given, else the job's own.
 -- cap (optional, >= 1) is the handler's max attempts: see effective_max. A job's own backoff
@@ -187,6 +259,7 @@ local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, 
   end
   max_attempts = effective_max(max_attempts, cap, f[7])
   if f[8] == '0' then bo = nil end
+  record_error(jobkey, attempts, err, now)
   if retryable and attempts < max_attempts then
     if delay_us < 0 then delay_us = backoff_us(jobkey, attempts, r, bo) end
     local run_at = now + delay_us
@@ -388,6 +461,7 @@ local function hand_back(id, jobkey, name, err, grace_us, delay_us, now, lkey, e
     wake_one()
     return 'scheduled'
   end
+  record_error(jobkey, tonumber(f[1]) or 1, err, now)
   leave_running(id, jobkey, 'failed', now, lkey, ev, {'finished_at', now, 'last_error', err})
   stat('run|' .. name .. '|failed', 1)
   release_unique(jobkey, id, ukey)
