@@ -20,6 +20,7 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:hlimits       hash    handler name -> at most N running (declared by workers)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:{queue}:paused        string  exists while the queue is paused: claim.lua claims nothing
+    PREFIX:{queue}:deps:<id>     set     ids of the deferred jobs waiting for job <id> (lib.lua resolve_kids)
     PREFIX:queues                set     queues in use (tidy takes off those with no job and no worker)
     PREFIX:epoch                 string  a random marker of this data set (see reset.py)
     PREFIX:schedules             hash    schedule name -> ScheduleInfo JSON (declared by workers)
@@ -50,6 +51,7 @@ class QueueKeys:
     hlimits: str
     events: str
     paused: str
+    deps_prefix: str
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -93,4 +95,5 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         hlimits=base + "hlimits",
         events=base + "events",
         paused=base + "paused",
+        deps_prefix=base + "deps:",
     )

@@ -40,6 +40,7 @@ class EnqueueItem(NamedTuple):
     limit: int | str  # '' = none
     events: int  # 1 | 0
     trace: str  # the enqueuer's trace context, '' = none
+    deps: str  # '' = none, else "<run_on_failure 1|0> <parent id> ..." (lua/lib.lua resolve_kids)
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> EnqueueItem:
@@ -55,6 +56,7 @@ class EnqueueItem(NamedTuple):
             -1 if spec.run_at is None else s_to_us(spec.run_at),
             spec.unique_key or "", spec.limit_key or "", "" if spec.limit is None else spec.limit,
             1 if spec.events else 0, spec.trace or "",
+            "" if not spec.depends_on else " ".join([str(int(spec.run_on_failure)), *dict.fromkeys(spec.depends_on)]),
         )
 
 

@@ -53,7 +53,7 @@ from backend.workers.redis.script_args import (
     WorkerField,
     WorkersArgs,
 )
-from backend.workers.rules import DURATION_BUCKETS, MAX_PRIORITY, PRIORITY_SPAN
+from backend.workers.rules import DURATION_BUCKETS, MAX_PRIORITY, PRIORITY_SPAN, InvalidJobError
 
 
 class Code(StrEnum):
@@ -85,6 +85,7 @@ class Enqueued:
     created_us: float = 0.0
     run_at_us: float = 0.0
     existing: dict[str, str] | None = None  # not created: the existing job's hash
+    missing_parent: str = ""  # not created: this depends_on id is no job of the queue
     fresh: bool = False  # the queue had no seq: new, or emptied by tidy (list it again)
 
 
@@ -108,9 +109,23 @@ class WorkersReply:
 
 
 def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
-    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]), fresh=reply[5:] == [1])
-            if int(reply[0]) == 1
-            else Enqueued(False, existing=pairs_to_dict(reply[1])) for reply in raw]
+    replies = [_one_enqueued(reply) for reply in raw]
+    for reply in replies:
+        if reply.missing_parent:
+            raise InvalidJobError(f"depends_on: no job {reply.missing_parent} in queue {args.queue} "
+                                  "(a job depends only on jobs of its own queue)")
+    return replies
+
+
+def _one_enqueued(reply: Any) -> Enqueued:
+    kind = int(reply[0])
+    if kind == 1:  # created; a job with parents comes with its whole hash (its state may be any)
+        full = pairs_to_dict(reply[6]) if len(reply) > 6 else None
+        return Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]), existing=full,
+                        fresh=int(reply[5]) == 1)
+    if kind == 2:
+        return Enqueued(False, missing_parent=str(reply[1]))
+    return Enqueued(False, existing=pairs_to_dict(reply[1]))
 
 
 def _claimed(raw: Any, args: ClaimArgs) -> list[dict[str, str]]:
@@ -210,20 +225,21 @@ def prelude(script: Script[Any, Any]) -> str:
 _LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
-                             "wake", "seq"), EnqueueArgs, _enqueued, EnqueueItem)
-CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused"), ClaimArgs,
-               _claimed)
-FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs"), FinishArgs, _finished,
-                FinishItem)
+                             "wake", "seq", "deps_prefix"), EnqueueArgs, _enqueued, EnqueueItem)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "deps_prefix"),
+               ClaimArgs, _claimed)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "seq", "deps_prefix"),
+                FinishArgs, _finished, FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
 RECOVER = Script("recover", ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique",
-                             "stats", "wake", "limit_prefix", "parked", "events"), RecoverArgs, _count)
+                             "stats", "wake", "limit_prefix", "parked", "events", "seq", "deps_prefix"),
+                 RecoverArgs, _count)
 PROMOTE = Script("promote", ("job_prefix", "ready", "waiting", "state_prefix", "wake", "seq"),
                  LimitArgs, _count)
 _CANCEL_KEYS = ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix", "parked",
-                "events")
+                "events", "wake", "seq", "deps_prefix")
 _RETRY_KEYS = ("job_prefix", "ready", "state_prefix", "unique", "wake", "seq")
 CANCEL = Script("cancel", _CANCEL_KEYS, JobArgs, _job_hash("cancel"))
 RETRY = Script("retry", _RETRY_KEYS, JobArgs, _job_hash("retry"))
@@ -231,7 +247,8 @@ RETRY = Script("retry", _RETRY_KEYS, JobArgs, _job_hash("retry"))
 CANCEL_MANY = Script("cancel_many", _CANCEL_KEYS, BulkArgs, _count, JobArgs)
 RETRY_MANY = Script("retry_many", _RETRY_KEYS, BulkArgs, _count, JobArgs)
 PAUSE = Script("pause", ("paused", "wake"), PauseArgs, _flag)
-SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events"), SetAsideArgs, _flag)
+SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events", "seq", "deps_prefix"), SetAsideArgs,
+                  _flag)
 PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats"), PurgeArgs, _count)
 TIDY = Script("tidy", ("stats", "jobs", "ready", "waiting", "running", "parked", "seq", "wake", "hlimits",
                        "state_prefix", "unique", "paused"), TidyArgs, _tidied, HandlerName)
