@@ -194,7 +194,7 @@ async def test_a_parent_set_aside_as_corrupt_cancels_dependants(store: JobStore)
     assert await state_of(store, child.id) is JobState.CANCELLED
 
 
-async def test_a_parent_with_an_unreadable_name_set_aside_by_claim_cancels_dependants(store: JobStore) -> None:
+async def test_a_parent_with_no_name_set_aside_by_claim_cancels_dependants(store: JobStore) -> None:
     assert isinstance(store, RedisJobStore)
     parent = await store.enqueue(JobSpec("t.parent"))
     child = await child_of(store, parent.id)

@@ -41,7 +41,6 @@ from backend.workers.redis import scripts as sc
 from backend.workers.redis.batching import EnqueueBatcher
 from backend.workers.redis.codec import (
     job_from_hash,
-    job_from_reply,
     queue_metrics,
     readable_schedules,
     s_to_us,
@@ -160,9 +159,7 @@ class RedisJobStore(QueueOperations, JobStore):
             replies = await self._call(sc.ENQUEUE, qkeys, sa.EnqueueArgs(queue, [item for _, item in chunk]))
             if any(reply.fresh for reply in replies):
                 await self._note_queue(queue, fresh=True)
-            jobs.extend(job_from_reply(spec, item.id, reply.state, reply.created_us, reply.run_at_us, reply.existing)
-                        if reply.created else job_from_hash(reply.existing or {})
-                        for (spec, item), reply in zip(chunk, replies, strict=True))
+            jobs.extend(reply.job(spec, item.id) for (spec, item), reply in zip(chunk, replies, strict=True))
         return jobs
 
     # -- reading -------------------------------------------------------------

@@ -238,12 +238,6 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
     )
 
 
-def job_from_reply(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any,
-                   full: Mapping[str, str] | None) -> Job:
-    """A job enqueue.lua just created: rebuilt from the spec, or read from the hash it sent back
-    (a job with parents, whose state and parents' outcomes the script decided)."""
-    return job_from_hash(full, job_id) if full is not None else new_job(spec, job_id, state, created_us, run_at_us)
-
 
 def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
     if not cursor:

@@ -56,8 +56,15 @@ class EnqueueItem(NamedTuple):
             -1 if spec.run_at is None else s_to_us(spec.run_at),
             spec.unique_key or "", spec.limit_key or "", "" if spec.limit is None else spec.limit,
             1 if spec.events else 0, spec.trace or "",
-            "" if not spec.depends_on else " ".join([str(int(spec.run_on_failure)), *dict.fromkeys(spec.depends_on)]),
+            _deps(spec),
         )
+
+
+def _deps(spec: JobSpec) -> str:
+    """enqueue.lua's deps field: '' or "<run_on_failure 1|0> <parent id> ..." (each parent once)."""
+    if not spec.depends_on:
+        return ""
+    return " ".join([str(int(spec.run_on_failure)), *dict.fromkeys(spec.depends_on)])
 
 
 class EnqueueArgs(NamedTuple):

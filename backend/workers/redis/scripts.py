@@ -26,8 +26,8 @@ from backend.workers.job_store import (
     JobStoreError,
     UniqueKeyHeldError,
 )
-from backend.workers.models import JobState
-from backend.workers.redis.codec import pairs_to_dict
+from backend.workers.models import Job, JobSpec, JobState
+from backend.workers.redis.codec import job_from_hash, new_job, pairs_to_dict
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.script_args import (
     BulkArgs,
@@ -86,6 +86,13 @@ class Enqueued:
     run_at_us: float = 0.0
     existing: dict[str, str] | None = None  # not created: the existing job's hash
     missing_parent: str = ""  # not created: this depends_on id is no job of the queue
+
+    def job(self, spec: JobSpec, job_id: str) -> Job:
+        """The job this reply stands for: the one created from `spec` (read from its hash when the
+        script sent it: a job with parents, whose state the script decided), or the existing one."""
+        if self.existing is not None:
+            return job_from_hash(self.existing, job_id)
+        return new_job(spec, job_id, self.state, self.created_us, self.run_at_us)
     fresh: bool = False  # the queue had no seq: new, or emptied by tidy (list it again)
 
 
@@ -225,9 +232,10 @@ def prelude(script: Script[Any, Any]) -> str:
 _LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
-                             "wake", "seq", "deps_prefix"), EnqueueArgs, _enqueued, EnqueueItem)
-CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "deps_prefix"),
-               ClaimArgs, _claimed)
+                             "wake", "seq", "deps_prefix"),
+                 EnqueueArgs, _enqueued, EnqueueItem)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused",
+                         "deps_prefix"), ClaimArgs, _claimed)
 FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "seq", "deps_prefix"),
                 FinishArgs, _finished, FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
@@ -247,8 +255,8 @@ RETRY = Script("retry", _RETRY_KEYS, JobArgs, _job_hash("retry"))
 CANCEL_MANY = Script("cancel_many", _CANCEL_KEYS, BulkArgs, _count, JobArgs)
 RETRY_MANY = Script("retry_many", _RETRY_KEYS, BulkArgs, _count, JobArgs)
 PAUSE = Script("pause", ("paused", "wake"), PauseArgs, _flag)
-SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events", "seq", "deps_prefix"), SetAsideArgs,
-                  _flag)
+SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events", "seq", "deps_prefix"),
+                  SetAsideArgs, _flag)
 PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats"), PurgeArgs, _count)
 TIDY = Script("tidy", ("stats", "jobs", "ready", "waiting", "running", "parked", "seq", "wake", "hlimits",
                        "state_prefix", "unique", "paused"), TidyArgs, _tidied, HandlerName)
