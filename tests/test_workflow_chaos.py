@@ -123,7 +123,8 @@ async def test_kills_never_make_a_dependant_run_twice_or_never_and_callbacks_fir
             await asyncio.sleep(KILL_EVERY)
             fleet.kill_one()
 
-        jobs = await read_jobs(store, [*[i for b in batches for i in b.job_ids], *ends, *[i for c in chains for i in c]])
+        members = [i for b in batches for i in b.job_ids] + [i for c in chains for i in c]
+        jobs = await read_jobs(store, [*members, *ends])
         starts: dict[str, list[Execution]] = defaultdict(list)
         for ex in read_records(record):
             starts[ex.job_id].append(ex)
