@@ -129,18 +129,29 @@ async def enqueue_batch(producer: Producer, calls: Sequence[Call[R]], callback: 
                         batch_id: str | None = None) -> BatchHandle[R]:
     """Enqueue `calls` as one batch (ids `<batch id>-<n>` unless a call has its own); safe to repeat
     with the same `batch_id`."""
-    if not calls:
-        raise InvalidJobError("a batch needs at least one job")
-    queue = _one_queue([*calls, *([callback] if callback else [])], "batch")
-    bid = batch_id or new_job_id()[:20]
-    specs = [replace(call.spec, id=call.spec.id or f"{bid}-{n}") for n, call in enumerate(calls)]
-    ids = [spec.id or "" for spec in specs]
-    anchor = callback.spec if callback is not None else JobSpec(BATCH_NOOP, queue=queue)
-    specs.append(replace(anchor, id=bid, depends_on=ids, run_on_failure=True).validate())
+    specs = batch_specs([call.spec for call in calls], callback.spec if callback else None, batch_id)
     await producer.check_worker()
     jobs = await producer.store.enqueue_many(specs)
+    bid, queue = jobs[-1].id, jobs[-1].queue
     handle: JobHandle[Any] = JobHandle(producer.store, bid, queue, jobs[-1], producer.watcher)
-    return BatchHandle(producer.store, bid, queue, ids, handle)
+    return BatchHandle(producer.store, bid, queue, [spec.id or "" for spec in specs[:-1]], handle)
+
+
+def batch_specs(jobs: Sequence[JobSpec], callback: JobSpec | None = None, batch_id: str | None = None
+                ) -> list[JobSpec]:
+    """A batch as the specs to enqueue in one call: its jobs (ids `<batch id>-<n>` unless they have
+    their own), then its anchor (id = the batch id) depending on all of them, run_on_failure."""
+    if not jobs:
+        raise InvalidJobError("a batch needs at least one job")
+    queues = {spec.queue for spec in [*jobs, *([callback] if callback else [])]}
+    if len(queues) != 1:
+        raise InvalidJobError(f"the jobs of a batch must all be on one queue, not {sorted(queues)}")
+    queue = queues.pop()
+    bid = batch_id or new_job_id()[:20]
+    specs = [replace(spec, id=spec.id or f"{bid}-{n}") for n, spec in enumerate(jobs)]
+    anchor = callback if callback is not None else JobSpec(BATCH_NOOP, queue=queue)
+    ids = [spec.id or "" for spec in specs]
+    return [*specs, replace(anchor, id=bid, depends_on=ids, run_on_failure=True).validate()]
 
 
 async def enqueue_chain(producer: Producer, calls: Sequence[Call[Any]]) -> list[JobHandle[Any]]:
