@@ -34,9 +34,9 @@ for i = 0, n - 1 do
     local holder = redis.call('HGET', K.unique, unique_key)
     if holder and redis.call('EXISTS', K.job_prefix .. holder) == 1 then existing = K.job_prefix .. holder end
   end
-  local parents, missing, pstates, live, bad = nil, nil, {}, false, nil
+  local parents, missing, pstates, live, bad = nil, nil, nil, false, nil
   if deps ~= '' and not existing then -- every parent is checked before anything is written
-    parents = {}
+    parents, pstates = {}, {}
     for v in string.gmatch(deps, '%S+') do parents[#parents + 1] = v end
     for j = 2, #parents do
       local st = redis.call('HGET', K.job_prefix .. parents[j], 'state')
