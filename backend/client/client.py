@@ -87,7 +87,8 @@ class Client(Producer):
                     ) -> JobHandle[R]: ...
 
     @overload
-    async def chain(self, *calls: Call[Any]) -> JobHandle[Any]: ...
+    async def chain(self, c1: Call[Any], c2: Call[Any], c3: Call[Any], c4: Call[Any], c5: Call[Any], /,
+                    *more: Call[Any]) -> JobHandle[Any]: ...
 
     async def chain(self, *calls: Call[Any]) -> JobHandle[Any]:
         """Enqueue `calls` to run one after the other, each once the one before ended done (a failed
