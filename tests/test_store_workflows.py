@@ -12,6 +12,7 @@ import asyncio
 
 import pytest
 
+from backend.client.workflows import batch_specs
 from backend.workers.bulk import BulkFilter
 from backend.workers.job_store import JobStore
 from backend.workers.models import Completion, Job, JobSpec, JobState
@@ -213,3 +214,42 @@ async def test_a_deferred_job_is_never_purged_and_leaves_no_key(store: JobStore)
     assert isinstance(store, RedisJobStore)
     assert await store.redis.exists(store.keys.queue("default").deps_prefix + parent.id) == 0
     assert await state_of(store, child.id) is JobState.DONE
+
+
+async def test_a_batch_callback_is_released_once_by_concurrent_finishes_and_repeated_reports(
+    store: JobStore,
+) -> None:
+    specs = batch_specs([JobSpec("t.member", max_attempts=2) for _ in range(20)], JobSpec("t.callback"), "b1")
+    await store.enqueue_many(specs)
+    claimed = await store.claim("w1", ["default"], 20, 30.0)
+    assert len(claimed) == 20 and all(job.id.startswith("b1-") for job in claimed)
+    first, rest = claimed[0], claimed[1:]
+    assert await store.fail(claim_of(first), BOOM, retry_delay=0) is JobState.RETRY_SCHEDULED
+    outcomes = [Completion(claim_of(job), 0.0, result=n) if n % 3 else
+                Completion(claim_of(job), 0.0, error=BOOM, retryable=False) for n, job in enumerate(rest)]
+    await asyncio.gather(*(store.finish([item]) for item in outcomes))  # 19 finishes at once
+    await asyncio.gather(*(store.finish([item]) for item in outcomes))  # each report sent again
+    assert await state_of(store, "b1") is JobState.DEFERRED  # the retried job has not ended yet
+    again = await claim_soon(store)
+    assert again.id == first.id
+    await store.complete(claim_of(again), "last")
+    callback = await get(store, "b1")
+    assert callback.state is JobState.ENQUEUED
+    counts = {s: list(callback.parent_states.values()).count(s) for s in ("done", "failed")}
+    assert counts == {"done": 13, "failed": 7}
+    (run,) = await store.claim("w1", ["default"], 5, 30.0)  # the callback, once
+    assert run.id == "b1" and run.parent_results[first.id] == "last"
+    assert await store.claim("w1", ["default"], 5, 30.0) == []
+
+
+@pytest.mark.parametrize("value", ["abc", "", "1e999", "-5", "nan", "0"])
+async def test_a_corrupt_pending_count_is_counted_again_from_the_parents(store: JobStore, value: str) -> None:
+    assert isinstance(store, RedisJobStore)
+    a, b = await store.enqueue(JobSpec("t.a")), await store.enqueue(JobSpec("t.b"))
+    child = await child_of(store, a.id, b.id)
+    await store.redis.hset(store.keys.queue("default").job(child.id), "deps", value)
+    await run_to(store, a.id, "done")
+    assert await state_of(store, child.id) is JobState.DEFERRED  # b is still live: not released early
+    await store.redis.hset(store.keys.queue("default").job(child.id), "deps", value)
+    await run_to(store, b.id, "done")
+    assert await state_of(store, child.id) is JobState.ENQUEUED  # nor stuck

@@ -125,6 +125,22 @@ end
 -- or cancelled with a DependencyFailed error naming the parent; a dependant cancelled here resolves
 -- its own dependants in the same call (a work list, not recursion). `p|<id>` is written once: a
 -- parent is never counted twice.
+-- The dependant's count of parents not ended yet, one less (written back). A count that cannot be
+-- read (a corrupt record) is counted again from its parents list: never released early, never stuck.
+local function pending_after(kk, raw)
+  local left = tonumber(raw)
+  if left == nil or left % 1 ~= 0 or left < 1 or left > 10000 then -- nil, NaN, inf, or out of range
+    left = 0
+    for p in string.gmatch(redis.call('HGET', kk, 'parents') or '', '%S+') do
+      if not redis.call('HGET', kk, 'p|' .. p) then left = left + 1 end
+    end
+  else
+    left = left - 1
+  end
+  redis.call('HSET', kk, 'deps', left)
+  return left
+end
+
 local function resolve_kids(id, outcome, result, now)
   local todo, i = {{id, outcome, result}}, 1
   while todo[i] do
@@ -135,7 +151,7 @@ local function resolve_kids(id, outcome, result, now)
     redis.call('DEL', set)
     for _, kid in ipairs(kids) do
       local kk = K.job_prefix .. kid
-      local f = redis.call('HMGET', kk, 'state', 'rof', 'run_at', 'ev', 'kids', 'p|' .. pid)
+      local f = redis.call('HMGET', kk, 'state', 'rof', 'run_at', 'ev', 'kids', 'p|' .. pid, 'deps')
       if f[1] == 'deferred' and not f[6] then
         if pout == 'done' and pres then
           redis.call('HSET', kk, 'p|' .. pid, pout, 'r|' .. pid, pres)
@@ -150,7 +166,7 @@ local function resolve_kids(id, outcome, result, now)
           move_state(kid, 'deferred', 'cancelled', now)
           emit(f[4], kid, 'cancelled')
           if f[5] == '1' then todo[#todo + 1] = {kid, 'cancelled', nil} end
-        elseif redis.call('HINCRBY', kk, 'deps', -1) <= 0 then
+        elseif pending_after(kk, f[7]) <= 0 then
           local run_at = tonumber(f[3]) or now
           local new = 'enqueued'
           if run_at > now then new = 'scheduled' end
