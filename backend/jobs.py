@@ -14,6 +14,7 @@ from backend.client.handle import JobCancelled, JobFailed, JobHandle, Progress
 from backend.client.options import JobOptions
 from backend.client.producer import ClientConfigError, set_default_client
 from backend.client.tasks import AsyncTask, SyncTask, Task, task
+from backend.client.workflows import BatchHandle, BatchStatus, Call
 from backend.workers.handlers import JobContext, current_job, report_progress, schedule
 from backend.workers.job_store import (
     IllegalTransitionError,
@@ -29,6 +30,9 @@ from backend.workers.schedules import Cron, Every
 __all__ = [
     "AsyncTask",
     "Backoff",
+    "BatchHandle",
+    "BatchStatus",
+    "Call",
     "Client",
     "ClientConfigError",
     "Cron",

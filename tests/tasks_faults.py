@@ -155,7 +155,10 @@ async def process_echo(value: int, fail: str = "") -> dict[str, object]:
         raise Permanent("do not retry me")
     if fail == "exit":
         sys.exit(3)
-    return {"value": value, "attempt": job.attempt, "job": job.job_id}
+    out: dict[str, object] = {"value": value, "attempt": job.attempt, "job": job.job_id}
+    if job.parent_states:  # a dependant: what its parents gave it crosses the boundary too
+        out.update(parents=job.parent_results, counts=job.parent_counts)
+    return out
 
 
 @task("faults.noop_process", executor="process")

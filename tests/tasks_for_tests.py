@@ -73,3 +73,14 @@ async def die() -> None:
     """Kills its own worker process, as a poison job that crashes every worker it lands on."""
     _mark("start")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task("tests.batch_done")
+async def batch_done(sleep: float = 0.0) -> dict[str, int]:
+    """A batch callback: records its start with the counts it was given (event
+    cb-<done>-<failed>-<cancelled>), then optionally sleeps (so a kill can catch it in flight)."""
+    counts = current_job().parent_counts
+    _mark(f"cb-{counts['done']}-{counts['failed']}-{counts['cancelled']}")
+    if sleep:
+        await asyncio.sleep(sleep)
+    return counts

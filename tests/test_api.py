@@ -258,6 +258,7 @@ async def test_queues_count_every_state(client: httpx.AsyncClient, store: JobSto
         "done": 0,
         "failed": 1,
         "cancelled": 0,
+        "deferred": 0,
     }
     assert by_name["default"]["total"] == 2
     assert by_name["other"]["counts"]["scheduled"] == 1

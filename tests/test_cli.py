@@ -197,7 +197,7 @@ def test_show_list_cancel_retry_and_their_exit_codes(env: dict[str, str]) -> Non
     counts = as_json(bagbot(env, "queues", "--json"))
     assert counts["default"]["enqueued"] == 1
     assert set(counts["default"]) == {"scheduled", "enqueued", "running", "retry_scheduled", "done", "failed",
-                                      "cancelled"}  # fmt: skip
+                                      "cancelled", "deferred"}  # fmt: skip
 
     table = bagbot(env, "jobs", "list")
     assert table.returncode == 0 and "cli-job-1" in table.stdout

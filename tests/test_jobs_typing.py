@@ -40,7 +40,12 @@ async def main(client: Client) -> None:
     await send_email.with_options(queu="mail").enqueue("a@b.c")  # E: unknown job option
     wrong: str = await ok.result()  # E: the result is a bool
     also_wrong: str = count(["x"])  # E: calling the task is calling the function
-    print(sent, n, direct, wrong, also_wrong)
+    last: JobHandle[int] = await client.chain(send_email.call("a@b.c"), count.call(["a"]))
+    batch = await client.batch([count.call(["a"]), count.call(["b"])], callback=send_email.call("x"))
+    totals: dict[str, int] = await batch.results()
+    await client.batch([count.call("not a list")])  # E: a call is checked like enqueue
+    bad_last: JobHandle[bool] = await client.chain(send_email.call("a"), count.call([]))  # E: last is int
+    print(sent, n, direct, wrong, also_wrong, last, totals, bad_last)
 '''
 
 
@@ -53,6 +58,6 @@ def test_mypy_checks_job_arguments_against_the_handler(tmp_path: Path) -> None:
     )
     reported = sorted({int(m.group(1)) for m in re.finditer(r"snippet\.py:(\d+): error", stdout)})
     expected = [n for n, line in enumerate(SNIPPET.splitlines(), 1) if "# E" in line]
-    assert len(expected) == 8
+    assert len(expected) == 10
     assert reported == expected, f"mypy said:\n{stdout}{stderr}"
     assert status == 1

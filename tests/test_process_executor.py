@@ -136,3 +136,16 @@ async def test_cancel_and_shutdown_kill_the_child(store: RedisJobStore, spawner:
     assert after is not None and after.state is JobState.ENQUEUED and after.attempts == 0
     assert not alive(pids_of(spawner, released.id)[0])
     assert pids_of(spawner, cancelled.id, "end") == [] and pids_of(spawner, released.id, "end") == []
+
+
+async def test_a_dependant_in_a_child_process_reads_its_parents_results(
+    store: RedisJobStore, spawner: Spawner
+) -> None:
+    (worker,) = await spawner.start(1, BAGBOT_CONCURRENCY="2")
+    parent = await store.enqueue(JobSpec("faults.process_echo", args=[7]))
+    child = await store.enqueue(JobSpec("faults.process_echo", args=[8], depends_on=[parent.id]))
+    done = await wait_state(store, child.id, JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+    assert done.result["parents"] == {parent.id: {"value": 7, "attempt": 1, "job": parent.id}}
+    assert done.result["counts"] == {"done": 1, "failed": 0, "cancelled": 0}
+    worker.send(signal.SIGTERM)
+    assert await worker.wait() == 0

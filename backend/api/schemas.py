@@ -7,12 +7,12 @@ validates untrusted input and documents the OpenAPI schema.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend.workers.models import JobSpec
-from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PRIORITY
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PARENTS, MAX_PRIORITY
 
 _YEAR = 366 * 24 * 3600.0
 # The store's own rules (models.py), stated in the schema so clients see them; pydantic's regex
@@ -49,6 +49,10 @@ class EnqueueRequest(BaseModel):
     )
     limit: int | None = Field(None, ge=1, le=100_000, description="see limit_key")
     events: bool = Field(False, description="publish this job's state changes (Redis pub/sub)")
+    depends_on: list[Annotated[str, Field(pattern=ID_PATTERN)]] = Field(
+        default_factory=list, max_length=MAX_PARENTS,
+        description="ids of jobs of its queue that must end done first (it is `deferred` till then)")
+    run_on_failure: bool = Field(False, description="with depends_on: run once they have ended, however")
 
     @model_validator(mode="after")
     def _one_schedule(self) -> Self:
@@ -82,6 +86,8 @@ class EnqueueRequest(BaseModel):
             limit_key=self.limit_key,
             limit=self.limit,
             events=self.events,
+            depends_on=list(self.depends_on),
+            run_on_failure=self.run_on_failure,
         )
 
 
@@ -132,6 +138,9 @@ class JobOut(BaseModel):
         default_factory=dict,
         description="fields of a corrupt record that could not be read (field -> stored value); they show"
         " their default, and `state` is `corrupt` when the state itself could not be read")
+    depends_on: list[str] = Field(default_factory=list, description="the jobs it waits for (`deferred`)")
+    run_on_failure: bool = False
+    parent_states: dict[str, str] = Field(default_factory=dict, description="ended parent -> its end state")
 
 
 class JobListOut(BaseModel):
@@ -208,3 +217,30 @@ class SchedulesOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: Any
+
+
+class BatchRequest(BaseModel):
+    """A batch: `jobs` (one queue), and a `callback` that runs once when every one has ended."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[EnqueueRequest] = Field(min_length=1, max_length=MAX_PARENTS)
+    callback: EnqueueRequest | None = Field(None, description="default: a bagbot.noop marks the end")
+    id: str | None = Field(None, pattern=ID_PATTERN, max_length=40,
+                           description="the batch id (= its callback's job id): repeats are no-ops")
+
+
+class BatchOut(BaseModel):
+    """A batch: its id (its callback's job id), its jobs and how they stand."""
+
+    id: str
+    queue: str
+    jobs: list[str]
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    pending: int
+    finished: bool = Field(description="every job has ended: the callback is enqueued, running or ended")
+    callback_state: str
+    results: dict[str, Any] = Field(default_factory=dict, description="job id -> result, for jobs done")

@@ -16,11 +16,12 @@ from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from backend.client.handle import JobHandle, Progress
-from backend.client.options import JobOptions
+from backend.client.options import JobOptions, Parent
 from backend.client.producer import Producer
+from backend.client.workflows import BatchHandle, Call, enqueue_batch, enqueue_chain
 from backend.workers.models import JSON, Job, JobState
 
 if TYPE_CHECKING:
@@ -59,12 +60,45 @@ class Client(Producer):
         max_attempts: int | None = None,
         timeout: float | None = None,
         events: bool | None = None,
+        depends_on: Sequence[Parent] | None = None,
+        run_on_failure: bool | None = None,
     ) -> JobHandle[Any]:
         """Enqueue a job by handler name, for callers that do not import the handler (untyped)."""
         options = JobOptions(queue=queue, delay=delay, run_at=run_at, priority=priority,
                              unique_key=unique_key, id=id, max_attempts=max_attempts, timeout=timeout,
-                             events=events)
+                             events=events, depends_on=None if depends_on is None else tuple(depends_on),
+                             run_on_failure=run_on_failure)
         return await self.enqueue_spec(options.spec(name, list(args), dict(kwargs or {})))
+
+    async def batch(self, calls: Sequence[Call[R]], callback: Call[Any] | None = None,
+                    id: str | None = None) -> BatchHandle[R]:
+        """Enqueue `calls` (`task.call(...)`, one queue) as a batch; `callback` runs once when every
+        one has ended, whatever their outcomes (see backend/client/workflows.py)."""
+        return await enqueue_batch(self, calls, callback, id)
+
+    @overload
+    async def chain(self, first: Call[Any], last: Call[R], /) -> JobHandle[R]: ...
+
+    @overload
+    async def chain(self, first: Call[Any], second: Call[Any], last: Call[R], /) -> JobHandle[R]: ...
+
+    @overload
+    async def chain(self, first: Call[Any], second: Call[Any], third: Call[Any], last: Call[R], /
+                    ) -> JobHandle[R]: ...
+
+    @overload
+    async def chain(self, c1: Call[Any], c2: Call[Any], c3: Call[Any], c4: Call[Any], c5: Call[Any], /,
+                    *more: Call[Any]) -> JobHandle[Any]: ...
+
+    async def chain(self, *calls: Call[Any]) -> JobHandle[Any]:
+        """Enqueue `calls` to run one after the other, each once the one before ended done (a failed
+        or cancelled one cancels the rest); the handle of the last. A job reads the one before's
+        result with `current_job().parent_results`."""
+        return (await enqueue_chain(self, calls))[-1]
+
+    def batch_of(self, batch_id: str, queue: str | None = None) -> BatchHandle[Any]:
+        """The handle of an existing batch (its id is its callback's job id)."""
+        return BatchHandle(self.store, batch_id, queue, [], self.job(batch_id, queue))
 
     def job(self, job_id: str, queue: str | None = None) -> JobHandle[Any]:
         """The handle of an existing job (its queue speeds up the look-up, if known)."""

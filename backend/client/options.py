@@ -6,12 +6,41 @@ worker's clock and the caller's zone may differ and a silent guess runs the job 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from backend.workers.models import JobSpec, epoch_seconds
-from backend.workers.rules import DEFAULT_QUEUE
+from backend.workers.rules import DEFAULT_QUEUE, InvalidJobError
+
+
+class HasId(Protocol):
+    """A job handle or record: what `depends_on` takes besides an id."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def queue(self) -> str | None: ...
+
+
+Parent = HasId | str
+
+
+def parent_ids(depends_on: Sequence[Parent], queue: str) -> list[str]:
+    """Ids of `depends_on` (handles, jobs or ids); a handle of another queue is refused now (a job
+    depends only on jobs of its own queue: each step stays in one Redis Cluster slot)."""
+    ids: list[str] = []
+    for parent in depends_on:
+        if isinstance(parent, str):
+            ids.append(parent)
+            continue
+        if parent.queue is not None and parent.queue != queue:
+            raise InvalidJobError(f"depends_on: job {parent.id} is on queue {parent.queue}, not {queue}: "
+                                  "a job depends only on jobs of its own queue")
+        ids.append(parent.id)
+    return ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +58,10 @@ class JobOptions:
     # publish this job's state changes so a handle can wait on them without polling: one
     # PUBLISH per state change of this job; jobs enqueued with events=False cost nothing extra
     events: bool | None = None
+    # run after these jobs (handles, jobs or ids of the same queue) have ended done; with
+    # run_on_failure, after they have ended whatever their outcome (docs/features.md)
+    depends_on: tuple[Parent, ...] | None = None
+    run_on_failure: bool | None = None
 
     def merged(self, **changes: Any) -> JobOptions:
         """These options with `changes` applied (a `None` change keeps the current value)."""
@@ -50,6 +83,9 @@ class JobOptions:
             unique_key=self.unique_key,
             events=True if self.events is None else self.events,
         )
+        if self.depends_on:
+            spec.depends_on = parent_ids(self.depends_on, spec.queue)
+            spec.run_on_failure = bool(self.run_on_failure)
         if self.max_attempts is not None:
             spec.max_attempts = self.max_attempts
         return spec.validate()

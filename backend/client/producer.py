@@ -73,12 +73,12 @@ class Producer:
 
     async def enqueue_spec(self, spec: JobSpec) -> JobHandle[Any]:
         """Enqueue a validated spec (the typed methods build it)."""
-        await self._check_worker()
+        await self.check_worker()
         with tracing.enqueue_span(spec):  # the caller's trace context goes with the job (tracing.py)
             job = await self.store.enqueue(spec)
         return JobHandle(self.store, job.id, job.queue, job, self.watcher)
 
-    async def _check_worker(self) -> None:
+    async def check_worker(self) -> None:
         """A store private to this process needs a worker in this process, registered on it."""
         if self._worker_seen:
             return

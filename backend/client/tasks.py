@@ -9,17 +9,18 @@ return type. Per-job options go through `with_options(...)`, never into the hand
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from backend.client.options import JobOptions
+from backend.client.options import JobOptions, Parent
 from backend.client.producer import default_producer
 from backend.workers.handlers import Handler, HandlerRegistry, default_registry
 from backend.workers.rules import Backoff
 
 if TYPE_CHECKING:
     from backend.client.handle import JobHandle
+    from backend.client.workflows import Call
     from backend.workers.schedules import Schedule
 
 P = ParamSpec("P")
@@ -58,13 +59,22 @@ class Task(Generic[P, R, C]):
         max_attempts: int | None = None,
         timeout: float | None = None,
         events: bool | None = None,
+        depends_on: Sequence[Parent] | None = None,
+        run_on_failure: bool | None = None,
     ) -> Task[P, R, C]:
         """The same task with per-job options: `await t.with_options(queue="bulk").enqueue(...)`."""
         options = self.options.merged(
             queue=queue, delay=delay, run_at=run_at, priority=priority, unique_key=unique_key, id=id,
             max_attempts=max_attempts, timeout=timeout, events=events,
+            depends_on=None if depends_on is None else tuple(depends_on), run_on_failure=run_on_failure,
         )
         return Task(self.fn, self.handler, options)
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        """This task's job described, not enqueued: for `client.batch(...)` and `client.chain(...)`."""
+        from backend.client.workflows import Call
+
+        return Call(self.options.spec(self.name, list(args), dict(kwargs)))
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Enqueue a job of this task on the default client (see `backend.client.producer`)."""

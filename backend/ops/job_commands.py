@@ -97,6 +97,13 @@ def enqueue(
     job_id: Annotated[
         str | None, typer.Option("--id", help="Your own job id: enqueueing it again is a no-op.")
     ] = None,
+    depends_on: Annotated[
+        list[str] | None,
+        typer.Option("--depends-on", help="Run after this job (same queue) ended done; repeat for more."),
+    ] = None,
+    run_on_failure: Annotated[
+        bool, typer.Option("--run-on-failure", help="With --depends-on: run however they ended.")
+    ] = False,
     wait: Annotated[
         bool, typer.Option("--wait", help="Show progress until the job ends; exit 1 if it failed.")
     ] = False,
@@ -128,6 +135,8 @@ def enqueue(
         "unique_key": unique_key,
         "id": job_id,
     }
+    if depends_on:
+        body["depends_on"], body["run_on_failure"] = list(depends_on), run_on_failure
 
     if wait:
         body["events"] = True  # its state changes and progress wake the wait at once

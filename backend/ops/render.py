@@ -30,6 +30,7 @@ STATE_STYLE = {
     "enqueued": "yellow",
     "scheduled": "blue",
     "retry_scheduled": "magenta",
+    "deferred": "bright_black",
 }
 
 

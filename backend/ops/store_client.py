@@ -49,6 +49,8 @@ class StoreClient(Client):
             timeout=body.get("timeout"),
             unique_key=body.get("unique_key"),
             events=bool(body.get("events")),
+            depends_on=list(body.get("depends_on") or []),
+            run_on_failure=bool(body.get("run_on_failure")),
         )
         async with self._errors():
             job = await self.store.enqueue(spec)

@@ -95,7 +95,8 @@ class Execution:
             return Completion(claim, 0.0, error=error, retryable=False, unknown_grace=grace)
         timeout = job.timeout or handler.timeout or self.settings.job_timeout_seconds
         report = self.progress.reporter(run)
-        ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, report)
+        ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, report,
+                         job.parent_states, job.parent_results)
         token = set_current_job(ctx)
         started = time.perf_counter()
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from backend.workers.rules import Backoff, validate_name
@@ -36,6 +36,18 @@ class JobContext:
     max_attempts: int
     # set by the worker: records progress (rate-limited there); callable from any thread
     reporter: Callable[[float, str], None] | None = None
+    # jobs it depends on (depends_on, a chain, or a batch's jobs when it is the batch's callback):
+    # parent id -> its end state, and parent id -> result for those that ended done
+    parent_states: dict[str, str] = field(default_factory=dict)
+    parent_results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parent_counts(self) -> dict[str, int]:
+        """How many parents ended done, failed and cancelled (a batch callback's summary)."""
+        counts = {"done": 0, "failed": 0, "cancelled": 0}
+        for state in self.parent_states.values():
+            counts[state] = counts.get(state, 0) + 1
+        return counts
 
 
 _current: ContextVar[JobContext | None] = ContextVar("bagbot_current_job", default=None)

@@ -39,11 +39,13 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    DEFERRED = "deferred"  # waiting for the jobs it depends on (depends_on)
 
 
 TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 WAITING_STATES = frozenset({JobState.SCHEDULED, JobState.RETRY_SCHEDULED})
-CANCELLABLE_STATES = frozenset({JobState.ENQUEUED, JobState.SCHEDULED, JobState.RETRY_SCHEDULED})
+CANCELLABLE_STATES = frozenset({JobState.ENQUEUED, JobState.SCHEDULED, JobState.RETRY_SCHEDULED,
+                                JobState.DEFERRED})
 # cancel() on a running job only requests it: the worker stops the handler at its next heartbeat
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.CANCELLED})
 ALL_STATES = tuple(JobState)
@@ -134,6 +136,10 @@ class JobSpec:
     limit: int | None = None
     events: bool = False  # publish this job's state changes (see docs/features.md)
     trace: str | None = None  # the enqueuer's W3C trace context (backend/workers/tracing.py)
+    # ids of jobs of the same queue that must end `done` first (docs/features.md, Dependencies);
+    # run_on_failure: run once they have all ended, whatever their outcome
+    depends_on: list[str] = field(default_factory=list)
+    run_on_failure: bool = False
 
     def __post_init__(self) -> None:
         if self.run_at is not None:  # an aware datetime is welcome too (typed as float for readers)
@@ -181,6 +187,10 @@ class Job:
     # field -> stored value (shortened) of each field the store could not read (a corrupt record);
     # the field shows its default. A job with any is never run: its claim sets it aside (failed).
     unreadable: dict[str, str] = field(default_factory=dict)
+    depends_on: list[str] = field(default_factory=list)  # its parents, in the order given
+    run_on_failure: bool = False
+    parent_states: dict[str, str] = field(default_factory=dict)  # finished parent -> its end state
+    parent_results: dict[str, JSON] = field(default_factory=dict)  # parent that ended done -> result
 
     @property
     def is_terminal(self) -> bool:
@@ -216,6 +226,9 @@ class Job:
             "progress_message": self.progress_message,
             "cancel_requested": self.cancel_requested,
             "unreadable": dict(self.unreadable),
+            "depends_on": list(self.depends_on),
+            "run_on_failure": self.run_on_failure,
+            "parent_states": dict(self.parent_states),
         }
 
 

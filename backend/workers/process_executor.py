@@ -55,6 +55,7 @@ async def run_in_process(handler: Handler, job: Job, ctx: JobContext) -> Any:
     request = {
         "module": fn.__module__, "qualname": fn.__qualname__, "args": job.args, "kwargs": job.kwargs,
         "job": [ctx.job_id, ctx.name, ctx.queue, ctx.attempt, ctx.max_attempts],
+        "parents": [ctx.parent_states, ctx.parent_results],
         "no_retry": [f"{cls.__module__}:{cls.__qualname__}" for cls in handler.no_retry],
     }
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
@@ -139,8 +140,10 @@ def _run(request: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> Non
         return
     no_retry = _no_retry(request["no_retry"])
     job_id, name, queue, attempt, max_attempts = request["job"]
+    parent_states, parent_results = request.get("parents") or ({}, {})
     ctx = JobContext(job_id, name, queue, attempt, max_attempts,
-                     reporter=lambda value, message: send({"progress": [value, message]}))
+                     reporter=lambda value, message: send({"progress": [value, message]}),
+                     parent_states=parent_states, parent_results=parent_results)
     set_current_job(ctx)
     try:
         result = fn(*request["args"], **request["kwargs"])

@@ -40,7 +40,6 @@ from backend.workers.redis import scripts as sc
 from backend.workers.redis.batching import EnqueueBatcher
 from backend.workers.redis.codec import (
     job_from_hash,
-    new_job,
     queue_metrics,
     s_to_us,
     worker_fields,
@@ -135,7 +134,9 @@ class RedisJobStore(QueueOperations, Declarations, JobStore):
 
     async def enqueue(self, spec: JobSpec) -> Job:
         """Concurrent calls made in the same event-loop turn share one script call per queue
-        (see redis/batching.py)."""
+        (see redis/batching.py); a job with parents has a call of its own (its errors are its own)."""
+        if spec.depends_on:
+            return (await self.enqueue_many([spec]))[0]
         return await self._batcher.enqueue(spec)
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[Job]:
@@ -158,9 +159,7 @@ class RedisJobStore(QueueOperations, Declarations, JobStore):
             replies = await self._call(sc.ENQUEUE, qkeys, sa.EnqueueArgs(queue, [item for _, item in chunk]))
             if any(reply.fresh for reply in replies):
                 await self._note_queue(queue, fresh=True)
-            jobs.extend(job_from_hash(reply.existing) if reply.existing is not None
-                        else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us,
-                                     reply.max_attempts or item.max_attempts)
+            jobs.extend(reply.job(spec, item.id, item.max_attempts)
                         for (spec, item), reply in zip(chunk, replies, strict=True))
         return jobs
 

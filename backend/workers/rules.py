@@ -136,7 +136,22 @@ def validate_spec(spec: S) -> S:
         raise InvalidJobError("limit_key must be 1-200 characters")
     if spec.limit is not None and not (isinstance(spec.limit, int) and spec.limit >= 1):
         raise InvalidJobError("limit must be a positive integer")
+    _validate_parents(spec)
     return spec
+
+
+MAX_PARENTS = 10_000  # a batch's callback depends on every job of the batch
+
+
+def _validate_parents(spec: Any) -> None:
+    parents = getattr(spec, "depends_on", None) or []
+    if not isinstance(parents, list) or len(parents) > MAX_PARENTS:
+        raise InvalidJobError(f"depends_on must be a list of at most {MAX_PARENTS} job ids")
+    for parent in parents:
+        if not isinstance(parent, str) or not _ID_RE.fullmatch(parent):
+            raise InvalidJobError(f"depends_on: invalid job id {parent!r}: use 1-64 of A-Z a-z 0-9 _ -")
+    if spec.id is not None and spec.id in parents:
+        raise InvalidJobError(f"depends_on: job {spec.id} cannot depend on itself")
 
 
 def check_json(field_name: str, value: Any) -> bytes:

@@ -1,8 +1,8 @@
 "use strict";
 // The dashboard's overview and plumbing. Loaded after charts.js and job.js, whose functions it calls.
-const STATES = ["scheduled", "enqueued", "running", "retry_scheduled", "done", "failed", "cancelled"];
+const STATES = ["deferred", "scheduled", "enqueued", "running", "retry_scheduled", "done", "failed", "cancelled"];
 // cancel on a running job asks its worker to stop it (docs/features.md)
-const CANCELLABLE = new Set(["enqueued", "scheduled", "retry_scheduled", "running"]);
+const CANCELLABLE = new Set(["deferred", "enqueued", "scheduled", "retry_scheduled", "running"]);
 const RETRYABLE = new Set(["failed", "cancelled"]);
 const REFRESH_MS = 2000;
 const CHARTS_MS = 10000;
@@ -265,7 +265,7 @@ function turnPage(how) {
 
 const BULK = {
   retry: { states: ["failed", "cancelled"], all: "failed/cancelled", label: "Retry all " },
-  cancel: { states: ["enqueued", "scheduled", "retry_scheduled", "running"], all: "waiting", label: "Cancel all " },
+  cancel: { states: ["deferred", "enqueued", "scheduled", "retry_scheduled", "running"], all: "waiting", label: "Cancel all " },
 };
 let bulkShown = null;
 

@@ -102,9 +102,27 @@ def job_from_hash(data: Mapping[str, str], job_id: str = "") -> Job:
     The strict reading is tried first (it is on every claim's path); only a record it refuses is
     read again field by field."""
     try:
-        return _strict_job(data)
+        job = _strict_job(data)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
-        return _tolerant_job(data, job_id)
+        job = _tolerant_job(data, job_id)
+    if "parents" in data:  # only jobs enqueued with depends_on pay for this
+        _read_parents(job, data)
+    return job
+
+
+def _read_parents(job: Job, data: Mapping[str, str]) -> None:
+    """The dependency fields (lua/lib.lua resolve_kids): parents, and each finished one's end state
+    and result. A result that cannot be read is left out and noted in `unreadable`."""
+    job.depends_on = data["parents"].split()
+    job.run_on_failure = data.get("rof") == "1"
+    for parent in job.depends_on:
+        if (state := data.get("p|" + parent)) is not None:
+            job.parent_states[parent] = state
+        if (raw := data.get("r|" + parent)) is not None:
+            try:
+                job.parent_results[parent] = loads(raw)
+            except ValueError:
+                job.unreadable["r|" + parent] = raw[:80]
 
 
 def _strict_job(data: Mapping[str, str]) -> Job:
@@ -249,6 +267,7 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         events=spec.events,
         trace=spec.trace,
     )
+
 
 
 def parse_cursor(cursor: str | None) -> tuple[float, str] | None:

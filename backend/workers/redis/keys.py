@@ -24,6 +24,7 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:history       hash    runs, failed runs, duration buckets per minute (lua flush_history)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:{queue}:paused        string  exists while the queue is paused: claim.lua claims nothing
+    PREFIX:{queue}:deps:<id>     set     ids of the deferred jobs waiting for job <id> (lib.lua resolve_kids)
     PREFIX:queues                set     queues in use (tidy takes off those with no job and no worker)
     PREFIX:epoch                 string  a random marker of this data set (see reset.py)
     PREFIX:schedules             hash    schedule name -> ScheduleInfo JSON (declared by workers)
@@ -57,6 +58,7 @@ class QueueKeys:
     paused: str
     hpolicy: str
     handlers: str
+    deps_prefix: str
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -103,4 +105,5 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         paused=base + "paused",
         hpolicy=base + "hpolicy",
         handlers=base + "handlers",
+        deps_prefix=base + "deps:",
     )

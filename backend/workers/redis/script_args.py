@@ -42,6 +42,7 @@ class EnqueueItem(NamedTuple):
     trace: str  # the enqueuer's trace context, '' = none
     ma_def: int  # 1: max_attempts not given (the handler's policy applies), 0: the job's own
     bo_def: int  # 1: backoff not given (the handler's policy applies), 0: the job's own
+    deps: str  # '' = none, else "<run_on_failure 1|0> <parent id> ..." (lua/lib.lua resolve_kids)
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> EnqueueItem:
@@ -58,7 +59,15 @@ class EnqueueItem(NamedTuple):
             spec.unique_key or "", spec.limit_key or "", "" if spec.limit is None else spec.limit,
             1 if spec.events else 0, spec.trace or "",
             1 if spec.max_attempts is None else 0, 1 if spec.backoff is None else 0,
+            _deps(spec),
         )
+
+
+def _deps(spec: JobSpec) -> str:
+    """enqueue.lua's deps field: '' or "<run_on_failure 1|0> <parent id> ..." (each parent once)."""
+    if not spec.depends_on:
+        return ""
+    return " ".join([str(int(spec.run_on_failure)), *dict.fromkeys(spec.depends_on)])
 
 
 class EnqueueArgs(NamedTuple):

@@ -27,8 +27,8 @@ from backend.workers.job_store import (
     JobStoreError,
     UniqueKeyHeldError,
 )
-from backend.workers.models import JobState
-from backend.workers.redis.codec import pairs_to_dict
+from backend.workers.models import Job, JobSpec, JobState
+from backend.workers.redis.codec import job_from_hash, new_job, pairs_to_dict
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.script_args import (
     AdvertiseArgs,
@@ -63,6 +63,7 @@ from backend.workers.rules import (
     HISTORY_MINUTES,
     MAX_PRIORITY,
     PRIORITY_SPAN,
+    InvalidJobError,
 )
 
 
@@ -96,7 +97,18 @@ class Enqueued:
     run_at_us: float = 0.0
     max_attempts: int = 0  # created: its effective max attempts (0: not said, a server before it did)
     existing: dict[str, str] | None = None  # not created: the existing job's hash
+    missing_parent: str = ""  # not created: this depends_on id is no job of the queue
+
     fresh: bool = False  # the queue had no seq: new, or emptied by tidy (list it again)
+
+    def job(self, spec: JobSpec, job_id: str, max_attempts: int) -> Job:
+        """The job this reply stands for: the one created from `spec` (read from its hash when the
+        script sent it: a job with parents, whose state the script decided), or the existing one.
+        `max_attempts`: the spec's as sent, for a server that did not say the effective value."""
+        if self.existing is not None:
+            return job_from_hash(self.existing, job_id)
+        return new_job(spec, job_id, self.state, self.created_us, self.run_at_us,
+                       self.max_attempts or max_attempts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +131,23 @@ class WorkersReply:
 
 
 def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
-    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]),
-                     int(reply[5]) if len(reply) > 5 else 0, fresh=reply[6:] == [1]) if int(reply[0]) == 1
-            else Enqueued(False, existing=pairs_to_dict(reply[1])) for reply in raw]
+    replies = [_one_enqueued(reply) for reply in raw]
+    for reply in replies:
+        if reply.missing_parent:
+            raise InvalidJobError(f"depends_on: no job {reply.missing_parent} in queue {args.queue} "
+                                  "(a job depends only on jobs of its own queue)")
+    return replies
+
+
+def _one_enqueued(reply: Any) -> Enqueued:
+    kind = int(reply[0])
+    if kind == 1:  # created; a job with parents comes with its whole hash (its state may be any)
+        full = pairs_to_dict(reply[7]) if len(reply) > 7 else None
+        return Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]), int(reply[5]), existing=full,
+                        fresh=reply[6:7] == [1])
+    if kind == 2:
+        return Enqueued(False, missing_parent=str(reply[1]))
+    return Enqueued(False, existing=pairs_to_dict(reply[1]))
 
 
 def _claimed(raw: Any, args: ClaimArgs) -> list[dict[str, str]]:
@@ -223,21 +249,23 @@ def prelude(script: Script[Any, Any]) -> str:
 _LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
-                             "wake", "seq", "hpolicy", "history"), EnqueueArgs, _enqueued, EnqueueItem)
+                             "wake", "seq", "hpolicy", "history", "deps_prefix"), EnqueueArgs, _enqueued,
+                 EnqueueItem)
 CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "hpolicy",
-                         "history"), ClaimArgs, _claimed)
-FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "handlers", "history"),
+                         "history", "deps_prefix"), ClaimArgs, _claimed)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "handlers", "history", "seq",
+                           "deps_prefix"),
                 FinishArgs, _finished, FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
 RECOVER = Script("recover", ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique",
-                             "stats", "wake", "limit_prefix", "parked", "events", "history"),
-                 RecoverArgs, _count)
+                             "stats", "wake", "limit_prefix", "parked", "events", "history", "seq",
+                             "deps_prefix"), RecoverArgs, _count)
 PROMOTE = Script("promote", ("job_prefix", "ready", "waiting", "state_prefix", "wake", "seq"),
                  LimitArgs, _count)
 _CANCEL_KEYS = ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix", "parked",
-                "events")
+                "events", "wake", "seq", "deps_prefix")
 _RETRY_KEYS = ("job_prefix", "ready", "state_prefix", "unique", "wake", "seq")
 CANCEL = Script("cancel", _CANCEL_KEYS, JobArgs, _job_hash("cancel"))
 RETRY = Script("retry", _RETRY_KEYS, JobArgs, _job_hash("retry"))
@@ -245,8 +273,10 @@ RETRY = Script("retry", _RETRY_KEYS, JobArgs, _job_hash("retry"))
 CANCEL_MANY = Script("cancel_many", _CANCEL_KEYS, BulkArgs, _count, JobArgs)
 RETRY_MANY = Script("retry_many", _RETRY_KEYS, BulkArgs, _count, JobArgs)
 PAUSE = Script("pause", ("paused", "wake"), PauseArgs, _flag)
-SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events", "history"), SetAsideArgs, _flag)
-PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats", "history"), PurgeArgs, _count)
+SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events", "history", "seq", "deps_prefix"),
+                  SetAsideArgs, _flag)
+PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats", "history"), PurgeArgs,
+               _count)
 TIDY = Script("tidy", ("stats", "jobs", "ready", "waiting", "running", "parked", "seq", "wake", "hlimits",
                        "state_prefix", "unique", "paused"), TidyArgs, _tidied, HandlerName)
 WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)

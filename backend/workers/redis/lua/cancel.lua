@@ -4,7 +4,7 @@
 -- The transition is cancel_job in lib.lua (shared with cancel_many.lua).
 -- KEYS (scripts.CANCEL; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] state_prefix  KEYS[5] unique  KEYS[6] limit_prefix  KEYS[7] parked
---    KEYS[8] events
+--    KEYS[8] events  KEYS[9] wake  KEYS[10] seq  KEYS[11] deps_prefix
 -- ARGV[1] job id
 -- Returns {CODE.OK, HGETALL}, {CODE.NOT_FOUND} or {CODE.ILLEGAL, current state}.
 local code, detail = cancel_job(ARGV[1])

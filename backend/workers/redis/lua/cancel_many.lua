@@ -3,7 +3,7 @@
 -- is left as it is.
 -- KEYS (scripts.CANCEL_MANY; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] state_prefix  KEYS[5] unique  KEYS[6] limit_prefix  KEYS[7] parked
---    KEYS[8] events
+--    KEYS[8] events  KEYS[9] wake  KEYS[10] seq  KEYS[11] deps_prefix
 -- ARGV[1] n  ARGV[2..] n records of WIDTH fields (scripts.JobArgs): job_id
 -- Returns how many changed (cancelled, or a cancel request newly recorded).
 local n = tonumber(ARGV[1])

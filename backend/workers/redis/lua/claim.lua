@@ -8,7 +8,7 @@
 -- KEYS (scripts.CLAIM; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
 --    KEYS[8] wake  KEYS[9] seq  KEYS[10] limit_prefix  KEYS[11] parked  KEYS[12] hlimits
---    KEYS[13] events  KEYS[14] paused  KEYS[15] hpolicy  KEYS[16] history
+--    KEYS[13] events  KEYS[14] paused  KEYS[15] hpolicy  KEYS[16] history  KEYS[17] deps_prefix
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
 -- Returns per claimed job {HGETALL before the claim, the fields the claim changed}.

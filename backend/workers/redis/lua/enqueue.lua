@@ -2,15 +2,20 @@
 -- an existing id, or a unique_key held by a live job, returns that job unchanged.
 -- KEYS (scripts.ENQUEUE; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] state_prefix  KEYS[5] jobs  KEYS[6] unique  KEYS[7] stats
---    KEYS[8] wake  KEYS[9] seq  KEYS[10] hpolicy  KEYS[11] history
+--    KEYS[8] wake  KEYS[9] seq  KEYS[10] hpolicy  KEYS[11] history  KEYS[12] deps_prefix
 -- ARGV[1] queue  ARGV[2] n  ARGV[3..] n records of WIDTH fields (scripts.EnqueueItem):
 --   id, name, args json, kwargs json, priority, max_attempts, timeout ('' = none),
 --   backoff base s, cap s, jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),
 --   limit_key ('' = none), limit ('' = none), events (1|0),
---   trace ('' = none), ma_def, bo_def (1: not given by the job, its handler's policy in hpolicy applies)
+--   trace ('' = none), ma_def, bo_def (1: not given by the job, its handler's policy in hpolicy applies),
+--   deps ('' = none, else "<run_on_failure 1|0> <parent id> ...": see resolve_kids)
 -- Returns per job: {1, id, state, created_us, run_at_us, max_attempts, fresh} when created (max_attempts:
--- its effective value; fresh = 1: the queue had no seq (new, or emptied by tidy.lua): the caller lists
--- the queue again), {0, HGETALL of the existing job} when not.
+-- its effective value; with an 8th element, its HGETALL, when it has parents), {0, HGETALL of the
+-- existing job} when not, {2, parent id} when a parent is not a job of this queue (nothing written for
+-- that job). fresh = 1: the queue had no seq (new, or emptied by tidy.lua): the caller lists the queue
+-- again.
+-- A job with parents: `deferred` while one is live; `cancelled` at once (DependencyFailed) when one has
+-- already failed or been cancelled, unless run_on_failure; as without parents when all are done.
 local queue, n = ARGV[1], tonumber(ARGV[2])
 local now = now_us()
 local out = {}
@@ -23,7 +28,7 @@ if seq == 0 then fresh = 1 end
 for i = 0, n - 1 do
   local b = 3 + i * WIDTH
   local id, name, args, kwargs, priority, max_attempts, timeout, bo_base, bo_cap, bo_jitter, delay_us,
-    run_at_us, unique_key, limit_key, limit, events, trace, ma_def, bo_def = unpack(ARGV, b, b + WIDTH - 1)
+    run_at_us, unique_key, limit_key, limit, events, trace, ma_def, bo_def, deps = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. id
   local existing = nil
   if redis.call('EXISTS', jobkey) == 1 then
@@ -32,14 +37,32 @@ for i = 0, n - 1 do
     local holder = redis.call('HGET', K.unique, unique_key)
     if holder and redis.call('EXISTS', K.job_prefix .. holder) == 1 then existing = K.job_prefix .. holder end
   end
+  local parents, missing, pstates, live, bad = nil, nil, nil, false, nil
+  if deps ~= '' and not existing then -- every parent is checked before anything is written
+    parents, pstates = {}, {}
+    for v in string.gmatch(deps, '%S+') do parents[#parents + 1] = v end
+    for j = 2, #parents do
+      local st = redis.call('HGET', K.job_prefix .. parents[j], 'state')
+      if not st then missing = parents[j] break end
+      pstates[j] = st
+      if st == 'failed' or st == 'cancelled' then
+        if parents[1] ~= '1' and not bad then bad = j end
+      elseif st ~= 'done' then
+        live = true
+      end
+    end
+  end
   if existing then
     out[#out + 1] = {0, redis.call('HGETALL', existing)}
+  elseif missing then
+    out[#out + 1] = {2, missing}
   else
     local delay, run_abs = tonumber(delay_us), tonumber(run_at_us)
     local run_at = now
     if delay >= 0 then run_at = now + delay elseif run_abs >= 0 then run_at = run_abs end
     local state = 'enqueued'
     if run_at > now then state = 'scheduled' end
+    if bad then state = 'cancelled' elseif live then state = 'deferred' end
     seq = seq + 1
     redis.call('HSET', jobkey, 'id', id, 'name', name, 'queue', queue, 'args', args,
       'kwargs', kwargs, 'priority', priority, 'max_attempts', max_attempts, 'timeout', timeout,
@@ -55,11 +78,31 @@ for i = 0, n - 1 do
     if state == 'enqueued' then
       redis.call('ZADD', K.ready, ready_score(tonumber(priority), seq), id)
       woke = true
-    else
+    elseif state == 'scheduled' then
       redis.call('ZADD', K.waiting, run_at, id)
       woke = true -- an idle worker waits for the due times it knew of: it must look again
     end
-    if unique_key ~= '' then redis.call('HSET', K.unique, unique_key, id) end
+    if unique_key ~= '' and state ~= 'cancelled' then redis.call('HSET', K.unique, unique_key, id) end
+    if parents then
+      local ids, pending = {}, 0
+      for j = 2, #parents do
+        local p, st = parents[j], pstates[j]
+        ids[#ids + 1] = p
+        if st == 'done' then
+          redis.call('HSET', jobkey, 'p|' .. p, st, 'r|' .. p, redis.call('HGET', K.job_prefix .. p, 'result') or 'null')
+        elseif st == 'failed' or st == 'cancelled' then
+          redis.call('HSET', jobkey, 'p|' .. p, st)
+        elseif state == 'deferred' then
+          pending = pending + redis.call('SADD', K.deps_prefix .. p, id)
+          redis.call('HSET', K.job_prefix .. p, 'kids', '1')
+        end
+      end
+      redis.call('HSET', jobkey, 'parents', table.concat(ids, ' '), 'rof', parents[1], 'deps', pending)
+      if bad then
+        redis.call('HSET', jobkey, 'finished_at', now, 'last_error', '{"type":"DependencyFailed","message":' ..
+          '"parent job ' .. parents[bad] .. ' ended ' .. pstates[bad] .. '","traceback":""}')
+      end
+    end
     -- optional features cost one HSET each, only for jobs that use them
     if limit_key ~= '' then redis.call('HSET', jobkey, 'lk', limit_key, 'lm', limit) end
     if events == '1' then redis.call('HSET', jobkey, 'ev', '1') end
@@ -67,7 +110,11 @@ for i = 0, n - 1 do
     redis.call('ZADD', K.jobs, now, id)
     move_state(id, nil, state, now)
     stat('enq|' .. name, 1)
-    out[#out + 1] = {1, id, state, now, run_at, max_attempts, fresh}
+    if parents then
+      out[#out + 1] = {1, id, state, now, run_at, max_attempts, fresh, redis.call('HGETALL', jobkey)}
+    else
+      out[#out + 1] = {1, id, state, now, run_at, max_attempts, fresh}
+    end
   end
 end
 if woke then wake_one() end

@@ -5,7 +5,7 @@
 -- KEYS (scripts.FINISH; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
 --    KEYS[8] wake  KEYS[9] limit_prefix  KEYS[10] parked  KEYS[11] events  KEYS[12] jobs  KEYS[13] handlers
---    KEYS[14] history
+--    KEYS[14] history  KEYS[15] seq  KEYS[16] deps_prefix
 -- ARGV[1] random seed  ARGV[2] retention µs (-1 = purge nothing)  ARGV[3] n
 -- ARGV[4..] n records of WIDTH fields (scripts.FinishItem):
 --   job_id, token, ok (1|0|2|3), payload (result json | error json), duration s,
@@ -16,6 +16,7 @@
 -- CODE.CORRUPT when the job's record could not be read: it was set aside (failed, see set_aside). A report
 -- re-sent after its reply was lost (redis-py retries on connection errors) finds its own token in
 -- done_token and gets the state that report produced, so it is neither applied twice nor called stale.
+-- A job that ends done, failed or cancelled resolves its dependants in the same step (resolve_kids).
 -- Retention keeps pace with finishing: up to 2n + 2 terminal jobs past the retention are deleted
 -- (purge_expired in lib.lua), so finished jobs cannot pile up faster than they expire.
 local seed, retention_us, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -26,7 +27,7 @@ for i = 0, n - 1 do
   local job_id, token, ok, payload, duration, policy = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. job_id
   local f = redis.call('HMGET', jobkey, 'state', 'token', 'name', 'unique_key', 'lkey', 'ev', 'done_token',
-    'done_state')
+    'done_state', 'kids')
   if f[1] ~= 'running' or f[2] ~= token then
     if f[7] == token and f[8] then out[#out + 1] = f[8] else out[#out + 1] = CODE.STALE end
   elseif not f[3] or f[3] == '' then -- no handler name: set aside before anything is written
@@ -37,6 +38,7 @@ for i = 0, n - 1 do
     local g = {}
     for v in string.gmatch(policy, '%S+') do g[#g + 1] = tonumber(v) end
     local state = hand_back(job_id, jobkey, f[3], payload, g[1] or 0, g[2] or 0, now, f[5], f[6], f[4])
+    if f[9] == '1' and state ~= 'scheduled' then resolve_kids(job_id, state, nil, now) end
     redis.call('HSET', jobkey, 'done_token', token, 'done_state', state)
     out[#out + 1] = state
   elseif ok == '1' or ok == '2' then
@@ -50,6 +52,7 @@ for i = 0, n - 1 do
     end
     leave_running(job_id, jobkey, state, now, f[5], f[6], fields)
     release_unique(jobkey, job_id, f[4])
+    if f[9] == '1' then resolve_kids(job_id, state, payload, now) end
     out[#out + 1] = state
   else
     observe_duration(f[3], tonumber(duration))

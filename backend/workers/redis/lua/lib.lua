@@ -91,7 +91,8 @@ end
 
 -- Enqueued and running jobs are indexed by the ready and running sets themselves; the other
 -- states have an index of their own, scored by when the job entered the state.
-local INDEXED = {scheduled = true, retry_scheduled = true, done = true, failed = true, cancelled = true}
+local INDEXED = {scheduled = true, retry_scheduled = true, done = true, failed = true, cancelled = true,
+  deferred = true}
 
 local function move_state(id, old, new, now)
   if old and INDEXED[old] then redis.call('ZREM', K.state_prefix .. old, id) end
@@ -166,6 +167,72 @@ local function release_unique(jobkey, id, key)
   end
 end
 
+-- Dependencies (docs/features.md): a job enqueued with depends_on is `deferred` while a parent is
+-- live. Its hash holds `parents` (ids, space-separated), `deps` (parents not finished yet) and `rof`
+-- ('1': it runs even when a parent failed or was cancelled); per finished parent `p|<id>` = the
+-- parent's end state and, when done, `r|<id>` = its result. A parent with dependants has kids = '1'
+-- and the set deps:<id> of their ids. Every step that makes a job terminal calls resolve_kids when
+-- the kids field it read with its other fields is set, so a job without dependants pays nothing.
+-- The last parent's step moves the dependant on: enqueued (or scheduled, when its run_at is later),
+-- or cancelled with a DependencyFailed error naming the parent; a dependant cancelled here resolves
+-- its own dependants in the same call (a work list, not recursion). `p|<id>` is written once: a
+-- parent is never counted twice.
+-- The dependant's count of parents not ended yet, one less (written back). A count that cannot be
+-- read (a corrupt record) is counted again from its parents list: never released early, never stuck.
+local function pending_after(kk, raw)
+  local left = tonumber(raw)
+  if left == nil or left % 1 ~= 0 or left < 1 or left > 10000 then -- nil, NaN, inf, or out of range
+    left = 0
+    for p in string.gmatch(redis.call('HGET', kk, 'parents') or '', '%S+') do
+      if not redis.call('HGET', kk, 'p|' .. p) then left = left + 1 end
+    end
+  else
+    left = left - 1
+  end
+  redis.call('HSET', kk, 'deps', left)
+  return left
+end
+
+local function resolve_kids(id, outcome, result, now)
+  local todo, i = {{id, outcome, result}}, 1
+  while todo[i] do
+    local pid, pout, pres = todo[i][1], todo[i][2], todo[i][3]
+    i = i + 1
+    local set = K.deps_prefix .. pid
+    local kids = redis.call('SMEMBERS', set)
+    redis.call('DEL', set)
+    for _, kid in ipairs(kids) do
+      local kk = K.job_prefix .. kid
+      local f = redis.call('HMGET', kk, 'state', 'rof', 'run_at', 'ev', 'kids', 'p|' .. pid, 'deps')
+      if f[1] == 'deferred' and not f[6] then
+        if pout == 'done' and pres then
+          redis.call('HSET', kk, 'p|' .. pid, pout, 'r|' .. pid, pres)
+        else
+          redis.call('HSET', kk, 'p|' .. pid, pout)
+        end
+        if pout ~= 'done' and f[2] ~= '1' then
+          local err = '{"type":"DependencyFailed","message":"parent job ' .. pid .. ' ended ' .. pout ..
+            '","traceback":""}'
+          redis.call('HSET', kk, 'state', 'cancelled', 'finished_at', now, 'state_at', now, 'last_error', err)
+          release_unique(kk, kid)
+          move_state(kid, 'deferred', 'cancelled', now)
+          emit(f[4], kid, 'cancelled')
+          if f[5] == '1' then todo[#todo + 1] = {kid, 'cancelled', nil} end
+        elseif pending_after(kk, f[7]) <= 0 then
+          local run_at = tonumber(f[3]) or now
+          local new = 'enqueued'
+          if run_at > now then new = 'scheduled' end
+          redis.call('HSET', kk, 'state', new, 'state_at', now)
+          if new == 'scheduled' then redis.call('ZADD', K.waiting, run_at, kid) else push_ready(kk, kid) end
+          move_state(kid, 'deferred', new, now)
+          emit(f[4], kid, new)
+          wake_one()
+        end
+      end
+    end
+  end
+end
+
 local function observe_duration(name, seconds)
   local slot = #BUCKETS + 1
   for b = 1, #BUCKETS do
@@ -180,7 +247,7 @@ end
 -- job, its limit slot and unique key freed, so it never takes the rest of its batch down. Scripts
 -- check the fields they convert before their first write for the job, so nothing is half-moved.
 local KNOWN_STATES = {scheduled = true, enqueued = true, running = true, retry_scheduled = true,
-  done = true, failed = true, cancelled = true}
+  done = true, failed = true, cancelled = true, deferred = true}
 
 local function corrupt_error(field, value)
   local shown = string.gsub(string.sub(tostring(value), 1, 80), '[%c"\\\128-\255]', '?')
@@ -204,6 +271,7 @@ local function set_aside(id, jobkey, old, now, err, lkey, ev, ukey)
   release_unique(jobkey, id, ukey or nil)
   emit(ev, id, 'failed')
   stat('corrupt', 1)
+  if redis.call('HGET', jobkey, 'kids') == '1' then resolve_kids(id, 'failed', nil, now) end -- rare path
 end
 
 -- The first field of `checks` ({field, raw value} pairs) that is set but not a number, or nil.
@@ -249,7 +317,7 @@ end
 -- (bo_def = '0') wins over the handler's `bo`. outcome nil means retry/failed as it turns out.
 local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, r, cap, bo)
   local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req',
-    'ma_def', 'bo_def')
+    'ma_def', 'bo_def', 'kids')
   local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
   local bad, value = not_numeric({{'attempts', f[2]}, {'max_attempts', f[3]}})
   if not name or name == '' then bad, value = 'name', '' end
@@ -275,6 +343,7 @@ local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, 
   leave_running(id, jobkey, 'failed', now, f[4], f[5], {'finished_at', now, 'last_error', err})
   stat('run|' .. name .. '|' .. (outcome or 'failed'), 1)
   release_unique(jobkey, id)
+  if f[9] == '1' then resolve_kids(id, 'failed', nil, now) end
   return 'failed'
 end
 
@@ -343,11 +412,11 @@ local function retry_job(id)
 end
 
 -- The cancel, written once for cancel.lua and cancel_many.lua: enqueued / scheduled /
--- retry_scheduled -> cancelled; on a running job only a cancel request (cancel_req = 1) is recorded.
+-- retry_scheduled / deferred -> cancelled (its dependants resolved); on a running job only a cancel request (cancel_req = 1) is recorded.
 -- Returns CODE.OK, nil, whether anything changed; or an error code and its detail (the state).
 local function cancel_job(id)
   local jobkey = K.job_prefix .. id
-  local f = redis.call('HMGET', jobkey, 'state', 'parked', 'ev', 'cancel_req')
+  local f = redis.call('HMGET', jobkey, 'state', 'parked', 'ev', 'cancel_req', 'kids')
   local state = f[1]
   if not state then return CODE.NOT_FOUND end
   if state == 'running' then
@@ -356,7 +425,7 @@ local function cancel_job(id)
     emit(f[3], id, 'cancel_requested')
     return CODE.OK, nil, true
   end
-  if state ~= 'enqueued' and state ~= 'scheduled' and state ~= 'retry_scheduled' then
+  if state ~= 'enqueued' and state ~= 'scheduled' and state ~= 'retry_scheduled' and state ~= 'deferred' then
     return CODE.ILLEGAL, state
   end
   local now = now_us()
@@ -367,6 +436,7 @@ local function cancel_job(id)
   release_unique(jobkey, id)
   move_state(id, state, 'cancelled', now)
   emit(f[3], id, 'cancelled')
+  if f[5] == '1' then resolve_kids(id, 'cancelled', nil, now) end
   return CODE.OK, nil, true
 end
 
@@ -379,7 +449,7 @@ end
 -- At most `limit` index entries are looked at, of one terminal state if `only` names one (else all
 -- three); returns how many jobs were deleted.
 local TERMINAL = {'done', 'failed', 'cancelled'}
-local LIVE = {enqueued = true, running = true, scheduled = true, retry_scheduled = true}
+local LIVE = {enqueued = true, running = true, scheduled = true, retry_scheduled = true, deferred = true}
 
 local function purge_expired(cutoff, limit, only)
   local seen, purged = 0, 0

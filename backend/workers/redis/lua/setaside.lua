@@ -4,6 +4,7 @@
 -- KEYS (scripts.SETASIDE; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
 --    KEYS[8] wake  KEYS[9] limit_prefix  KEYS[10] parked  KEYS[11] events  KEYS[12] history
+--    KEYS[13] seq  KEYS[14] deps_prefix
 -- ARGV[1] job id  ARGV[2] claim token  ARGV[3] the unreadable field  ARGV[4] its value
 -- Returns 1 when the job was set aside, 0 when the claim was no longer current.
 local id, token = ARGV[1], ARGV[2]
