@@ -117,6 +117,7 @@ def task(
     backoff: Backoff | None = None,
     no_retry: tuple[type[BaseException], ...] = (),
     limit: int | None = None,
+    rate: str | None = None,
     schedule: Schedule | None = None,
     registry: HandlerRegistry | None = None,
     **policy: Any,

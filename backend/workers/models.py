@@ -121,6 +121,9 @@ class JobSpec:
     limit: int | None = None
     events: bool = False  # publish this job's state changes (see docs/features.md)
     trace: str | None = None  # the enqueuer's W3C trace context (backend/workers/tracing.py)
+    # at most `rate` ("100/m", rates.py) starts of jobs with this key across all workers
+    rate_key: str | None = None
+    rate: str | None = None
 
     def __post_init__(self) -> None:
         if self.run_at is not None:  # an aware datetime is welcome too (typed as float for readers)
@@ -166,6 +169,8 @@ class Job:
     # field -> stored value (shortened) of each field the store could not read (a corrupt record);
     # the field shows its default. A job with any is never run: its claim sets it aside (failed).
     unreadable: dict[str, str] = field(default_factory=dict)
+    rate_key: str | None = None
+    rate: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -200,6 +205,8 @@ class Job:
             "progress_message": self.progress_message,
             "cancel_requested": self.cancel_requested,
             "unreadable": dict(self.unreadable),
+            "rate_key": self.rate_key,
+            "rate": self.rate,
         }
 
 

@@ -53,6 +53,7 @@ from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.operations import QueueOperations
 from backend.workers.redis.per_queue import FirstFailure, extend_each_queue, group_claims, refs, tried_twice
+from backend.workers.redis.rates import QueueRates
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
 from backend.workers.redis.tidy import tidy
@@ -65,9 +66,9 @@ A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
 
 
-class RedisJobStore(QueueOperations, JobStore):
+class RedisJobStore(QueueOperations, QueueRates, JobStore):
     """JobStore on one Redis server (or cluster slot per queue). Owns its client. Bulk retry/cancel,
-    purge and pause/resume: redis/operations.py."""
+    purge and pause/resume: redis/operations.py; rate settings: redis/rates.py."""
 
     backend = "redis"
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from backend.workers.models import Job, JobError, JobSpec, JobState, QueueMetrics, ScheduleInfo, WorkerInfo
+from backend.workers.rates import canonical_rate
 from backend.workers.rules import (
     DURATION_BUCKETS,
     Backoff,
@@ -136,6 +137,8 @@ def _strict_job(data: Mapping[str, str]) -> Job:
         progress_message=data.get("progress_msg") if progress is not None else None,
         cancel_requested=data.get("cancel_req") == "1",
         trace=data.get("tp") or None,
+        rate_key=data.get("rk") or None,
+        rate=data.get("rr") or None,
     )
     times = (job.run_at, job.started_at, job.finished_at, job.lease_until, timeout, progress)
     total = job.created_at + sum(t for t in times if t is not None) + sum(job.backoff.bounds(1))
@@ -194,6 +197,8 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
         cancel_requested=data.get("cancel_req") == "1",
         trace=data.get("tp") or None,
         unreadable=f.bad,
+        rate_key=data.get("rk") or None,
+        rate=data.get("rr") or None,
     )
 
 
@@ -217,6 +222,8 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         limit=spec.limit,
         events=spec.events,
         trace=spec.trace,
+        rate_key=spec.rate_key,
+        rate=canonical_rate(spec.rate) if spec.rate is not None else None,
     )
 
 

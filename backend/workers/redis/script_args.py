@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from backend.workers.models import Completion, JobSpec, WorkerInfo
+from backend.workers.rates import canonical_rate
 from backend.workers.redis.codec import s_to_us
 from backend.workers.rules import check_json, dumps, new_job_id
 
@@ -40,6 +41,8 @@ class EnqueueItem(NamedTuple):
     limit: int | str  # '' = none
     events: int  # 1 | 0
     trace: str  # the enqueuer's trace context, '' = none
+    rate_key: str  # '' = none
+    rate: str  # canonical (rates.py), '' = none
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> EnqueueItem:
@@ -55,6 +58,7 @@ class EnqueueItem(NamedTuple):
             -1 if spec.run_at is None else s_to_us(spec.run_at),
             spec.unique_key or "", spec.limit_key or "", "" if spec.limit is None else spec.limit,
             1 if spec.events else 0, spec.trace or "",
+            spec.rate_key or "", "" if spec.rate is None else canonical_rate(spec.rate),
         )
 
 

@@ -7,7 +7,7 @@
 --   id, name, args json, kwargs json, priority, max_attempts, timeout ('' = none),
 --   backoff base s, cap s, jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),
 --   limit_key ('' = none), limit ('' = none), events (1|0),
---   trace ('' = none)
+--   trace ('' = none), rate_key ('' = none), rate ('' = none; canonical, rates.py)
 -- Returns per job: {1, id, state, created_us, run_at_us, fresh} when created, {0, HGETALL of the existing job}
 -- when not. fresh = 1: the queue had no seq (new, or emptied by tidy.lua): the caller lists the queue again.
 local queue, n = ARGV[1], tonumber(ARGV[2])
@@ -21,7 +21,7 @@ if seq == 0 then fresh = 1 end
 for i = 0, n - 1 do
   local b = 3 + i * WIDTH
   local id, name, args, kwargs, priority, max_attempts, timeout, bo_base, bo_cap, bo_jitter, delay_us,
-    run_at_us, unique_key, limit_key, limit, events, trace = unpack(ARGV, b, b + WIDTH - 1)
+    run_at_us, unique_key, limit_key, limit, events, trace, rate_key, rate = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. id
   local existing = nil
   if redis.call('EXISTS', jobkey) == 1 then
@@ -55,6 +55,7 @@ for i = 0, n - 1 do
     if limit_key ~= '' then redis.call('HSET', jobkey, 'lk', limit_key, 'lm', limit) end
     if events == '1' then redis.call('HSET', jobkey, 'ev', '1') end
     if trace ~= '' then redis.call('HSET', jobkey, 'tp', trace) end
+    if rate_key ~= '' then redis.call('HSET', jobkey, 'rk', rate_key, 'rr', rate) end
     redis.call('ZADD', K.jobs, now, id)
     move_state(id, nil, state, now)
     stat('enq|' .. name, 1)

@@ -8,7 +8,7 @@
 -- no seq and says so (enqueue.lua's `fresh`), so its client lists the queue again.
 -- KEYS (scripts.TIDY; the script reads them as K.<name>):  KEYS[1] stats  KEYS[2] jobs  KEYS[3] ready
 --    KEYS[4] waiting  KEYS[5] running  KEYS[6] parked  KEYS[7] seq  KEYS[8] wake  KEYS[9] hlimits
---    KEYS[10] state_prefix  KEYS[11] unique  KEYS[12] paused
+--    KEYS[10] state_prefix  KEYS[11] unique  KEYS[12] paused  KEYS[13] hrates
 -- ARGV[1] served (1: a live worker serves the queue)  ARGV[2] known (0: a live worker did not say
 --   which handlers it has: keep every name)  ARGV[3] n
 -- ARGV[4..] n records of WIDTH fields (scripts.HandlerName): a handler name live workers register
@@ -38,7 +38,7 @@ for _, field in ipairs(fields) do
   end
 end
 if empty and not served and redis.call('EXISTS', K.paused) == 0 then
-  redis.call('DEL', K.stats, K.seq, K.wake, K.hlimits, K.unique)
+  redis.call('DEL', K.stats, K.seq, K.wake, K.hlimits, K.unique, K.hrates)
   for _, state in ipairs({'scheduled', 'retry_scheduled', 'done', 'failed', 'cancelled'}) do
     redis.call('DEL', K.state_prefix .. state)
   end
