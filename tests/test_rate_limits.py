@@ -10,6 +10,7 @@ period / N apart on the store's clock, whatever the number of claimers.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 
@@ -49,7 +50,7 @@ def slot(job: Job) -> float:
 
 def assert_spaced(jobs: list[Job], interval: float) -> None:
     times = sorted(slot(job) for job in jobs)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= interval - EPS, f"slots closer than {interval}s: {gaps}"
 
 
