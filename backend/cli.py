@@ -22,7 +22,10 @@ from typing import Annotated
 
 import typer
 
-from backend.ops import bench
+from backend.ops import (
+    bench,
+    rate_commands,  # noqa: F401  (registers `bagbot queues rate`)
+)
 from backend.ops.bulk_commands import purge_all, queues_app
 from backend.ops.cli_support import JsonOpt, TokenOpt, UrlOpt, err, load_settings, out, print_json, run
 from backend.ops.client import Client, ExitCode

@@ -43,7 +43,8 @@ async def test_set_show_and_clear_a_queue_rate(client: httpx.AsyncClient, app_st
 
 async def test_rate_calls_need_the_token(client: httpx.AsyncClient, app_store: JobStore) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):
-        assert (await client.put("/api/queues/q/rate", json={"rate": "1/s"}, headers=headers)).status_code == 401
+        put = await client.put("/api/queues/q/rate", json={"rate": "1/s"}, headers=headers)
+        assert put.status_code == 401
         assert (await client.delete("/api/queues/q/rate", headers=headers)).status_code == 401
     assert await app_store.queue_rates() == {}
 
