@@ -1,6 +1,7 @@
 """Does a rate limit hold across worker processes? 4 real workers drain a backlog under 100/s.
 
-    .venv/bin/python scripts/rate_bench.py [--rate 100/s] [--jobs 1000] [--workers 4] [--modes queue,key,handler]
+    .venv/bin/python scripts/rate_bench.py [--rate 100/s] [--jobs 1000] [--workers 4]
+                                           [--modes queue,key,handler]
 
 For each mode a fresh key prefix: `queue` sets the queue's rate (`set_queue_rate`), `key` enqueues
 every job with rate_key/rate, `handler` declares the rate for bagbot.noop in the queue's hrates
@@ -49,7 +50,9 @@ async def wait_for(check: object, what: str, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run_mode(url: str, mode: str, rate: str, jobs: int, workers: int, concurrency: int) -> dict[str, object]:
+async def run_mode(
+    url: str, mode: str, rate: str, jobs: int, workers: int, concurrency: int
+) -> dict[str, object]:
     prefix = f"ratebench-{uuid.uuid4().hex[:8]}"
     store = RedisJobStore.from_url(url, prefix=prefix)
     procs: list[subprocess.Popen[bytes]] = []
@@ -105,7 +108,8 @@ def figures(done: list[Job], per_second: float) -> dict[str, object]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", default="100/s")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4)
