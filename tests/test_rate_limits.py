@@ -186,3 +186,22 @@ def test_rate_syntax() -> None:
     assert parse_rate("10/30s").period == 30
     assert canonical_rate("3/1H") == "3/h"
     assert math.isclose(parse_rate("1000000/s").interval_us, 1.0)
+
+
+def test_client_options_and_handlers_carry_rates() -> None:
+    from backend.client.options import JobOptions
+    from backend.workers.handlers import HandlerRegistry
+
+    spec = JobOptions(rate_key="k", rate="5/s").spec("t.x", [], {})
+    assert spec.rate_key == "k" and spec.rate == "5/s"
+    with pytest.raises(InvalidJobError):
+        JobOptions(rate="5/s").spec("t.x", [], {})
+    registry = HandlerRegistry()
+
+    @registry.task("t.rated", rate=" 7/M ")
+    def rated() -> None: ...
+
+    assert registry.get("t.rated").rate == "7/m"  # type: ignore[union-attr]
+    for bad in ("0/s", "fast", "-1/m"):
+        with pytest.raises(ValueError, match="rate"):
+            registry.task("t.bad", rate=bad)

@@ -59,11 +59,13 @@ class Client(Producer):
         max_attempts: int | None = None,
         timeout: float | None = None,
         events: bool | None = None,
+        rate_key: str | None = None,
+        rate: str | None = None,
     ) -> JobHandle[Any]:
         """Enqueue a job by handler name, for callers that do not import the handler (untyped)."""
         options = JobOptions(queue=queue, delay=delay, run_at=run_at, priority=priority,
                              unique_key=unique_key, id=id, max_attempts=max_attempts, timeout=timeout,
-                             events=events)
+                             events=events, rate_key=rate_key, rate=rate)
         return await self.enqueue_spec(options.spec(name, list(args), dict(kwargs or {})))
 
     def job(self, job_id: str, queue: str | None = None) -> JobHandle[Any]:

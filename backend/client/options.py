@@ -29,6 +29,9 @@ class JobOptions:
     # publish this job's state changes so a handle can wait on them without polling: one
     # PUBLISH per state change of this job; jobs enqueued with events=False cost nothing extra
     events: bool | None = None
+    # at most `rate` ("100/s") starts of jobs with this key across all workers (docs/features.md)
+    rate_key: str | None = None
+    rate: str | None = None
 
     def merged(self, **changes: Any) -> JobOptions:
         """These options with `changes` applied (a `None` change keeps the current value)."""
@@ -49,6 +52,8 @@ class JobOptions:
             timeout=self.timeout,
             unique_key=self.unique_key,
             events=True if self.events is None else self.events,
+            rate_key=self.rate_key,
+            rate=self.rate,
         )
         if self.max_attempts is not None:
             spec.max_attempts = self.max_attempts

@@ -58,11 +58,13 @@ class Task(Generic[P, R, C]):
         max_attempts: int | None = None,
         timeout: float | None = None,
         events: bool | None = None,
+        rate_key: str | None = None,
+        rate: str | None = None,
     ) -> Task[P, R, C]:
         """The same task with per-job options: `await t.with_options(queue="bulk").enqueue(...)`."""
         options = self.options.merged(
             queue=queue, delay=delay, run_at=run_at, priority=priority, unique_key=unique_key, id=id,
-            max_attempts=max_attempts, timeout=timeout, events=events,
+            max_attempts=max_attempts, timeout=timeout, events=events, rate_key=rate_key, rate=rate,
         )
         return Task(self.fn, self.handler, options)
 
