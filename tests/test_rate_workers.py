@@ -77,3 +77,37 @@ async def test_rates_hold_across_worker_processes(store: RedisJobStore, spawner:
     # the 60 handler jobs need >= 2.95 s; the jobs with no rate are not queued behind them
     assert max(j.started_at or 0 for j in free) < max(j.started_at or 0 for j in handler)
     assert await store.redis.zcard(store.keys.queue("default").waiting) == 0
+
+
+async def test_a_killed_worker_costs_no_deferred_job_an_attempt(
+    store: RedisJobStore, spawner: Spawner
+) -> None:
+    """kill -9 one of three workers mid-run: its running jobs come back by lease expiry and run
+    again (that attempt counts, as for any job); every other job's attempts equal its starts, so
+    waiting for a slot never cost one, and nothing is lost or left scheduled."""
+    procs = await spawner.start(3, BAGBOT_CONCURRENCY="4")
+    specs = [JobSpec("features.limited_job", args=["kill", 0.2], rate_key="kk", rate="20/s", max_attempts=5)
+             for _ in range(60)]
+    jobs = await store.enqueue_many(specs)
+
+    async def some_started() -> bool:
+        return sum(len(runs) for runs in starts_by_job(spawner.record).values()) >= 15
+
+    await eventually(some_started, 60, "15 starts")
+    procs[0].proc.kill()
+    await procs[0].wait()
+
+    async def all_done() -> bool:
+        return (await store.counts())["default"]["done"] == len(jobs)
+
+    await eventually(all_done, 120, "every job done after the kill")
+    starts = starts_by_job(spawner.record)
+    done = [job for job in [await store.get(j.id) for j in jobs] if job is not None]
+    assert len(done) == len(jobs) and len(starts) == len(jobs)
+    # a job the killed worker had claimed but not yet started may show one attempt more than starts
+    off = [job for job in done if job.attempts != len(starts[job.id])]
+    assert all(job.attempts == len(starts[job.id]) + 1 for job in off), off
+    assert len(off) <= 4 and sum(1 for job in done if job.attempts > 1) <= 4  # the killed worker's slots
+    every = sorted(run.at for runs in starts.values() for run in runs)
+    assert (len(every) - 1) / (every[-1] - every[0]) <= 20 * 1.05
+    assert await store.redis.zcard(store.keys.queue("default").waiting) == 0
