@@ -26,6 +26,8 @@ def test_queues_rate_show_set_clear(env: dict[str, str]) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "at most 100/s" in shown.stdout and "0.01 s" in shown.stdout
     assert rates(env) == {"mail": "100/s"}
+    table = bagbot(env, "queues")
+    assert table.returncode == 0 and "mail (rate 100/s)" in table.stdout, table.stdout + table.stderr
     assert as_json(bagbot(env, "queues", "rate", "mail", "--json")) == {"queue": "mail", "rate": "100/s"}
     cleared = bagbot(env, "queues", "rate", "mail", "--clear", "--json")
     assert as_json(cleared) == {"queue": "mail", "rate": None}
