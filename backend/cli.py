@@ -22,7 +22,10 @@ from typing import Annotated
 
 import typer
 
-from backend.ops import bench
+from backend.ops import (
+    bench,
+    rate_commands,  # noqa: F401  (registers `bagbot queues rate`)
+)
 from backend.ops.bulk_commands import purge_all, queues_app
 from backend.ops.cli_support import JsonOpt, TokenOpt, UrlOpt, err, load_settings, out, print_json, run
 from backend.ops.client import Client, ExitCode
@@ -85,20 +88,20 @@ def worker() -> None:
 
 
 def queues(ctx: typer.Context, json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
-    """Every queue with its number of jobs in each state and whether it is paused; `bagbot queues
-    pause|resume QUEUE` steers one (backend/ops/bulk_commands.py)."""
+    """Every queue with its number of jobs in each state, whether it is paused and its rate limit;
+    `bagbot queues pause|resume|rate QUEUE` steers one (backend/ops/bulk_commands.py, rate_commands.py)."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"url": url, "token": token}
         return
 
-    async def read(client: Client) -> tuple[dict[str, dict[str, int]], set[str]]:
-        return await client.counts(), await client.paused()
+    async def read(client: Client) -> tuple[dict[str, dict[str, int]], set[str], dict[str, str]]:
+        return await client.counts(), await client.paused(), await client.rates()
 
-    counts, paused = run(url, token, read)
+    counts, paused, rates = run(url, token, read)
     if json_out:
         print_json(counts)
         return
-    out.print(queues_table(counts, paused) if counts else "no queues yet")
+    out.print(queues_table(counts, paused, rates) if counts else "no queues yet")
 
 
 def schedules(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:

@@ -1,4 +1,4 @@
-"""Handlers for the feature tests (cancel of running jobs, progress, concurrency limits).
+"""Handlers for the feature tests (cancel of running jobs, progress, concurrency and rate limits).
 
 Concurrency is measured in Redis itself: each run increments a counter on start and
 decrements it on end, keeping the maximum seen in one atomic script, so the test
@@ -50,6 +50,13 @@ async def limited_job(key: str, seconds: float = 0.05) -> str:
 async def limited_handler(seconds: float = 0.05) -> str:
     """A handler declared with limit=2: at most two of its jobs run at once, whatever the key."""
     return await limited_job("handler", seconds)
+
+
+@task("features.rated_handler", rate="20/s")
+async def rated_handler() -> str:
+    """A handler declared with rate="20/s": its starts are 50 ms apart across all workers."""
+    _mark("start")
+    return "ok"
 
 
 @task("features.long_async")

@@ -16,7 +16,7 @@ from backend.api.app import create_app
 from backend.config import Settings
 from backend.workers.job_store import JobStore
 from backend.workers.models import Claim, Completion, Job, JobError, JobSpec, JobState, WorkerInfo
-from backend.workers.redis.codec import RUNNING_JOBS_SHOWN
+from backend.workers.redis.worker_codec import RUNNING_JOBS_SHOWN
 from backend.workers.redis_job_store import RedisJobStore
 from backend.workers.rules import DURATION_BUCKETS, ERROR_HISTORY, ERROR_MAX_BYTES, HISTORY_MINUTES
 

@@ -144,6 +144,17 @@ async def test_a_paused_queue_outlives_its_jobs_and_workers(store: JobStore) -> 
     assert (await store.tidy(stale_after=60)).queues == ("held",)
 
 
+async def test_a_queue_with_a_rate_outlives_its_jobs_and_workers(store: JobStore) -> None:
+    """An operator's queue rate holds (and stays listed) until it is cleared, as a pause does."""
+    await run_all(store, [JobSpec("t.job", queue="slowed")], "slowed")
+    await store.set_queue_rate("slowed", "5/s")
+    await store.purge(older_than=0)
+    assert (await store.tidy(stale_after=60)).queues == ()
+    assert (await store.queue_rates()).get("slowed") == "5/s"
+    await store.set_queue_rate("slowed", None)
+    assert (await store.tidy(stale_after=60)).queues == ("slowed",)
+
+
 async def test_an_enqueue_between_emptying_and_unlisting_keeps_the_queue(store: JobStore) -> None:
     """tidy.lua empties the queue, then (another slot, another command) the queue is unlisted: an
     enqueue that lands in between re-creates `seq`, and the unlisting puts the queue back."""

@@ -1,4 +1,5 @@
-"""Queues: how many jobs each holds in each state, whether it is paused; pause and resume."""
+"""Queues: how many jobs each holds in each state, whether it is paused, its rate; pause and resume,
+set and clear its rate limit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from backend.api.deps import AuthDep, StoreDep
-from backend.api.schemas import QUEUE_PATTERN, ErrorOut, PauseOut, QueueOut, QueuesOut
+from backend.api.schemas import QUEUE_PATTERN, ErrorOut, PauseOut, QueueOut, QueuesOut, RateIn, RateOut
 
 router = APIRouter(prefix="/api/queues", tags=["queues"])
 
@@ -21,8 +22,10 @@ async def list_queues(store: StoreDep) -> QueuesOut:
     sorted by name."""
     counts = await store.counts()
     paused = await store.paused_queues()
+    rates = await store.queue_rates()
     return QueuesOut(
-        queues=[QueueOut(name=name, counts=by_state, total=sum(by_state.values()), paused=name in paused)
+        queues=[QueueOut(name=name, counts=by_state, total=sum(by_state.values()), paused=name in paused,
+                         rate=rates.get(name))
                 for name, by_state in sorted(counts.items())]
     )
 
@@ -40,3 +43,18 @@ async def resume_queue(queue: QueuePath, store: StoreDep) -> PauseOut:
     """Resume a paused queue: a waiting worker is woken at once."""
     await store.resume_queue(queue)
     return PauseOut(queue=queue, paused=False)
+
+
+@router.put("/{queue}/rate", dependencies=[AuthDep], responses=_ERRORS)
+async def set_queue_rate(queue: QueuePath, body: RateIn, store: StoreDep) -> RateOut:
+    """Limit how fast the queue's jobs start, across every worker: `{"rate": "100/s"}` (N/<unit> or
+    N/<k><unit>, unit s, m, h or d). Starts are spaced evenly (100/s: one every 10 ms, on the Redis
+    clock); a job over the rate waits, as `scheduled`, for its slot, and is charged no attempt.
+    Every worker applies it at its next claim."""
+    return RateOut(queue=queue, rate=await store.set_queue_rate(queue, body.rate))
+
+
+@router.delete("/{queue}/rate", dependencies=[AuthDep], responses=_ERRORS)
+async def clear_queue_rate(queue: QueuePath, store: StoreDep) -> RateOut:
+    """Remove the queue's rate limit (jobs already given a later slot keep it)."""
+    return RateOut(queue=queue, rate=await store.set_queue_rate(queue, None))

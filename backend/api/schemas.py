@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.workers.models import JobSpec
+from backend.workers.rates import canonical_rate
 from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_PARENTS, MAX_PRIORITY
 
 _YEAR = 366 * 24 * 3600.0
@@ -53,6 +54,15 @@ class EnqueueRequest(BaseModel):
         default_factory=list, max_length=MAX_PARENTS,
         description="ids of jobs of its queue that must end done first (it is `deferred` till then)")
     run_on_failure: bool = Field(False, description="with depends_on: run once they have ended, however")
+    rate_key: str | None = Field(
+        None, min_length=1, max_length=200, description="with `rate`: at most `rate` such jobs start"
+    )
+    rate: str | None = Field(None, max_length=40, description='e.g. "100/m" (N/<unit>, unit s, m, h, d)')
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_rate(value)  # InvalidRateError is a ValueError: 422
 
     @model_validator(mode="after")
     def _one_schedule(self) -> Self:
@@ -63,7 +73,10 @@ class EnqueueRequest(BaseModel):
             raise ValueError("run_at needs a time zone, e.g. 2026-12-01T09:00:00Z or 2026-12-01T10:00+01:00")
         if (self.limit_key is None) != (self.limit is None):
             raise ValueError("give limit_key and limit together")
-        for label, value in (("unique_key", self.unique_key), ("id", self.id), ("limit_key", self.limit_key)):
+        if (self.rate_key is None) != (self.rate is None):
+            raise ValueError("give rate_key and rate together")
+        for label, value in (("unique_key", self.unique_key), ("id", self.id), ("limit_key", self.limit_key),
+                             ("rate_key", self.rate_key)):
             # Control characters and lone surrogates cannot be stored as text: 422 here, not a 500 later.
             if value is not None and not value.isprintable():
                 raise ValueError(f"{label} must be printable text")
@@ -88,6 +101,8 @@ class EnqueueRequest(BaseModel):
             events=self.events,
             depends_on=list(self.depends_on),
             run_on_failure=self.run_on_failure,
+            rate_key=self.rate_key,
+            rate=self.rate,
         )
 
 
@@ -141,6 +156,8 @@ class JobOut(BaseModel):
     depends_on: list[str] = Field(default_factory=list, description="the jobs it waits for (`deferred`)")
     run_on_failure: bool = False
     parent_states: dict[str, str] = Field(default_factory=dict, description="ended parent -> its end state")
+    rate_key: str | None = None
+    rate: str | None = None
 
 
 class JobListOut(BaseModel):
@@ -153,11 +170,28 @@ class QueueOut(BaseModel):
     counts: dict[str, int] = Field(description="state -> number of jobs, every state present")
     total: int
     paused: bool = Field(False, description="no worker claims from it until it is resumed")
+    rate: str | None = Field(None, description='its rate limit ("100/s"); PUT /api/queues/{queue}/rate')
 
 
 class PauseOut(BaseModel):
     queue: str
     paused: bool
+
+
+class RateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rate: str = Field(max_length=40, description='N/<unit> or N/<k><unit>, unit s, m, h or d: "100/s"')
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        return canonical_rate(value)
+
+
+class RateOut(BaseModel):
+    queue: str
+    rate: str | None = Field(description="null: no rate limit")
 
 
 class QueuesOut(BaseModel):

@@ -62,12 +62,14 @@ class Client(Producer):
         events: bool | None = None,
         depends_on: Sequence[Parent] | None = None,
         run_on_failure: bool | None = None,
+        rate_key: str | None = None,
+        rate: str | None = None,
     ) -> JobHandle[Any]:
         """Enqueue a job by handler name, for callers that do not import the handler (untyped)."""
         options = JobOptions(queue=queue, delay=delay, run_at=run_at, priority=priority,
                              unique_key=unique_key, id=id, max_attempts=max_attempts, timeout=timeout,
                              events=events, depends_on=None if depends_on is None else tuple(depends_on),
-                             run_on_failure=run_on_failure)
+                             run_on_failure=run_on_failure, rate_key=rate_key, rate=rate)
         return await self.enqueue_spec(options.spec(name, list(args), dict(kwargs or {})))
 
     async def batch(self, calls: Sequence[Call[R]], callback: Call[Any] | None = None,

@@ -62,6 +62,9 @@ class JobOptions:
     # run_on_failure, after they have ended whatever their outcome (docs/features.md)
     depends_on: tuple[Parent, ...] | None = None
     run_on_failure: bool | None = None
+    # at most `rate` ("100/s") starts of jobs with this key across all workers (docs/features.md)
+    rate_key: str | None = None
+    rate: str | None = None
 
     def merged(self, **changes: Any) -> JobOptions:
         """These options with `changes` applied (a `None` change keeps the current value)."""
@@ -82,6 +85,8 @@ class JobOptions:
             timeout=self.timeout,
             unique_key=self.unique_key,
             events=True if self.events is None else self.events,
+            rate_key=self.rate_key,
+            rate=self.rate,
         )
         if self.depends_on:
             spec.depends_on = parent_ids(self.depends_on, spec.queue)

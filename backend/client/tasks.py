@@ -61,12 +61,15 @@ class Task(Generic[P, R, C]):
         events: bool | None = None,
         depends_on: Sequence[Parent] | None = None,
         run_on_failure: bool | None = None,
+        rate_key: str | None = None,
+        rate: str | None = None,
     ) -> Task[P, R, C]:
         """The same task with per-job options: `await t.with_options(queue="bulk").enqueue(...)`."""
         options = self.options.merged(
             queue=queue, delay=delay, run_at=run_at, priority=priority, unique_key=unique_key, id=id,
             max_attempts=max_attempts, timeout=timeout, events=events,
             depends_on=None if depends_on is None else tuple(depends_on), run_on_failure=run_on_failure,
+            rate_key=rate_key, rate=rate,
         )
         return Task(self.fn, self.handler, options)
 
@@ -127,6 +130,7 @@ def task(
     backoff: Backoff | None = None,
     no_retry: tuple[type[BaseException], ...] = (),
     limit: int | None = None,
+    rate: str | None = None,
     schedule: Schedule | None = None,
     registry: HandlerRegistry | None = None,
     **policy: Any,

@@ -89,6 +89,14 @@ class Client(ABC):
         """The queues paused now."""
 
     @abstractmethod
+    async def set_rate(self, queue: str, rate: str | None) -> JSONDict:
+        """Set (a checked rate) or clear (None) a queue's rate limit; {queue, rate}."""
+
+    @abstractmethod
+    async def rates(self) -> dict[str, str]:
+        """The queues that have a rate limit, and their rates."""
+
+    @abstractmethod
     async def ready(self) -> tuple[bool, JSONDict]:
         """Whether the store answers, and what the health check said."""
 

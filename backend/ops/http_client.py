@@ -92,6 +92,18 @@ class HttpClient(Client):
         rows = data.get("queues") if isinstance(data, dict) else None
         return {str(row.get("name")) for row in rows or [] if isinstance(row, dict) and row.get("paused")}
 
+    async def set_rate(self, queue: str, rate: str | None) -> JSONDict:
+        path = f"/api/queues/{_q(queue)}/rate"
+        if rate is None:
+            return _as_dict(await self._call("DELETE", path))
+        return _as_dict(await self._call("PUT", path, {"rate": rate}))
+
+    async def rates(self) -> dict[str, str]:
+        data = await self._call("GET", "/api/queues")
+        rows = data.get("queues") if isinstance(data, dict) else None
+        return {str(row.get("name")): str(row["rate"]) for row in rows or []
+                if isinstance(row, dict) and row.get("rate")}
+
     async def ready(self) -> tuple[bool, JSONDict]:
         try:
             status, raw = await asyncio.to_thread(self._request, "GET", "/api/ready", None)

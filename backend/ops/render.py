@@ -116,9 +116,10 @@ def job_detail(job: JSONDict) -> Table:
     return table
 
 
-def queues_table(counts: dict[str, dict[str, int]], paused: set[str] | None = None) -> Table:
+def queues_table(counts: dict[str, dict[str, int]], paused: set[str] | None = None,
+                 rates: dict[str, str] | None = None) -> Table:
     """A row a queue, a column a state (in the states' order), counts coloured like the state; a
-    paused queue says so after its name."""
+    paused queue, and a queue's rate limit, say so after its name."""
     table = Table(box=None, header_style="bold")
     table.add_column("queue")
     for state in ALL_STATES:
@@ -127,6 +128,8 @@ def queues_table(counts: dict[str, dict[str, int]], paused: set[str] | None = No
         label = Text(queue_name)
         if paused and queue_name in paused:
             label.append(" (paused)", style="bold yellow")
+        if rates and queue_name in rates:
+            label.append(f" (rate {rates[queue_name]})", style="cyan")
         table.add_row(label, *(str(by_state.get(s.value, 0)) for s in ALL_STATES))
     return table
 

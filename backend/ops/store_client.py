@@ -146,6 +146,15 @@ class StoreClient(Client):
         async with self._errors():
             return await self.store.paused_queues()
 
+    async def set_rate(self, queue: str, rate: str | None) -> JSONDict:
+        async with self._errors():
+            validate_queue(queue)
+            return {"queue": queue, "rate": await self.store.set_queue_rate(queue, rate)}
+
+    async def rates(self) -> dict[str, str]:
+        async with self._errors():
+            return await self.store.queue_rates()
+
     async def ready(self) -> tuple[bool, JSONDict]:
         health = await self.store.health()
         body = {

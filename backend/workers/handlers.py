@@ -13,6 +13,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
+from backend.workers.rates import canonical_rate
 from backend.workers.rules import Backoff, validate_name
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class Handler:
     backoff: Backoff | None = None
     no_retry: tuple[type[BaseException], ...] = ()
     limit: int | None = None  # at most this many jobs of this handler run at once (all workers)
+    rate: str | None = None  # at most this many starts per period ("100/m"; rates.py), all workers
     schedule: Schedule | None = None  # enqueue periodically (see schedules.py)
     executor: Executor = "thread"
 
@@ -126,6 +128,7 @@ class HandlerRegistry:
         limit: int | None = None,
         schedule: Schedule | None = None,
         executor: Executor = "thread",
+        rate: str | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -139,11 +142,13 @@ class HandlerRegistry:
         limit: int | None = None,
         schedule: Schedule | None = None,
         executor: Executor = "thread",
+        rate: str | None = None,
     ) -> F | Callable[[F], F]:
         """Decorator: `@registry.task("emails.send", timeout=30)`, `@registry.task()` or bare
         `@registry.task` (the function's own name is used). `limit=N`: at most N of its jobs
         run at once across all workers; `schedule=Cron(...)|Every(...)`: enqueue periodically;
-        `executor="process"`: run each job in a child process, killed on timeout."""
+        `executor="process"`: run each job in a child process, killed on timeout; `rate="100/m"`:
+        at most 100 of its jobs start per minute across all workers (docs/features.md)."""
         if callable(name):
             return self.task()(name)
         if max_attempts is not None and max_attempts < 1:
@@ -152,6 +157,8 @@ class HandlerRegistry:
             raise ValueError("timeout must be positive")
         if limit is not None and limit < 1:
             raise ValueError("limit must be at least 1")
+        if rate is not None:
+            rate = canonical_rate(rate)  # InvalidRateError (a ValueError) names what is wrong
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}")
 
@@ -166,6 +173,7 @@ class HandlerRegistry:
                 backoff=backoff,
                 no_retry=tuple(no_retry),
                 limit=limit,
+                rate=rate,
                 schedule=schedule,
                 executor=executor,
             )

@@ -227,6 +227,19 @@ class JobStore(ABC):
         (`Completion.unknown_grace`) until no live worker has advertised that handler for the grace time."""
 
     @abstractmethod
+    async def set_handler_rates(self, queue: str, rates: dict[str, str]) -> None:
+        """Declare per-handler rate limits on `queue` (name -> rate, e.g. "100/m"; rates.py)."""
+
+    @abstractmethod
+    async def set_queue_rate(self, queue: str, rate: str | None) -> str | None:
+        """Limit how fast jobs of `queue` start (every worker, at its next claim); None clears it.
+        Returns the canonical rate stored (InvalidRateError for a bad one)."""
+
+    @abstractmethod
+    async def queue_rates(self) -> dict[str, str]:
+        """The known queues that have a rate, and their rates."""
+
+    @abstractmethod
     async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:
         """Publish the periodic jobs a worker declares, so the API and CLI can list them."""
 

@@ -6,7 +6,7 @@ Records only: what is valid, how retries back off and how payloads are encoded l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -140,6 +140,9 @@ class JobSpec:
     # run_on_failure: run once they have all ended, whatever their outcome
     depends_on: list[str] = field(default_factory=list)
     run_on_failure: bool = False
+    # at most `rate` ("100/m", rates.py) starts of jobs with this key across all workers
+    rate_key: str | None = None
+    rate: str | None = None
 
     def __post_init__(self) -> None:
         if self.run_at is not None:  # an aware datetime is welcome too (typed as float for readers)
@@ -191,6 +194,8 @@ class Job:
     run_on_failure: bool = False
     parent_states: dict[str, str] = field(default_factory=dict)  # finished parent -> its end state
     parent_results: dict[str, JSON] = field(default_factory=dict)  # parent that ended done -> result
+    rate_key: str | None = None
+    rate: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -229,6 +234,8 @@ class Job:
             "depends_on": list(self.depends_on),
             "run_on_failure": self.run_on_failure,
             "parent_states": dict(self.parent_states),
+            "rate_key": self.rate_key,
+            "rate": self.rate,
         }
 
 
@@ -311,24 +318,12 @@ class WorkerInfo:
     version: str = ""
     # the handler names it can run; None: not said (a version before it did), so every name is kept
     handlers: list[str] | None = None
-    # (queue, job id) of its running jobs as of its last heartbeat (at most codec.RUNNING_JOBS_SHOWN)
+    # (queue, job id) of its running jobs as of its last heartbeat (at most worker_codec.RUNNING_JOBS_SHOWN)
     running_jobs: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, JSON]:
-        return {
-            "id": self.id,
-            "host": self.host,
-            "pid": self.pid,
-            "queues": self.queues,
-            "concurrency": self.concurrency,
-            "started_at": self.started_at,
-            "last_heartbeat": self.last_heartbeat,
-            "heartbeat_age": self.heartbeat_age,
-            "running": self.running,
-            "version": self.version,
-            "handlers": self.handlers or [],
-            "running_jobs": [{"queue": queue, "id": job_id} for queue, job_id in self.running_jobs],
-        }
+        return {**asdict(self), "handlers": self.handlers or [],
+                "running_jobs": [{"queue": queue, "id": job_id} for queue, job_id in self.running_jobs]}
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,8 @@ def _version() -> str:
         return ""
 
 
+SHORT_WAIT_SECONDS = 0.1  # a due time nearer than this is waited for by a sleep, not a BLPOP
+
 class Worker:
     """One worker: up to `settings.concurrency` jobs at a time from `settings.queues`.
 
@@ -230,6 +232,11 @@ class Worker:
         scheduled run_at / lease deadline, and at least once per heartbeat interval."""
         interval = self.settings.heartbeat_seconds
         wakeup = await self.store.next_wakeup(self.queues)
+        if wakeup is not None and wakeup < SHORT_WAIT_SECONDS:
+            # Redis checks blocking timeouts only at its timer ticks (hz 10: every 100 ms), so a
+            # BLPOP this short would wake up to 100 ms late; rate-limited slots come every few ms
+            await self.state.sleep_unless_stopped(wakeup)
+            return
         timeout = interval if wakeup is None else min(interval, max(wakeup, 0.01))
         await self._until_stopped(self.store.wait_for_jobs(self.queues, timeout))
 

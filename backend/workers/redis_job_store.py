@@ -42,8 +42,6 @@ from backend.workers.redis.codec import (
     job_from_hash,
     queue_metrics,
     s_to_us,
-    worker_fields,
-    worker_from_hash,
 )
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
 from backend.workers.redis.declarations import Declarations
@@ -51,9 +49,11 @@ from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.operations import QueueOperations
 from backend.workers.redis.per_queue import FirstFailure, extend_each_queue, group_claims, refs, tried_twice
+from backend.workers.redis.rates import QueueRates
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
 from backend.workers.redis.tidy import tidy
+from backend.workers.redis.worker_codec import worker_fields, worker_from_hash
 from backend.workers.rules import new_job_id
 
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
@@ -64,9 +64,10 @@ A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
 
 
-class RedisJobStore(QueueOperations, Declarations, JobStore):
+class RedisJobStore(QueueOperations, QueueRates, Declarations, JobStore):
     """JobStore on one Redis server (or cluster slot per queue). Owns its client. Bulk retry/cancel,
-    purge and pause/resume: redis/operations.py; worker declarations: redis/declarations.py."""
+    purge and pause/resume: redis/operations.py; rate settings: redis/rates.py; worker declarations:
+    redis/declarations.py."""
 
     backend = "redis"
 

@@ -17,6 +17,8 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
+from backend.workers.rates import InvalidRateError, parse_rate
+
 # Upper bounds (seconds) of the run-duration histogram; +Inf is implied.
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -103,6 +105,8 @@ class SpecFields(Protocol):
     unique_key: str | None
     limit_key: str | None
     limit: int | None
+    rate_key: str | None
+    rate: str | None
 
 
 S = TypeVar("S", bound=SpecFields)
@@ -137,6 +141,7 @@ def validate_spec(spec: S) -> S:
     if spec.limit is not None and not (isinstance(spec.limit, int) and spec.limit >= 1):
         raise InvalidJobError("limit must be a positive integer")
     _validate_parents(spec)
+    _validate_rate(spec)
     return spec
 
 
@@ -152,6 +157,18 @@ def _validate_parents(spec: Any) -> None:
             raise InvalidJobError(f"depends_on: invalid job id {parent!r}: use 1-64 of A-Z a-z 0-9 _ -")
     if spec.id is not None and spec.id in parents:
         raise InvalidJobError(f"depends_on: job {spec.id} cannot depend on itself")
+
+
+def _validate_rate(spec: SpecFields) -> None:
+    if (spec.rate_key is None) != (spec.rate is None):
+        raise InvalidJobError("rate_key and rate go together")
+    if spec.rate_key is not None and not (isinstance(spec.rate_key, str) and 0 < len(spec.rate_key) <= 200):
+        raise InvalidJobError("rate_key must be 1-200 characters")
+    if spec.rate is not None:
+        try:
+            parse_rate(spec.rate)
+        except InvalidRateError as exc:
+            raise InvalidJobError(str(exc)) from None
 
 
 def check_json(field_name: str, value: Any) -> bytes:

@@ -39,14 +39,16 @@ class Scheduler:
         return self.registry.schedules()
 
     async def declare(self) -> None:
-        """Publish handler concurrency limits (read by the claim script) and schedules (listed by
+        """Publish handler concurrency and rate limits (read by the claim script) and schedules (listed by
         the API and CLI). Retried by housekeeping while the store is unreachable."""
         if self.declared:
             return
         limits = {h.name: h.limit for h in self.registry.handlers() if h.limit is not None}
+        rates = {h.name: h.rate for h in self.registry.handlers() if h.rate is not None}
         try:
             for queue in self.queues:
                 await self.store.set_handler_limits(queue, limits)
+                await self.store.set_handler_rates(queue, rates)
             await self.store.register_schedules([info_of(name, sched) for name, sched in self.schedules()])
         except OUTAGE_ERRORS as exc:
             self.state.outage.failed("declare", exc)

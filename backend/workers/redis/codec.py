@@ -14,21 +14,19 @@ from typing import Any, TypeVar
 
 from backend.workers.models import (
     AttemptError,
-    Claim,
     Job,
     JobError,
     JobSpec,
     JobState,
     QueueMetrics,
     ScheduleInfo,
-    WorkerInfo,
 )
+from backend.workers.rates import canonical_rate
 from backend.workers.rules import (
     DURATION_BUCKETS,
     ERROR_HISTORY,
     Backoff,
     InvalidJobError,
-    dumps,
     loads,
 )
 
@@ -52,15 +50,15 @@ def s_to_us(seconds: float) -> int:
     return round(seconds * 1e6)
 
 
-def _finite(raw: str) -> float:
+def finite(raw: str) -> float:
     value = float(raw)
     if not math.isfinite(value):
         raise ValueError(raw)
     return value
 
 
-def _integer(raw: str) -> int:
-    return int(_finite(raw))
+def integer(raw: str) -> int:
+    return int(finite(raw))
 
 
 def _json_of(kind: type) -> Callable[[str], Any]:
@@ -73,7 +71,7 @@ def _json_of(kind: type) -> Callable[[str], Any]:
     return decode
 
 
-class _Fields:
+class Fields:
     """A job hash read field by field: a value that cannot be read gives the field's default and is
     noted in `bad`, so one corrupt field never makes the whole job unreadable."""
 
@@ -92,7 +90,7 @@ class _Fields:
             return default
 
     def time(self, field: str) -> float | None:
-        value = self.read(field, _finite, None)
+        value = self.read(field, finite, None)
         return None if value is None else value / 1e6
 
 
@@ -166,6 +164,8 @@ def _strict_job(data: Mapping[str, str]) -> Job:
         progress_message=data.get("progress_msg") if progress is not None else None,
         cancel_requested=data.get("cancel_req") == "1",
         trace=data.get("tp") or None,
+        rate_key=data.get("rk") or None,
+        rate=data.get("rr") or None,
     )
     times = (job.run_at, job.started_at, job.finished_at, job.lease_until, timeout, progress)
     total = job.created_at + sum(t for t in times if t is not None) + sum(job.backoff.bounds(1))
@@ -179,7 +179,7 @@ def _opt_float(raw: str | None) -> float | None:
 
 
 def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
-    f = _Fields(data)
+    f = Fields(data)
     defaults = Backoff()
     state = f.read("state", JobState, JobState.ENQUEUED)
     if "state" not in data:
@@ -188,12 +188,12 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
         if not data.get(required) and (required == "name" or not job_id):
             f.bad[required] = ""
     try:
-        backoff = Backoff(f.read("bo_base", _finite, defaults.base), f.read("bo_cap", _finite, defaults.cap),
-                          f.read("bo_jitter", _finite, defaults.jitter))
+        backoff = Backoff(f.read("bo_base", finite, defaults.base), f.read("bo_cap", finite, defaults.cap),
+                          f.read("bo_jitter", finite, defaults.jitter))
     except InvalidJobError:
         backoff, f.bad["bo_base"] = defaults, str(data.get("bo_base"))[:80]
     last_error = f.read("last_error", _json_of(dict), None)
-    progress = f.read("progress", _finite, None)
+    progress = f.read("progress", finite, None)
     return Job(
         id=data.get("id") or job_id,
         name=data.get("name", ""),
@@ -201,10 +201,10 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
         args=f.read("args", _json_of(list), []),
         kwargs=f.read("kwargs", _json_of(dict), {}),
         state=state,
-        attempts=f.read("attempts", _integer, 0),
-        max_attempts=f.read("max_attempts", _integer, 1),
-        priority=f.read("priority", _integer, 0),
-        timeout=f.read("timeout", _finite, None),
+        attempts=f.read("attempts", integer, 0),
+        max_attempts=f.read("max_attempts", integer, 1),
+        priority=f.read("priority", integer, 0),
+        timeout=f.read("timeout", finite, None),
         backoff=backoff,
         run_at=f.time("run_at"),
         created_at=f.time("created_at") or 0.0,
@@ -218,13 +218,15 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
         unique_key=data.get("unique_key") or None,
         errors=attempt_errors(data.get("errors")),
         limit_key=data.get("lk") or None,
-        limit=f.read("lm", _integer, None),
+        limit=f.read("lm", integer, None),
         events=data.get("ev") == "1",
         progress=progress,
         progress_message=data.get("progress_msg") if progress is not None else None,
         cancel_requested=data.get("cancel_req") == "1",
         trace=data.get("tp") or None,
         unreadable=f.bad,
+        rate_key=data.get("rk") or None,
+        rate=data.get("rr") or None,
     )
 
 
@@ -238,7 +240,7 @@ def attempt_errors(raw: str | None) -> list[AttemptError]:
         try:
             error = JobError.from_json(_json_of(dict)(payload))
             if error is not None:
-                found.append(AttemptError(_integer(attempt), _finite(at) / 1e6, error))
+                found.append(AttemptError(integer(attempt), finite(at) / 1e6, error))
         except (ValueError, TypeError, OverflowError):
             continue
     return found
@@ -266,6 +268,8 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         limit=spec.limit,
         events=spec.events,
         trace=spec.trace,
+        rate_key=spec.rate_key,
+        rate=canonical_rate(spec.rate) if spec.rate is not None else None,
     )
 
 
@@ -277,60 +281,13 @@ def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
     try:
         if not sep:
             raise ValueError
-        return _finite(score), job_id
+        return finite(score), job_id
     except ValueError:
         raise InvalidJobError(f"invalid cursor {cursor!r}") from None
 
 
 def format_cursor(after: tuple[float, str]) -> str:
     return f"{after[0]:.0f}:{after[1]}"
-
-
-RUNNING_JOBS_SHOWN = 100  # running job ids a worker's entry lists (its `running` count has them all)
-
-
-def worker_fields(info: WorkerInfo, claims: Sequence[Claim]) -> dict[str, str | int]:
-    """A worker's registry entry (worker_from_hash reads it back); `claims` (its heartbeat's) are its
-    running jobs."""
-    jobs = [[claim.queue, claim.job_id] for claim in claims[:RUNNING_JOBS_SHOWN]]
-    fields: dict[str, str | int] = {
-        "id": info.id, "host": info.host, "pid": info.pid, "queues": dumps(info.queues),
-        "concurrency": info.concurrency, "version": info.version, "running": len(claims),
-        "running_jobs": dumps(jobs),
-    }
-    if info.handlers is not None:  # tidy keeps the counters of these names (redis/tidy.py)
-        fields["handlers"] = dumps(info.handlers)
-    return fields
-
-
-def worker_from_hash(worker_id: str, data: dict[str, str], now_us: float) -> WorkerInfo:
-    """A registry entry; values that cannot be read show their default."""
-    f = _Fields(data)
-    last = f.read("last_heartbeat", _finite, 0.0)
-    return WorkerInfo(
-        id=worker_id,
-        host=data.get("host", ""),
-        pid=f.read("pid", _integer, 0),
-        queues=list(_json_list(data.get("queues"))),
-        concurrency=f.read("concurrency", _integer, 0),
-        started_at=f.read("started_at", _finite, 0.0) / 1e6,
-        last_heartbeat=last / 1e6,
-        heartbeat_age=max(0.0, (now_us - last) / 1e6),
-        running=f.read("running", _integer, 0),
-        version=data.get("version", ""),
-        handlers=_handler_names(data.get("handlers")),
-        running_jobs=_running_jobs(data.get("running_jobs")),
-    )
-
-
-def _running_jobs(raw: str | None) -> list[tuple[str, str]]:
-    """(queue, job id) pairs; anything else in the field is skipped."""
-    try:
-        value = loads(raw) if raw else []
-    except ValueError:
-        return []
-    pairs = value if isinstance(value, list) else []
-    return [(str(p[0]), str(p[1])) for p in pairs if isinstance(p, list) and len(p) == 2][:RUNNING_JOBS_SHOWN]
 
 
 def readable_schedules(values: Iterable[str]) -> Iterator[ScheduleInfo]:
@@ -340,24 +297,6 @@ def readable_schedules(values: Iterable[str]) -> Iterator[ScheduleInfo]:
             yield ScheduleInfo.from_json(loads(value))
         except (ValueError, TypeError, KeyError, AttributeError):
             log.warning("skipping an unreadable schedule declaration: %r", value[:200])
-
-
-def _json_list(raw: str | None) -> list[str]:
-    try:
-        value = loads(raw) if raw else []
-    except ValueError:
-        return []
-    return [str(item) for item in value] if isinstance(value, list) else []
-
-
-def _handler_names(raw: str | None) -> list[str] | None:
-    """A worker's handler names; None when it did not say or what it said cannot be read (then
-    tidy keeps every name: a name must never be dropped because of a value we could not read)."""
-    try:
-        value = loads(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return [str(item) for item in value] if isinstance(value, list) else None
 
 
 def queue_metrics(stats: dict[str, str]) -> tuple[QueueMetrics, int]:
@@ -390,7 +329,7 @@ def _count_into(metrics: QueueMetrics, field: str, raw: str) -> None:
         buckets = metrics.duration_buckets.setdefault(name, [0] * slots)
         buckets[min(index, slots) - 1] += count
     elif kind == "dursum":
-        metrics.duration_sum[rest] = _finite(raw)
+        metrics.duration_sum[rest] = finite(raw)
 
 
 def _count(raw: str) -> int:

@@ -25,6 +25,10 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
     PREFIX:{queue}:paused        string  exists while the queue is paused: claim.lua claims nothing
     PREFIX:{queue}:deps:<id>     set     ids of the deferred jobs waiting for job <id> (lib.lua resolve_kids)
+    PREFIX:{queue}:rate:<k>      string  rate-limit key <k> (h:<handler>, k:<rate_key>, q): the earliest
+                                         time (µs) of its next start; expires then
+    PREFIX:{queue}:hrates        hash    handler name -> rate ("100/m", declared by workers)
+    PREFIX:{queue}:qrate         string  the queue's rate ("100/s", set by an operator)
     PREFIX:queues                set     queues in use (tidy takes off those with no job and no worker)
     PREFIX:epoch                 string  a random marker of this data set (see reset.py)
     PREFIX:schedules             hash    schedule name -> ScheduleInfo JSON (declared by workers)
@@ -59,6 +63,9 @@ class QueueKeys:
     hpolicy: str
     handlers: str
     deps_prefix: str
+    rate_prefix: str
+    hrates: str
+    qrate: str
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -106,4 +113,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         hpolicy=base + "hpolicy",
         handlers=base + "handlers",
         deps_prefix=base + "deps:",
+        rate_prefix=base + "rate:",
+        hrates=base + "hrates",
+        qrate=base + "qrate",
     )

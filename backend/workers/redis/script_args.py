@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from backend.workers.models import Completion, HandlerPolicy, JobSpec, WorkerInfo
+from backend.workers.rates import canonical_rate
 from backend.workers.redis.codec import s_to_us
 from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, Backoff, check_json, dumps, new_job_id
 
@@ -43,6 +44,8 @@ class EnqueueItem(NamedTuple):
     ma_def: int  # 1: max_attempts not given (the handler's policy applies), 0: the job's own
     bo_def: int  # 1: backoff not given (the handler's policy applies), 0: the job's own
     deps: str  # '' = none, else "<run_on_failure 1|0> <parent id> ..." (lua/lib.lua resolve_kids)
+    rate_key: str  # '' = none
+    rate: str  # canonical (rates.py), '' = none
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> EnqueueItem:
@@ -60,6 +63,7 @@ class EnqueueItem(NamedTuple):
             1 if spec.events else 0, spec.trace or "",
             1 if spec.max_attempts is None else 0, 1 if spec.backoff is None else 0,
             _deps(spec),
+            spec.rate_key or "", "" if spec.rate is None else canonical_rate(spec.rate),
         )
 
 

@@ -252,7 +252,7 @@ ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "
                              "wake", "seq", "hpolicy", "history", "deps_prefix"), EnqueueArgs, _enqueued,
                  EnqueueItem)
 CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "hpolicy",
-                         "history", "deps_prefix"), ClaimArgs, _claimed)
+                         "history", "deps_prefix", "rate_prefix", "hrates", "qrate"), ClaimArgs, _claimed)
 FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "handlers", "history", "seq",
                            "deps_prefix"),
                 FinishArgs, _finished, FinishItem)
@@ -278,7 +278,7 @@ SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events", "his
 PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats", "history"), PurgeArgs,
                _count)
 TIDY = Script("tidy", ("stats", "jobs", "ready", "waiting", "running", "parked", "seq", "wake", "hlimits",
-                       "state_prefix", "unique", "paused"), TidyArgs, _tidied, HandlerName)
+                       "state_prefix", "unique", "paused", "hrates", "qrate"), TidyArgs, _tidied, HandlerName)
 WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)
 PROGRESS = Script("progress", ("job_prefix", "events"), ProgressArgs, _flag)
 UNPARK = Script("unpark", ("job_prefix", "ready", "wake", "limit_prefix", "parked", "hlimits"),

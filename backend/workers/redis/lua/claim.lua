@@ -5,10 +5,15 @@
 -- parked (wait:<key> and parked zsets, keeping its ready score) until a slot frees (free_slot).
 -- Handler policy: a job that set no max_attempts / backoff of its own takes its handler's from the
 -- hpolicy hash (advertised by workers) at each claim, so the claim, the API and recovery all see it.
+-- Rate limits: a job with a rate (its own rate_key/rate, else its handler's from hrates; and the
+-- queue's qrate) takes the next start slot of each (take_rate_slot in lib.lua). A slot in the future
+-- sends it back to `scheduled` at run_at = slot (no attempt charged) with the slot reserved (rs): the
+-- promote step brings it back then and this script claims it without charging its rates again.
 -- KEYS (scripts.CLAIM; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
 --    KEYS[8] wake  KEYS[9] seq  KEYS[10] limit_prefix  KEYS[11] parked  KEYS[12] hlimits
 --    KEYS[13] events  KEYS[14] paused  KEYS[15] hpolicy  KEYS[16] history  KEYS[17] deps_prefix
+--    KEYS[18] rate_prefix  KEYS[19] hrates  KEYS[20] qrate
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
 -- Returns per claimed job {HGETALL before the claim, the fields the claim changed}.
@@ -28,6 +33,11 @@ if limit > 0 then
   local hlimits = {}
   for j = 1, #hl, 2 do hlimits[hl[j]] = tonumber(hl[j + 1]) end
   local hpolicy = {} -- handler name -> its hpolicy entry (false: none), read once per call and name
+  -- rates: one HGETALL and one GET per claim call, both empty unless a rate was declared
+  local hr = redis.call('HGETALL', K.hrates)
+  local hrates = {}
+  for j = 1, #hr, 2 do hrates[hr[j]] = rate_interval(hr[j + 1]) end
+  local qrate = rate_interval(redis.call('GET', K.qrate))
   local lease_until = now + lease_us
   local n = 0
   for _ = 1, 20 do -- parked jobs make room for more pops; bounded so one call stays short
@@ -41,9 +51,10 @@ if limit > 0 then
       local job = redis.call('HGETALL', jobkey)
       local raw_attempts, name, lk, raw_lm, oldlkey, ev, state, ukey = nil, nil, nil, nil, nil, nil, nil, nil
       local bad, value, ma_def, bo_def = nil, nil, nil, nil
+      local rk, rr, rs, run_at = nil, nil, nil, nil
       for j = 1, #job, 2 do
         local f = job[j]
-        if f == 'priority' or f == 'max_attempts' or f == 'attempts' or f == 'lm' then
+        if f == 'priority' or f == 'max_attempts' or f == 'attempts' or f == 'lm' or f == 'rs' then
           -- numbers this script, finish and release convert: checked before any write for the job
           local v = job[j + 1]
           if v ~= '' and tonumber(v) == nil then bad, value = f, v end
@@ -57,8 +68,14 @@ if limit > 0 then
         elseif f == 'state' then state = job[j + 1]
         elseif f == 'unique_key' then ukey = job[j + 1]
         elseif f == 'ma_def' then ma_def = job[j + 1]
-        elseif f == 'bo_def' then bo_def = job[j + 1] end
+        elseif f == 'bo_def' then bo_def = job[j + 1]
+        elseif f == 'rk' then rk = job[j + 1]
+        elseif f == 'rr' then rr = job[j + 1]
+        elseif f == 'rs' then rs = job[j + 1]
+        elseif f == 'run_at' then run_at = job[j + 1] end
       end
+      if rk == '' then rk = nil end
+      if rk and not rate_interval(rr) then bad, value = 'rr', rr or '' end
       -- check before the first write for this job (see set_aside in lib.lua)
       local attempts, lm = tonumber(raw_attempts or 0) or 0, tonumber(raw_lm)
       if not name or name == '' then bad, value = 'name', '' end
@@ -78,15 +95,35 @@ if limit > 0 then
           redis.call('ZADD', K.limit_prefix .. 'wait:' .. lk, popped[i + 1], id)
           redis.call('ZADD', K.parked, popped[i + 1], id)
           redis.call('HSET', jobkey, 'parked', lk, 'plim', lm or 1)
-        else
-          redis.call('SADD', runkey, id)
         end
       end
+      local reserved = rs and rs ~= '' and tonumber(rs) == tonumber(run_at)
+      if not park and not reserved and (rk or hrates[name] or qrate) then
+        local rates = {}
+        if rk then rates[1] = {'k:' .. rk, rate_interval(rr)}
+        elseif hrates[name] then rates[1] = {'h:' .. name, hrates[name]} end
+        if qrate then rates[#rates + 1] = {'q', qrate} end
+        local slot = take_rate_slot(now, rates)
+        if slot > now then -- over its rate: scheduled for its slot, not claimed, no attempt charged
+          park = true
+          parked_now = parked_now + 1
+          local at = string.format('%.0f', slot)
+          redis.call('HSET', jobkey, 'state', 'scheduled', 'run_at', at, 'rs', at, 'state_at', now)
+          redis.call('ZADD', K.waiting, at, id)
+          move_state(id, 'enqueued', 'scheduled', now)
+          emit(ev, id, 'scheduled')
+        end
+      end
+      if lk and not park then redis.call('SADD', K.limit_prefix .. 'run:' .. lk, id) end
       if not park then
         n = n + 1
         local token = ARGV[6] .. '.' .. string.format('%d', n)
         local changes = {'state', 'running', 'attempts', attempts + 1, 'started_at', now, 'worker', worker,
           'token', token, 'lease_until', lease_until, 'state_at', now, 'finished_at', ''}
+        if rs and rs ~= '' then
+          changes[#changes + 1] = 'rs'
+          changes[#changes + 1] = ''
+        end
         if lk or oldlkey then
           changes[#changes + 1] = 'lkey'
           changes[#changes + 1] = lk or ''

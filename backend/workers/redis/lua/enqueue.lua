@@ -8,7 +8,8 @@
 --   backoff base s, cap s, jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),
 --   limit_key ('' = none), limit ('' = none), events (1|0),
 --   trace ('' = none), ma_def, bo_def (1: not given by the job, its handler's policy in hpolicy applies),
---   deps ('' = none, else "<run_on_failure 1|0> <parent id> ...": see resolve_kids)
+--   deps ('' = none, else "<run_on_failure 1|0> <parent id> ...": see resolve_kids), rate_key ('' = none),
+--   rate ('' = none; canonical, rates.py)
 -- Returns per job: {1, id, state, created_us, run_at_us, max_attempts, fresh} when created (max_attempts:
 -- its effective value; with an 8th element, its HGETALL, when it has parents), {0, HGETALL of the
 -- existing job} when not, {2, parent id} when a parent is not a job of this queue (nothing written for
@@ -28,7 +29,8 @@ if seq == 0 then fresh = 1 end
 for i = 0, n - 1 do
   local b = 3 + i * WIDTH
   local id, name, args, kwargs, priority, max_attempts, timeout, bo_base, bo_cap, bo_jitter, delay_us,
-    run_at_us, unique_key, limit_key, limit, events, trace, ma_def, bo_def, deps = unpack(ARGV, b, b + WIDTH - 1)
+    run_at_us, unique_key, limit_key, limit, events, trace, ma_def, bo_def, deps,
+    rate_key, rate = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. id
   local existing = nil
   if redis.call('EXISTS', jobkey) == 1 then
@@ -107,6 +109,7 @@ for i = 0, n - 1 do
     if limit_key ~= '' then redis.call('HSET', jobkey, 'lk', limit_key, 'lm', limit) end
     if events == '1' then redis.call('HSET', jobkey, 'ev', '1') end
     if trace ~= '' then redis.call('HSET', jobkey, 'tp', trace) end
+    if rate_key ~= '' then redis.call('HSET', jobkey, 'rk', rate_key, 'rr', rate) end
     redis.call('ZADD', K.jobs, now, id)
     move_state(id, nil, state, now)
     stat('enq|' .. name, 1)

@@ -537,3 +537,37 @@ local function hand_back(id, jobkey, name, err, grace_us, delay_us, now, lkey, e
   release_unique(jobkey, id, ukey)
   return 'failed'
 end
+
+-- Rate limits (backend/workers/rates.py): "N/<k><unit>" allows N starts per k units. Each limit key
+-- (K.rate_prefix .. 'h:<handler>' | 'k:<rate_key>' | 'q') holds the earliest time (µs) of its next
+-- start (GCRA without a burst: starts are spaced period / N apart, so no window of one period holds
+-- more than N). Returns µs between two starts, or nil for no rate or an unreadable one.
+local RATE_UNITS = {s = 1000000, m = 60000000, h = 3600000000, d = 86400000000}
+
+local function rate_interval(rate)
+  if not rate or rate == '' then return nil end
+  local count, mult, unit = string.match(rate, '^(%d+)/(%d*)([smhd])$')
+  count = tonumber(count)
+  if not count or count < 1 then return nil end
+  local interval = (tonumber(mult) or 1) * RATE_UNITS[unit] / count
+  if interval < 1 then return nil end
+  return interval
+end
+
+-- Take the next start of every limit in `limits` ({key suffix, interval µs} pairs) for one job:
+-- its slot is the earliest time all of them allow (now if they allow it now), and each key moves
+-- on to slot + its interval (rounded up: never faster than the rate). Keys expire when they no
+-- longer hold anyone back. Returns the slot (µs).
+local function take_rate_slot(now, limits)
+  local slot = now
+  for _, l in ipairs(limits) do
+    local next_at = tonumber(redis.call('GET', K.rate_prefix .. l[1])) or 0
+    if next_at > slot then slot = next_at end
+  end
+  for _, l in ipairs(limits) do
+    local next_at = math.ceil(slot + l[2])
+    redis.call('SET', K.rate_prefix .. l[1], string.format('%.0f', next_at),
+      'PX', math.ceil((next_at - now) / 1000) + 1)
+  end
+  return slot
+end

@@ -2,13 +2,13 @@
 -- A handler name that no live worker registers and that has no job left in the queue (every job
 -- enqueued under it was purged: stats enq|name <= prg|name, see purge_expired; or the queue has
 -- no job at all) loses every stats field `<kind>|name[|...]` at once: its metric series stop.
--- A queue with no job left that no live worker serves (and that is not paused: the pause must
--- outlive its workers) loses its remaining keys (stats, seq, wake,
--- hlimits, empty indexes); the caller then takes it off PREFIX:queues. An enqueue after that finds
+-- A queue with no job left that no live worker serves (and that is not paused and has no queue rate:
+-- an operator's setting must outlive its workers) loses its remaining keys (stats, seq, wake,
+-- hlimits, hrates, empty indexes); the caller then takes it off PREFIX:queues. An enqueue after that finds
 -- no seq and says so (enqueue.lua's `fresh`), so its client lists the queue again.
 -- KEYS (scripts.TIDY; the script reads them as K.<name>):  KEYS[1] stats  KEYS[2] jobs  KEYS[3] ready
 --    KEYS[4] waiting  KEYS[5] running  KEYS[6] parked  KEYS[7] seq  KEYS[8] wake  KEYS[9] hlimits
---    KEYS[10] state_prefix  KEYS[11] unique  KEYS[12] paused
+--    KEYS[10] state_prefix  KEYS[11] unique  KEYS[12] paused  KEYS[13] hrates  KEYS[14] qrate
 -- ARGV[1] served (1: a live worker serves the queue)  ARGV[2] known (0: a live worker did not say
 --   which handlers it has: keep every name)  ARGV[3] n
 -- ARGV[4..] n records of WIDTH fields (scripts.HandlerName): a handler name live workers register
@@ -37,8 +37,8 @@ for _, field in ipairs(fields) do
     end
   end
 end
-if empty and not served and redis.call('EXISTS', K.paused) == 0 then
-  redis.call('DEL', K.stats, K.seq, K.wake, K.hlimits, K.unique)
+if empty and not served and redis.call('EXISTS', K.paused) == 0 and redis.call('EXISTS', K.qrate) == 0 then
+  redis.call('DEL', K.stats, K.seq, K.wake, K.hlimits, K.unique, K.hrates)
   for _, state in ipairs({'scheduled', 'retry_scheduled', 'done', 'failed', 'cancelled'}) do
     redis.call('DEL', K.state_prefix .. state)
   end
