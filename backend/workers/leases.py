@@ -16,7 +16,7 @@ from backend.config import Settings
 from backend.workers.handlers import HandlerRegistry
 from backend.workers.job_store import JobStore
 from backend.workers.logfmt import fmt
-from backend.workers.models import Claim, WorkerInfo
+from backend.workers.models import Claim, Job, WorkerInfo
 from backend.workers.outages import OUTAGE_ERRORS, ReconnectBackoff
 from backend.workers.reporting import Reporter
 from backend.workers.worker_state import WorkerState
@@ -132,6 +132,29 @@ class Leases:
             state.expected_again("heartbeat_error")
             backoff.reset()
             delay = interval
+
+    async def confirm(self, jobs: list[Job]) -> list[Job]:
+        """Tell the store these claims arrived, before any of their handlers starts: an expiry is then
+        a charged run (LeaseExpired), while a claim never confirmed (its reply was lost) is given back
+        uncounted. One extend for the whole batch. Returns the jobs to start: not those whose claim is
+        already gone. If the store cannot be reached they all start, and the next heartbeat confirms."""
+        if not jobs:
+            return jobs
+        claims = [Claim(job.queue, job.id, job.token or "") for job in jobs]
+        try:
+            stale = set(await self.store.extend(claims, self.lease))
+        except OUTAGE_ERRORS as exc:
+            log.warning(fmt("claims_unconfirmed", worker=self.state.worker_id, jobs=len(jobs),
+                            error=f"{type(exc).__name__}: {exc}",
+                            action="handlers start anyway; the next heartbeat confirms them"))
+            return jobs
+        except Exception as exc:
+            self.state.unexpected("confirm_error", exc)
+            return jobs
+        for claim in stale:
+            log.warning(fmt("job_lease_lost", worker=self.state.worker_id, job=claim.job_id,
+                            queue=claim.queue, action="not started: the claim was gone before its confirm"))
+        return [job for job, claim in zip(jobs, claims, strict=True) if claim not in stale]
 
     def claims_held(self) -> list[Claim]:
         """Running claims and those whose outcome is not reported yet: all their leases are kept."""

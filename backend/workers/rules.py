@@ -28,6 +28,10 @@ DEFAULT_TIMEOUT = 300.0
 MAX_PRIORITY = 1000
 # Enqueue sequence numbers per priority level: ready score = (MAX_PRIORITY - priority) * PRIORITY_SPAN + seq
 PRIORITY_SPAN = 2**40
+# How often one job's expired claim may be given back uncounted because its worker never confirmed
+# it (a lost claim reply, a worker dead before its first extend); after that such expiries are charged,
+# so a job that kills its worker before the confirm cannot go round for ever.
+LOST_CLAIM_CAP = 3
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

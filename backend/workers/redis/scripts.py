@@ -8,7 +8,8 @@ Arguments are NamedTuples of wire values, in `script_args.py`.
 
 Each script's source is a generated prelude, then `lib.lua` (per-queue scripts), then its file. The
 prelude holds what Python and Lua share, written once here or in `rules.py`: `K` (the script's keys
-by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY and the codes (`CODE`).
+by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY, LOST_CLAIM_CAP and the codes
+(`CODE`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from backend.workers.redis.script_args import (
     WorkerField,
     WorkersArgs,
 )
-from backend.workers.rules import DURATION_BUCKETS, MAX_PRIORITY, PRIORITY_SPAN
+from backend.workers.rules import DURATION_BUCKETS, LOST_CLAIM_CAP, MAX_PRIORITY, PRIORITY_SPAN
 
 
 class Code(StrEnum):
@@ -191,6 +192,7 @@ def prelude(script: Script[Any, Any]) -> str:
         f"local BUCKETS = {{{', '.join(repr(float(b)) for b in DURATION_BUCKETS)}}}",
         f"local PRIORITY_SPAN = {PRIORITY_SPAN}",
         f"local MAX_PRIORITY = {MAX_PRIORITY}",
+        f"local LOST_CLAIM_CAP = {LOST_CLAIM_CAP}",
         f"local CODE = {{{codes}}}",
         "",
     ])
