@@ -134,7 +134,9 @@ async def test_a_failed_run_with_a_corrupt_record_is_set_aside_alone(
 
 
 @pytest.mark.parametrize("confirmed", [True, False], ids=["confirmed", "unconfirmed"])
-async def test_recovery_of_an_expired_lease_sets_a_corrupt_record_aside(store: JobStore, confirmed: bool) -> None:
+async def test_recovery_of_an_expired_lease_sets_a_corrupt_record_aside(
+    store: JobStore, confirmed: bool
+) -> None:
     """A confirmed claim's expiry is a charged run; an unconfirmed one is given back uncounted, which
     needs `attempts`: either way the unreadable record is set aside and the rest of the batch goes on."""
     await six(store)
