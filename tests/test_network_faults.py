@@ -251,39 +251,46 @@ async def test_a_worker_whose_claim_reply_is_lost_runs_the_job_once_at_attempt_1
     assert await worker.wait() == 0
 
 
-async def test_a_job_that_kills_its_worker_before_the_confirm_is_charged_after_the_cap(
+async def test_a_worker_killed_before_its_confirm_is_not_charged_until_the_cap(
     proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
-    """Every confirm (an extend) is lost on the way, and the job SIGKILLs its worker: each expiry is an
-    unconfirmed claim, given back uncounted LOST_CLAIM_CAP times; the next one is charged, so the
-    max_attempts=1 job ends `failed` after LOST_CLAIM_CAP + 1 deliveries instead of going round for ever."""
+    """Every confirm (an extend) is lost on the way, so each worker that claims the job holds it
+    unconfirmed, does not start its handler, and is SIGKILLed so. Each expiry is given back uncounted,
+    LOST_CLAIM_CAP times; the next one is charged, so the max_attempts=1 job ends `failed` after
+    LOST_CLAIM_CAP + 1 claims instead of going round for ever, and no handler ever started."""
     record = tmp_path / "record.txt"
-    job = await store.enqueue(JobSpec("tests.die", max_attempts=1))
+    job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
     proxy.drop_request(str(store._scripts["extend"].sha).encode(), count=1_000)
-    rounds = 0
+    claimed_by: list[int] = []
+    while True:
+        worker = WorkerProcess(tmp_path, f"worker-{len(workers)}", worker_env(proxy.url(), prefix, record))
+        workers.append(worker)
 
-    async def died_or_finished() -> bool:
+        async def claimed_or_finished(pid: int = worker.pid) -> bool:
+            got = await store.get(job.id)
+            mine = got is not None and got.state is JobState.RUNNING and f"-{pid}-" in (got.worker or "")
+            return got is None or got.state in TERMINAL_STATES or mine
+
+        await eventually(claimed_or_finished, 60, "the job claimed by the new worker, or finished")
         got = await store.get(job.id)
-        if got is not None and got.state in TERMINAL_STATES:
-            return True
-        if not workers or workers[-1].proc.poll() is not None:  # as a platform restarts a dead worker
-            nonlocal rounds
-            rounds += 1
-            assert rounds <= LOST_CLAIM_CAP + 2, "the job went round more often than the cap allows"
-            env = worker_env(proxy.url(), prefix, record)
-            workers.append(WorkerProcess(tmp_path, f"worker-{rounds}", env))
-        return False
-
-    await eventually(died_or_finished, 120, "the poison job charged and failed")
-    got = await finished(store, job.id, 5)
-    assert got.state is JobState.FAILED and got.attempts == 1
-    assert got.last_error is not None and got.last_error.type == "LeaseExpired"
-    starts = [ex for ex in read_records(record) if ex.event == "start"]
-    assert [ex.attempt for ex in starts] == [1] * (LOST_CLAIM_CAP + 1)
-    assert len({ex.pid for ex in starts}) == LOST_CLAIM_CAP + 1  # each delivery killed its worker
+        if got is None or got.state in TERMINAL_STATES:
+            break
+        assert got.attempts == 1, "a lost claim used up an attempt"
+        claimed_by.append(worker.pid)
+        assert len(claimed_by) <= LOST_CLAIM_CAP + 1, "the job went round more often than the cap allows"
+        await worker.wait_for_log("op=confirm")  # its confirm was lost: it holds the claim unconfirmed
+        worker.send(signal.SIGKILL)
+        assert await worker.wait() == -signal.SIGKILL
+    failed = await finished(store, job.id, 5)
+    assert failed.state is JobState.FAILED and failed.attempts == 1
+    assert failed.last_error is not None and failed.last_error.type == "LeaseExpired"
+    assert f"-{claimed_by[-1]}-" in failed.last_error.message
+    assert len(claimed_by) == LOST_CLAIM_CAP + 1
+    assert read_records(record) == [], "no handler starts on a claim it has not confirmed"
     assert proxy.dropped_requests >= LOST_CLAIM_CAP + 1
-    assert "event=claims_unconfirmed" in workers[0].log()
-    assert (await store.metrics()).queues["default"].runs == {("tests.die", "expired"): 1}
+    assert (await store.metrics()).queues["default"].runs == {("tests.record", "expired"): 1}
+    workers[-1].send(signal.SIGTERM)
+    assert await workers[-1].wait() == 0
 
 
 def claim_of(job: Job) -> Claim:

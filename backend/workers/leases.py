@@ -136,21 +136,28 @@ class Leases:
     async def confirm(self, jobs: list[Job]) -> list[Job]:
         """Tell the store these claims arrived, before any of their handlers starts: an expiry is then
         a charged run (LeaseExpired), while a claim never confirmed (its reply was lost) is given back
-        uncounted. One extend for the whole batch. Returns the jobs to start: not those whose claim is
-        already gone. If the store cannot be reached they all start, and the next heartbeat confirms."""
+        uncounted. So a handler never starts on an unconfirmed claim: through an outage the confirm
+        (one extend for the batch, which also keeps the leases) is re-sent with backoff until it lands.
+        Returns the jobs to start: not those whose claim is gone meanwhile, none if the worker stops
+        first (their claims stay unconfirmed: they are given back, uncounted, when the leases expire)."""
         if not jobs:
             return jobs
         claims = [Claim(job.queue, job.id, job.token or "") for job in jobs]
-        try:
-            stale = set(await self.store.extend(claims, self.lease))
-        except OUTAGE_ERRORS as exc:
-            log.warning(fmt("claims_unconfirmed", worker=self.state.worker_id, jobs=len(jobs),
-                            error=f"{type(exc).__name__}: {exc}",
-                            action="handlers start anyway; the next heartbeat confirms them"))
-            return jobs
-        except Exception as exc:
-            self.state.unexpected("confirm_error", exc)
-            return jobs
+        backoff = ReconnectBackoff(cap=min(5.0, self.settings.heartbeat_seconds))
+        while True:
+            try:
+                stale = set(await self.store.extend(claims, self.lease))
+                break
+            except OUTAGE_ERRORS as exc:
+                self.state.outage.failed("confirm", exc)
+                await self.state.sleep_unless_stopped(backoff.next())
+                if self.state.stop.is_set():
+                    log.info(fmt("claims_left_unconfirmed", worker=self.state.worker_id, jobs=len(jobs),
+                                 action="not started; given back uncounted when their leases expire"))
+                    return []
+            except Exception as exc:  # not an outage: a bug; the claims are ours, so run them
+                self.state.unexpected("confirm_error", exc)
+                return jobs
         for claim in stale:
             log.warning(fmt("job_lease_lost", worker=self.state.worker_id, job=claim.job_id,
                             queue=claim.queue, action="not started: the claim was gone before its confirm"))
