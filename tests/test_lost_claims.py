@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from backend.workers.job_store import JobStore
 from backend.workers.models import Claim, Job, JobSpec, JobState
+from backend.workers.redis_job_store import RedisJobStore
 from backend.workers.rules import LOST_CLAIM_CAP, Backoff
 
 LEASE = 0.2
@@ -164,3 +167,18 @@ async def test_a_lost_claim_frees_its_concurrency_slot(store: JobStore) -> None:
     assert await store.complete(claim_of(again)) is JobState.DONE
     (then,) = await store.claim("w2", ["default"], 2, 30)
     assert then.id == second.id and then.attempts == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [("lc", "-100"), ("lc", "abc"), ("lc", "1e400"), ("cf", "x")])
+async def test_a_hostile_lost_claim_count_or_mark_is_charged(store: JobStore, field: str, value: str) -> None:
+    """A hand-edited count cannot buy a job endless free rounds: anything but a count in [0, cap) is
+    charged, as an expiry was before lost claims were told apart."""
+    assert isinstance(store, RedisJobStore)
+    job = await store.enqueue(JobSpec("t.job", max_attempts=1))
+    await lose_claim(store)
+    await store.redis.hset(store.keys.queue("default").job(job.id), field, value)
+    await asyncio.sleep(PAST_LEASE)
+    assert await store.recover() == 1
+    failed = await get(store, job.id)
+    assert failed.state is JobState.FAILED and failed.attempts == 1
+    assert failed.last_error is not None and failed.last_error.type == "LeaseExpired"

@@ -220,7 +220,7 @@ local function give_back_lost(id, jobkey, now)
   local f = redis.call('HMGET', jobkey, 'cf', 'lc', 'attempts', 'priority', 'seq', 'lkey', 'ev',
     'cancel_req')
   local lost, attempts = tonumber(f[2] or 0), tonumber(f[3])
-  if f[1] ~= '0' or not lost or lost >= LOST_CLAIM_CAP or not attempts then return false end
+  if f[1] ~= '0' or not lost or lost < 0 or lost >= LOST_CLAIM_CAP or not attempts then return false end
   local fields = {'worker', '', 'started_at', '', 'attempts', math.max(0, attempts - 1), 'lc', lost + 1,
     'cf', ''}
   if f[8] == '1' then
