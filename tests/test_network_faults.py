@@ -293,6 +293,25 @@ async def test_a_worker_killed_before_its_confirm_is_not_charged_until_the_cap(
     assert await workers[-1].wait() == 0
 
 
+async def test_a_confirm_lost_on_the_way_is_sent_again_before_the_handler_starts(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """The first confirms never reach Redis: the worker holds the job (its handler not started),
+    re-sends the confirm with backoff, and runs the job once it landed: done, attempt 1, once."""
+    record = tmp_path / "record.txt"
+    job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
+    proxy.drop_request(str(store._scripts["extend"].sha).encode(), count=3)
+    worker = WorkerProcess(tmp_path, "worker", worker_env(proxy.url(), prefix, record))
+    workers.append(worker)
+    got = await finished(store, job.id, 60)
+    assert got.state is JobState.DONE and got.attempts == 1 and got.last_error is None
+    assert proxy.dropped_requests == 3
+    assert "op=confirm" in worker.log() and "event=store_back" in worker.log()
+    assert [(ex.job_id, ex.attempt) for ex in read_records(record) if ex.event == "start"] == [(job.id, 1)]
+    worker.send(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
 def claim_of(job: Job) -> Claim:
     assert job.token is not None
     return Claim(job.queue, job.id, job.token)
