@@ -312,6 +312,31 @@ async def test_a_confirm_lost_on_the_way_is_sent_again_before_the_handler_starts
     assert await worker.wait() == 0
 
 
+async def test_a_worker_stopped_before_its_confirm_landed_starts_nothing_and_costs_nothing(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """SIGTERM while the confirm cannot get through: the worker starts nothing and exits 0; the claim
+    stays unconfirmed, so when its lease expires the job goes back uncounted and runs once elsewhere."""
+    record = tmp_path / "record.txt"
+    job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
+    proxy.drop_request(str(store._scripts["extend"].sha).encode(), count=1_000)
+    stuck = WorkerProcess(tmp_path, "stuck", worker_env(proxy.url(), prefix, record))
+    workers.append(stuck)
+    await stuck.wait_for_log("op=confirm")
+    stuck.send(signal.SIGTERM)
+    assert await stuck.wait() == 0
+    assert "event=claims_left_unconfirmed" in stuck.log()
+    held = await store.get(job.id)
+    assert held is not None and held.state is JobState.RUNNING and held.attempts == 1
+    direct = WorkerProcess(tmp_path, "direct", worker_env(store_url(store), prefix, record))
+    workers.append(direct)
+    got = await finished(store, job.id, 60)
+    assert got.state is JobState.DONE and got.attempts == 1 and got.last_error is None
+    assert [(ex.pid, ex.attempt) for ex in read_records(record) if ex.event == "start"] == [(direct.pid, 1)]
+    direct.send(signal.SIGTERM)
+    assert await direct.wait() == 0
+
+
 def claim_of(job: Job) -> Claim:
     assert job.token is not None
     return Claim(job.queue, job.id, job.token)
