@@ -23,8 +23,9 @@ from typing import Annotated
 import typer
 
 from backend.ops import bench
+from backend.ops.bulk_commands import purge_all, queues_app
 from backend.ops.cli_support import JsonOpt, TokenOpt, UrlOpt, err, load_settings, out, print_json, run
-from backend.ops.client import ExitCode
+from backend.ops.client import Client, ExitCode
 from backend.ops.job_commands import enqueue, jobs_app
 from backend.ops.render import progress_text as _progress_text
 from backend.ops.render import queues_table, schedules_table, workers_table
@@ -83,13 +84,21 @@ def worker() -> None:
 # -- queues, workers, purge ----------------------------------------------------------------------
 
 
-def queues(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
-    """Every queue with its number of jobs in each state."""
-    counts = run(url, token, lambda c: c.counts())
+def queues(ctx: typer.Context, json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Every queue with its number of jobs in each state and whether it is paused; `bagbot queues
+    pause|resume QUEUE` steers one (backend/ops/bulk_commands.py)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"url": url, "token": token}
+        return
+
+    async def read(client: Client) -> tuple[dict[str, dict[str, int]], set[str]]:
+        return await client.counts(), await client.paused()
+
+    counts, paused = run(url, token, read)
     if json_out:
         print_json(counts)
         return
-    out.print(queues_table(counts) if counts else "no queues yet")
+    out.print(queues_table(counts, paused) if counts else "no queues yet")
 
 
 def schedules(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
@@ -130,15 +139,19 @@ def purge(
         ):
             err.print("nothing deleted")
             raise typer.Exit(int(ExitCode.FAILED))
-    count = run(None, None, lambda c: c.purge(older_than, list(queue) if queue else None))
+    count = run(None, None, lambda c: purge_all(c, older_than, list(queue) if queue else None, None))
     print_json({"purged": count}) if json_out else out.print(f"purged {count} job(s)")
 
 
 # -- the command line -----------------------------------------------------------------------------
 
 # registered in this order, the order `bagbot --help` lists them in; `jobs` comes after the commands
-for command in (serve, worker, enqueue, queues, schedules, workers, purge, check, smoke):
+for command in (serve, worker, enqueue):
     app.command()(command)
+queues_app.callback(invoke_without_command=True)(queues)
+app.add_typer(queues_app, name="queues")
+for later in (schedules, workers, purge, check, smoke):
+    app.command()(later)
 app.add_typer(jobs_app, name="jobs")
 bench.register(app)
 

@@ -51,6 +51,8 @@ class Settings:
     shutdown_grace_seconds: float = 25.0
     job_timeout_seconds: float = 300.0
     retention_seconds: float = 7 * 24 * 3600.0
+    # a job whose handler its worker lacks is handed back until no live worker has had it this long
+    unknown_handler_grace_seconds: float = 300.0
     api_token: str | None = None
     port: int = 8000
     host: str = "0.0.0.0"
@@ -76,6 +78,13 @@ class Settings:
                 f"BAGBOT_LEASE_SECONDS ({lease}) must be greater than BAGBOT_HEARTBEAT_SECONDS ({heartbeat}),"
                 " or leases expire between heartbeats"
             )
+        grace = reader.get("BAGBOT_UNKNOWN_HANDLER_GRACE_SECONDS", 300.0, _positive_float)
+        if grace <= heartbeat:
+            raise ConfigError(
+                f"BAGBOT_UNKNOWN_HANDLER_GRACE_SECONDS ({grace}) must be greater than"
+                f" BAGBOT_HEARTBEAT_SECONDS"
+                f" ({heartbeat}): workers advertise their handlers with each heartbeat"
+            )
         return cls(
             job_store=job_store,
             redis_url=redis_url,
@@ -88,6 +97,7 @@ class Settings:
             shutdown_grace_seconds=reader.get("BAGBOT_SHUTDOWN_GRACE_SECONDS", 25.0, _non_negative_float),
             job_timeout_seconds=reader.get("BAGBOT_JOB_TIMEOUT_SECONDS", 300.0, _positive_float),
             retention_seconds=reader.get("BAGBOT_RETENTION_SECONDS", 7 * 24 * 3600.0, _positive_float),
+            unknown_handler_grace_seconds=grace,
             api_token=reader.get("BAGBOT_API_TOKEN", None, _token),
             port=reader.get("PORT", 8000, _int_range(1, 65535)),
             host=reader.get("BAGBOT_HOST", "0.0.0.0", str),

@@ -20,7 +20,7 @@ import pytest
 from backend.api.app import create_app
 from backend.config import Settings
 from backend.workers.job_store import JobStore
-from backend.workers.models import Claim, JobError, JobSpec, WorkerInfo
+from backend.workers.models import Claim, HandlerPolicy, JobError, JobSpec, WorkerInfo
 from backend.workers.redis_job_store import RedisJobStore
 from tests.redis_server import RedisServer, free_port
 
@@ -267,7 +267,8 @@ async def test_workers_lists_live_workers_with_heartbeat_age(
     client: httpx.AsyncClient, store: JobStore
 ) -> None:
     assert (await client.get("/api/workers")).json() == {"workers": []}
-    info = WorkerInfo(id="w-api-1", host="h1", pid=4242, queues=["default", "mail"], concurrency=3)
+    info = WorkerInfo(id="w-api-1", host="h1", pid=4242, queues=["default", "mail"], concurrency=3,
+                      handlers=["bagbot.echo", "emails.send"])
     await store.register_worker(info)
     (worker,) = (await client.get("/api/workers")).json()["workers"]
     assert (worker["id"], worker["host"], worker["pid"], worker["queues"], worker["concurrency"]) == (
@@ -278,6 +279,7 @@ async def test_workers_lists_live_workers_with_heartbeat_age(
         3,
     )
     assert worker["running"] == 0
+    assert worker["handlers"] == ["bagbot.echo", "emails.send"]
     assert 0 <= worker["heartbeat_age"] < 60
     assert worker["started_at"] > 0 and worker["last_heartbeat"] > 0
     await store.deregister_worker("w-api-1")
@@ -558,3 +560,19 @@ async def test_dashboard_and_docs_are_served(client: httpx.AsyncClient) -> None:
         assert path in paths, path
     assert "201" in paths["/api/jobs"]["post"]["responses"]
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+async def test_a_job_posted_without_max_attempts_shows_its_handlers(
+    client: httpx.AsyncClient, store: JobStore
+) -> None:
+    """The API does not import the handler: the workers' advertised policy decides, and a job that
+    says otherwise keeps its own."""
+    await store.advertise_handlers(["default"], [HandlerPolicy("emails.send", 5)])
+    unset = await enqueue(client, name="emails.send")
+    own = await enqueue(client, name="emails.send", max_attempts=2)
+    other = await enqueue(client, name="reports.build")
+    assert (unset["max_attempts"], own["max_attempts"], other["max_attempts"]) == (5, 2, 3)
+    shown = (await client.get(f"/api/jobs/{unset['id']}")).json()
+    assert shown["max_attempts"] == 5
+    refused = await client.post("/api/jobs", json={"name": "emails.send", "max_attempts": 0})
+    assert refused.status_code == 422

@@ -25,7 +25,8 @@ def bench(*args: str) -> dict[str, object]:
 
 
 FIGURES = ("enqueue_single_jobs_per_s", "enqueue_batch_jobs_per_s", "drain_jobs_per_s", "latency_p50_ms",
-           "redis_cpu_us_per_job", "redis_bytes_per_queued_job", "worker_peak_rss_mib")
+           "redis_cpu_us_per_job", "redis_bytes_per_queued_job", "worker_peak_rss_mib", "due_lateness_p50_ms",
+           "due_lateness_p99_ms", "retry_lateness_p50_ms", "retry_lateness_p99_ms")
 
 
 def bench_prefixes(client: redis.Redis) -> set[str]:

@@ -236,7 +236,9 @@ def test_enqueue_wait_shows_the_result_and_fails_with_the_job(env: dict[str, str
     workers = as_json(bagbot(env, "workers", "--json"))
     assert len(workers) == 1
     assert workers[0]["heartbeat_age"] < 30  # alive: far below any stale cut-off
-    assert bagbot(env, "workers").returncode == 0
+    assert "bagbot.fail" in workers[0]["handlers"]
+    shown = bagbot(env, "workers")
+    assert shown.returncode == 0 and "handlers" in shown.stdout
 
 
 # -- check --------------------------------------------------------------------------------------------

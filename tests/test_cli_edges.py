@@ -72,7 +72,7 @@ def test_no_flag_is_shown_as_taking_a_value() -> None:
 
 def test_the_jobs_summary_of_cancel_is_a_whole_sentence() -> None:
     listing = flat(runner.invoke(app, ["jobs", "--help"]).output)
-    assert "cancel Cancel a job; a running one is asked to stop. " in listing + " "
+    assert "cancel Cancel jobs; a running one is asked to stop. " in listing + " "
     detail = flat(runner.invoke(app, ["jobs", "cancel", "--help"]).output)
     assert "Running: its worker stops it within a heartbeat, and it ends cancelled." in detail
 

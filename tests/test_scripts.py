@@ -151,7 +151,7 @@ def test_to_argv_sends_scalars_then_the_count_then_each_record() -> None:
     items = [sa.ClaimRef("a", "t1"), sa.ClaimRef("b", "t2")]
     assert sa.to_argv(sa.ExtendArgs(5_000_000, items)) == [5_000_000, 2, "a", "t1", "b", "t2"]
     assert sa.to_argv(sa.ReleaseArgs([])) == [0]
-    assert sa.to_argv(sa.PurgeArgs(10, 20)) == [10, 20]
+    assert sa.to_argv(sa.PurgeArgs(10, 20, "done")) == [10, 20, "done"]
     assert sa.to_argv(sa.NoArgs()) == []
 
 

@@ -311,8 +311,9 @@ async def test_finish_in_a_batch(store: JobStore) -> None:
 
 
 async def test_finish_applies_the_handlers_retry_policy(store: JobStore) -> None:
-    """The worker sends the handler's policy with the report; the store alone decides retry or fail."""
-    spec = JobSpec("t.job", max_attempts=5, backoff=Backoff(base=100_000, cap=100_000, jitter=0))
+    """The worker sends the handler's policy with the report; the store alone decides retry or fail.
+    (A job that set its own max_attempts or backoff keeps them: tests/test_handler_policy.py.)"""
+    spec = JobSpec("t.job")
     first, second = await store.enqueue(spec), await store.enqueue(spec)
     claimed = {job.id: job for job in await store.claim("w", ["default"], 2, 30)}
     now = await store.server_time()
@@ -324,7 +325,7 @@ async def test_finish_applies_the_handlers_retry_policy(store: JobStore) -> None
     assert results == [JobState.RETRY_SCHEDULED, JobState.FAILED]
     retried = await store.get(first.id)
     assert retried is not None and retried.run_at is not None
-    assert 990 <= retried.run_at - now <= 1010  # the handler's backoff, not the job's 100,000 s
+    assert 990 <= retried.run_at - now <= 1010  # the handler's backoff, not the default (1 s)
 
 
 # -- fencing and leases ------------------------------------------------------------

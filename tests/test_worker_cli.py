@@ -79,3 +79,18 @@ async def test_logs_never_show_the_redis_password(tmp_path: Path) -> None:
     finally:
         proc.stop()
         server.cleanup()
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "0", "nan", "2"])  # "2": not above the 5 s heartbeat
+def test_a_bad_unknown_handler_grace_exits_2_naming_it(value: str) -> None:
+    done = run_once({"JOB_STORE": "redis", "BAGBOT_UNKNOWN_HANDLER_GRACE_SECONDS": value})
+    assert done.returncode == 2
+    assert "BAGBOT_UNKNOWN_HANDLER_GRACE_SECONDS" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_unknown_handler_grace_is_read_from_the_env() -> None:
+    from backend.config import Settings
+
+    assert Settings.from_env({}).unknown_handler_grace_seconds == 300.0
+    env = {"BAGBOT_UNKNOWN_HANDLER_GRACE_SECONDS": "45", "BAGBOT_HEARTBEAT_SECONDS": "5"}
+    assert Settings.from_env(env).unknown_handler_grace_seconds == 45.0

@@ -75,10 +75,20 @@ async def test_builtins_end_to_end(store: MemoryJobStore, worker: Worker) -> Non
     assert done.result == {"attempt": 3, "failed_before": 2}
 
 
-async def test_unknown_handler_fails_at_once(store: MemoryJobStore, worker: Worker) -> None:
-    job = await store.enqueue(JobSpec("no.such.handler", max_attempts=5))
-    final = await finished(store, job)
+async def test_unknown_handler_is_handed_back_then_fails_after_the_grace_time(store: MemoryJobStore) -> None:
+    """No worker has the handler: handed back (uncounted) until the grace time has passed, then
+    UnknownHandler (tests/test_rolling_deploy.py does it with real processes and a mixed fleet)."""
+    settings = replace(SETTINGS, unknown_handler_grace_seconds=0.5)
+    w = Worker(store, settings, HandlerRegistry(), worker_id="w-lacks-it")
+    await w.start()
+    try:
+        job = await store.enqueue(JobSpec("no.such.handler", max_attempts=5))
+        started = await store.server_time()
+        final = await finished(store, job)
+    finally:
+        await w.stop()
     assert final.state is JobState.FAILED and final.attempts == 1
+    assert final.finished_at is not None and final.finished_at - started >= 0.5
     assert final.last_error is not None and final.last_error.type == "UnknownHandler"
     assert "no.such.handler" in final.last_error.message
 
@@ -109,7 +119,8 @@ async def test_handler_policy(store: MemoryJobStore, registry: HandlerRegistry, 
 
     results = {}
     for name in ("t.bad_input", "t.capped", "t.not_json", "t.timeout"):
-        job = await store.enqueue(JobSpec(name, max_attempts=5, backoff=Backoff(0.01, jitter=0)))
+        given = None if name == "t.capped" else 5  # t.capped: the handler's max_attempts applies
+        job = await store.enqueue(JobSpec(name, max_attempts=given, backoff=Backoff(0.01, jitter=0)))
         results[name] = await finished(store, job)
     assert results["t.bad_input"].attempts == 1 and results["t.bad_input"].state is JobState.FAILED
     assert results["t.capped"].attempts == 2 and results["t.capped"].last_error is not None

@@ -127,14 +127,17 @@ def execution(store: MemoryJobStore, registry: HandlerRegistry) -> Execution:
 # -- execution ------------------------------------------------------------------------------
 
 
-async def test_execution_unknown_handler_fails_without_retry(
+async def test_execution_unknown_handler_asks_the_store_to_hand_the_job_back(
     store: MemoryJobStore, registry: HandlerRegistry
 ) -> None:
     run = await claim_run(store, JobSpec("no.such.handler", max_attempts=5))
     completion = await execution(store, registry).execute(run)
     assert completion.claim == run.claim and completion.error is not None
     assert completion.error.type == "UnknownHandler" and not completion.retryable
-    assert await store.finish([completion]) == [JobState.FAILED]
+    assert completion.unknown_grace == Settings().unknown_handler_grace_seconds
+    assert await store.finish([completion]) == [JobState.SCHEDULED]  # handed back, uncounted
+    back = await store.get(run.job.id)
+    assert back is not None and back.attempts == 0
 
 
 async def test_execution_error_carries_the_handler_policy_for_the_store_to_apply(
@@ -145,13 +148,13 @@ async def test_execution_error_carries_the_handler_policy_for_the_store_to_apply
         raise KeyError("gone") if kind == "key" else RuntimeError("flaky")
 
     parts = execution(store, registry)
-    flaky = await parts.execute(await claim_run(store, JobSpec("t.boom", args=["runtime"], max_attempts=5)))
+    flaky = await parts.execute(await claim_run(store, JobSpec("t.boom", args=["runtime"])))
     assert flaky.error is not None and flaky.error.type == "RuntimeError" and flaky.error.message == "flaky"
     assert flaky.retryable and flaky.max_attempts == 1 and flaky.backoff == Backoff(7.0, jitter=0)
     assert "RuntimeError" in flaky.error.traceback
     gone = await parts.execute(await claim_run(store, JobSpec("t.boom", args=["key"])))
     assert gone.error is not None and gone.error.type == "KeyError" and not gone.retryable
-    # the worker decided nothing: the handler's cap of 1 attempt wins over the job's 5 in the store
+    # the worker decided nothing: the store applies the handler's 1 attempt (the job set none)
     assert await store.finish([flaky]) == [JobState.FAILED]
 
 

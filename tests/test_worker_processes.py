@@ -238,7 +238,8 @@ async def test_a_job_that_keeps_killing_workers_ends_failed(
 
 
 async def test_sync_cpu_handler_and_unknown_handler(store: RedisJobStore, spawn: WorkerSpawner) -> None:
-    (worker,) = await spawn(1, BAGBOT_CONCURRENCY="4")
+    # no worker has tests.not_registered: handed back until the grace time, then UnknownHandler
+    (worker,) = await spawn(1, BAGBOT_CONCURRENCY="4", BAGBOT_UNKNOWN_HANDLER_GRACE_SECONDS="1")
     cpu = await store.enqueue_many([JobSpec("tests.cpu", kwargs={"n": 300_000}) for _ in range(4)])
     echo = await store.enqueue(JobSpec("bagbot.echo", args=["hi"]))
     unknown = await store.enqueue(JobSpec("tests.not_registered", max_attempts=5))

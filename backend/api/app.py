@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from backend.api import dashboard, events, health, jobs, metrics, queues, schedules, workers
+from backend.api import bulk, dashboard, events, health, jobs, metrics, queues, schedules, workers
 from backend.api.errors import install_error_handlers
 from backend.api.event_hub import EventHub
 from backend.api.limits import BodyLimitMiddleware
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        timeout_seconds=settings.body_timeout_seconds)
-    for module in (jobs, queues, workers, schedules, events, metrics, health, dashboard):
+    for module in (bulk, jobs, queues, workers, schedules, events, metrics, health, dashboard):
         app.include_router(module.router)
     return app
 

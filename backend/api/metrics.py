@@ -116,7 +116,12 @@ class SnapshotCollector(Collector):
             "bagbot_unreadable_values",
             "Stored metric values this scrape skipped because they could not be read (a corrupt record).",
             value=self.snapshot.unreadable)
-        yield from (jobs, ages, workers, unreadable)
+        paused = GaugeMetricFamily("bagbot_queue_paused",
+                                   "1 while the queue is paused (workers claim nothing from it), else 0.",
+                                   labels=["queue"])
+        for queue in sorted(set(self.snapshot.counts) | self.snapshot.paused):
+            paused.add_metric([queue], 1 if queue in self.snapshot.paused else 0)
+        yield from (jobs, ages, workers, unreadable, paused)
 
 
 def cumulative_buckets(counts: Sequence[int]) -> list[tuple[str, float]]:

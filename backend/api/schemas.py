@@ -36,7 +36,9 @@ class EnqueueRequest(BaseModel):
         None, description="ISO 8601 time with its zone (2026-12-01T09:00:00Z, or +01:00); no zone is a 422"
     )
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
-    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=1000)
+    max_attempts: int | None = Field(
+        None, ge=1, le=1000,
+        description=f"runs before the job fails; default: its handler's, else {DEFAULT_MAX_ATTEMPTS}")
     timeout: float | None = Field(None, gt=0, le=_YEAR, description="seconds; default: the handler's")
     unique_key: str | None = Field(
         None, min_length=1, max_length=200, description="at most one unfinished job per key and queue"
@@ -132,6 +134,12 @@ class QueueOut(BaseModel):
     name: str
     counts: dict[str, int] = Field(description="state -> number of jobs, every state present")
     total: int
+    paused: bool = Field(False, description="no worker claims from it until it is resumed")
+
+
+class PauseOut(BaseModel):
+    queue: str
+    paused: bool
 
 
 class QueuesOut(BaseModel):
@@ -149,6 +157,7 @@ class WorkerOut(BaseModel):
     heartbeat_age: float
     running: int
     version: str
+    handlers: list[str] = Field(default_factory=list, description="the handler names this worker runs")
 
 
 class WorkersOut(BaseModel):

@@ -27,6 +27,10 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("redis_bytes_per_queued_job", "Redis memory per queued job (bytes)", "{:,.0f}"),
     ("redis_bytes_per_finished_job", "Redis memory per finished job (bytes)", "{:,.0f}"),
     ("worker_peak_rss_mib", "worker peak RSS (MiB)", "{:.1f}"),
+    ("due_lateness_p50_ms", "delayed job, start after due time p50 (ms)", "{:.1f}"),
+    ("due_lateness_p99_ms", "delayed job, start after due time p99 (ms)", "{:.1f}"),
+    ("retry_lateness_p50_ms", "retry, start after due time p50 (ms)", "{:.1f}"),
+    ("retry_lateness_p99_ms", "retry, start after due time p99 (ms)", "{:.1f}"),
 )
 
 
@@ -64,11 +68,20 @@ def register(app: typer.Typer) -> None:
         latency_rate: Annotated[float, typer.Option("--latency-rate", min=1, help="Jobs/s.")] = 200.0,
         queues: Annotated[int, typer.Option("--queues", min=1, help="Spread jobs over N queues.")] = 1,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+        soak: Annotated[float | None, typer.Option(
+            "--soak", min=1, help="Instead: drain for this many seconds, sampling Redis memory.")] = None,
+        retention: Annotated[float, typer.Option("--retention", min=0.001, help="--soak: the workers'"
+                             " BAGBOT_RETENTION_SECONDS.")] = 5.0,
     ) -> None:
         """Measure enqueue and drain rates, start latency, Redis commands, CPU and memory per job."""
         if store not in ("redis", "memory"):
             raise typer.BadParameter("--store must be redis or memory")
         url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+        if soak is not None:
+            from backend.ops.bench_soak import soak_command
+
+            soak_command(soak, retention, workers, concurrency, url, json_out)
+            return
         opts = BenchOptions(jobs=jobs, workers=workers, concurrency=concurrency, store=store, redis_url=url,
                             latency_jobs=latency_jobs, latency_rate=latency_rate, queues=queues)
         result = run_bench(opts, quiet=json_out)

@@ -24,6 +24,7 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from backend.config import Settings, redact_url
+from backend.ops.bench_due import measure_due_lateness, percentile
 from backend.ops.redis_info import TOP_LEVEL_COMMANDS, RedisInfo, commands_delta
 from backend.workers.job_store import JobStore
 from backend.workers.models import JobSpec, JobState
@@ -74,6 +75,10 @@ class BenchResult:
     redis_bytes_per_queued_job: float = 0.0
     redis_bytes_per_finished_job: float = 0.0
     worker_peak_rss_mib: float = 0.0
+    due_lateness_p50_ms: float = 0.0  # a delayed job's start after its due time, idle worker (bench_due.py)
+    due_lateness_p99_ms: float = 0.0
+    retry_lateness_p50_ms: float = 0.0  # a retry's start after its backoff ran out
+    retry_lateness_p99_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -290,6 +295,16 @@ async def run_redis_bench(opts: BenchOptions, progress: Progress) -> BenchResult
             result.latency_p50_ms = statistics.median(delays)
             result.latency_p99_ms = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
             result.latency_max_ms = delays[-1]
+        await store.close()
+
+        # 4. how late an idle worker starts a delayed job and a retry (bench_due.py)
+        store, prefix = fresh_store()
+        progress.add_task("due-time lateness (delayed jobs, retries)", total=None)
+        due = await measure_due_lateness(store, opts.redis_url, prefix, QUEUE)
+        result.due_lateness_p50_ms = percentile(due.delayed_ms, 0.5)
+        result.due_lateness_p99_ms = percentile(due.delayed_ms, 0.99)
+        result.retry_lateness_p50_ms = percentile(due.retry_ms, 0.5)
+        result.retry_lateness_p99_ms = percentile(due.retry_ms, 0.99)
         await store.close()
     finally:
         for prefix in prefixes:

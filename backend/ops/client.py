@@ -73,7 +73,20 @@ class Client(ABC):
     async def workers(self) -> list[JSONDict]: ...
 
     @abstractmethod
-    async def purge(self, older_than: float, queues: list[str] | None) -> int: ...
+    async def purge(self, older_than: float, queues: list[str] | None, state: str | None = None) -> int:
+        """Delete finished jobs (bounded per call: MAX_PURGE); how many went."""
+
+    @abstractmethod
+    async def bulk(self, action: str, body: JSONDict) -> JSONDict:
+        """`retry` or `cancel` the jobs of a filter body (the API's); {matched, moved, more}."""
+
+    @abstractmethod
+    async def set_paused(self, queue: str, paused: bool) -> JSONDict:
+        """Pause or resume a queue; {queue, paused}."""
+
+    @abstractmethod
+    async def paused(self) -> set[str]:
+        """The queues paused now."""
 
     @abstractmethod
     async def ready(self) -> tuple[bool, JSONDict]:

@@ -72,10 +72,25 @@ class HttpClient(Client):
             data = data.get("workers") or []
         return list(data)
 
-    async def purge(self, older_than: float, queues: list[str] | None) -> int:
-        raise OpsError(
-            "purge is not offered over HTTP: run it with JOB_STORE=redis and REDIS_URL", ExitCode.USAGE
-        )
+    async def purge(self, older_than: float, queues: list[str] | None, state: str | None = None) -> int:
+        purged = 0
+        for queue in queues if queues is not None else [None]:
+            body = {"older_than": older_than, "queue": queue, "state": state}
+            data = await self._call("POST", "/api/jobs/purge", _given(body))
+            purged += int(_as_dict(data).get("purged") or 0)
+        return purged
+
+    async def bulk(self, action: str, body: JSONDict) -> JSONDict:
+        return _as_dict(await self._call("POST", f"/api/jobs/{_q(action)}", _given(body)))
+
+    async def set_paused(self, queue: str, paused: bool) -> JSONDict:
+        action = "pause" if paused else "resume"
+        return _as_dict(await self._call("POST", f"/api/queues/{_q(queue)}/{action}"))
+
+    async def paused(self) -> set[str]:
+        data = await self._call("GET", "/api/queues")
+        rows = data.get("queues") if isinstance(data, dict) else None
+        return {str(row.get("name")) for row in rows or [] if isinstance(row, dict) and row.get("paused")}
 
     async def ready(self) -> tuple[bool, JSONDict]:
         try:
@@ -150,6 +165,11 @@ def _detail(detail: Any) -> str:
             parts.append(f"{where}: {error.get('msg', '')}" if where else str(error.get("msg", "")))
         return "; ".join(parts)
     return str(detail)
+
+
+def _given(body: JSONDict) -> JSONDict:
+    """The body without its None fields (the API reads a missing field as "any")."""
+    return {key: value for key, value in body.items() if value is not None}
 
 
 def _q(job_id: str) -> str:

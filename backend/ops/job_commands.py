@@ -1,4 +1,5 @@
-"""`bagbot enqueue` and `bagbot jobs list|show|retry|cancel`: making jobs and steering one job.
+"""`bagbot enqueue` and `bagbot jobs list|show|retry|cancel|purge`: making jobs and steering them
+(one job here; many, by a filter, in `bulk_commands.py`).
 
 `backend/cli.py` registers `enqueue` on the `bagbot` app and mounts `jobs_app` as `bagbot jobs`.
 """
@@ -14,13 +15,22 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from backend.ops.bulk_commands import (
+    AllOpt,
+    LimitOpt,
+    NameOpt,
+    StateOpt,
+    YesOpt,
+    bulk_command,
+    jobs_purge,
+)
 from backend.ops.cli_support import JsonOpt, QueueOpt, TokenOpt, UrlOpt, err, fail, out, print_json, run
 from backend.ops.client import Client, ExitCode, JSONDict, OpsError, Page
 from backend.ops.render import job_detail, jobs_table, print_outcome, progress_text, state_pill
 from backend.workers.models import ALL_STATES, TERMINAL_STATES
 from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, InvalidJobError, validate_queue
 
-jobs_app = typer.Typer(help="List, show, retry and cancel jobs.", no_args_is_help=True)
+jobs_app = typer.Typer(help="List, show, retry, cancel and purge jobs.", no_args_is_help=True)
 
 
 def check_queue(queue: str | None) -> None:
@@ -76,7 +86,8 @@ def enqueue(
         typer.Option(help="Run no earlier than this ISO 8601 time with its zone, e.g. 2026-12-01T09:00:00Z."),
     ] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first (-1000..1000).")] = 0,
-    max_attempts: Annotated[int, typer.Option(help="Runs before the job is failed.")] = DEFAULT_MAX_ATTEMPTS,
+    max_attempts: Annotated[int | None, typer.Option(
+        help=f"Runs before the job is failed (default: the handler's, else {DEFAULT_MAX_ATTEMPTS}).")] = None,
     timeout: Annotated[
         float | None, typer.Option(help="Seconds a run may take (default: the handler's).")
     ] = None,
@@ -240,32 +251,64 @@ def jobs_show(
     out.print(job_detail(job))
 
 
+IdsArg = Annotated[list[str] | None, typer.Argument(metavar="ID", show_default=False)]
+
+
 @jobs_app.command("retry")
 def jobs_retry(
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    job_ids: IdsArg = None,
     queue: QueueOpt = None,
+    state: StateOpt = None,
+    name: NameOpt = None,
+    limit: LimitOpt = None,
+    everything: AllOpt = False,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Put a failed or cancelled job back in its queue (attempts reset to 0)."""
-    _print_transition(run(url, token, lambda c: c.retry(job_id, queue)), json_out)
+    """Put failed or cancelled jobs back in their queue (attempts reset to 0): one ID, several, or
+    every job a filter matches (--state failed|cancelled, --queue, --name; --all for no filter)."""
+    if _single(job_ids, state, name, limit, everything):
+        job_id = (job_ids or [""])[0]
+        _print_transition(run(url, token, lambda c: c.retry(job_id, queue)), json_out)
+        return
+    bulk_command("retry", job_ids or [], queue, state, name, limit, everything, True, json_out, url, token)
 
 
-@jobs_app.command("cancel", short_help="Cancel a job; a running one is asked to stop.")
+@jobs_app.command("cancel", short_help="Cancel jobs; a running one is asked to stop.")
 def jobs_cancel(
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    job_ids: IdsArg = None,
     queue: QueueOpt = None,
+    state: StateOpt = None,
+    name: NameOpt = None,
+    limit: LimitOpt = None,
+    everything: AllOpt = False,
+    yes: YesOpt = False,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Cancel a job; a running one is asked to stop.
+    """Cancel jobs: one ID, several, or every job a filter matches (asks first unless --yes).
 
-    Enqueued, scheduled or retry_scheduled: cancelled at once.
+    Enqueued, scheduled or retry_scheduled: cancelled at once (a filter's default).
 
-    Running: its worker stops it within a heartbeat, and it ends cancelled."""
-    _print_transition(run(url, token, lambda c: c.cancel(job_id, queue)), json_out)
+    Running: its worker stops it within a heartbeat, and it ends cancelled. A filter takes running
+    jobs only with --state running."""
+    if _single(job_ids, state, name, limit, everything):
+        job_id = (job_ids or [""])[0]
+        _print_transition(run(url, token, lambda c: c.cancel(job_id, queue)), json_out)
+        return
+    bulk_command("cancel", job_ids or [], queue, state, name, limit, everything, yes, json_out, url, token)
+
+
+def _single(ids: list[str] | None, state: str | None, name: str | None, limit: int | None,
+            everything: bool) -> bool:
+    """One ID and no filter: the single-job command, which prints the job."""
+    return ids is not None and len(ids) == 1 and state is None and name is None and limit is None \
+        and not everything
+
+
+jobs_app.command("purge")(jobs_purge)
 
 
 def _print_transition(job: JSONDict, json_out: bool) -> None:

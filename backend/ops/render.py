@@ -115,14 +115,18 @@ def job_detail(job: JSONDict) -> Table:
     return table
 
 
-def queues_table(counts: dict[str, dict[str, int]]) -> Table:
-    """A row a queue, a column a state (in the states' order), counts coloured like the state."""
+def queues_table(counts: dict[str, dict[str, int]], paused: set[str] | None = None) -> Table:
+    """A row a queue, a column a state (in the states' order), counts coloured like the state; a
+    paused queue says so after its name."""
     table = Table(box=None, header_style="bold")
     table.add_column("queue")
     for state in ALL_STATES:
         table.add_column(state.value, justify="right", style=STATE_STYLE.get(state.value, ""))
     for queue_name, by_state in sorted(counts.items()):
-        table.add_row(queue_name, *(str(by_state.get(s.value, 0)) for s in ALL_STATES))
+        label = Text(queue_name)
+        if paused and queue_name in paused:
+            label.append(" (paused)", style="bold yellow")
+        table.add_row(label, *(str(by_state.get(s.value, 0)) for s in ALL_STATES))
     return table
 
 
@@ -142,7 +146,7 @@ def schedules_table(listed: list[JSONDict]) -> Table:
 def workers_table(listed: list[JSONDict], lease: float) -> Table:
     """Registered workers; a heartbeat older than `lease` is red (its jobs are about to be recovered)."""
     table = Table(box=None, header_style="bold")
-    for column in ("id", "host", "pid", "queues", "running", "heartbeat age", "started"):
+    for column in ("id", "host", "pid", "queues", "running", "heartbeat age", "started", "handlers"):
         table.add_column(column, overflow="fold")
     for info in listed:
         heartbeat_age = float(info.get("heartbeat_age") or 0.0)
@@ -154,6 +158,7 @@ def workers_table(listed: list[JSONDict], lease: float) -> Table:
             f"{info.get('running')}/{info.get('concurrency')}",
             Text(f"{heartbeat_age:.1f}s", style="red" if heartbeat_age > lease else "green"),
             age(info.get("started_at")),
+            ",".join(info.get("handlers") or []),
         )
     return table
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from backend.ops.client import Client, ExitCode, JSONDict, OpsError, Page
+from backend.workers.bulk import MAX_BULK, MAX_PURGE, BulkAction, BulkFilter, purge_state
 from backend.workers.job_store import (
     IllegalTransitionError,
     JobNotFoundError,
@@ -19,7 +20,7 @@ from backend.workers.job_store import (
     StoreUnavailableError,
 )
 from backend.workers.models import JobSpec, JobState
-from backend.workers.rules import InvalidJobError
+from backend.workers.rules import InvalidJobError, validate_queue
 
 if TYPE_CHECKING:
     from backend.workers.event_feed import EventFeed
@@ -44,7 +45,7 @@ class StoreClient(Client):
             delay=body.get("delay"),
             run_at=_run_at(body.get("run_at")),
             priority=int(body.get("priority") or 0),
-            max_attempts=int(body.get("max_attempts") or 3),
+            max_attempts=int(body["max_attempts"]) if body.get("max_attempts") else None,
             timeout=body.get("timeout"),
             unique_key=body.get("unique_key"),
             events=bool(body.get("events")),
@@ -119,9 +120,29 @@ class StoreClient(Client):
         async with self._errors():
             return [w.to_json() for w in await self.store.list_workers()]
 
-    async def purge(self, older_than: float, queues: list[str] | None) -> int:
+    async def purge(self, older_than: float, queues: list[str] | None, state: str | None = None) -> int:
         async with self._errors():
-            return await self.store.purge(older_than, queues)
+            return await self.store.purge(older_than, queues, MAX_PURGE, purge_state(state))
+
+    async def bulk(self, action: str, body: JSONDict) -> JSONDict:
+        ids = body.get("ids")
+        async with self._errors():
+            state = JobState(body["state"]) if body.get("state") else None
+            selection = BulkFilter(state=state, queue=body.get("queue"), name=body.get("name"),
+                                   ids=tuple(ids) if ids is not None else None,
+                                   limit=int(body.get("limit") or MAX_BULK))
+            move = self.store.retry_many if BulkAction(action) is BulkAction.RETRY else self.store.cancel_many
+            return (await move(selection)).to_json()
+
+    async def set_paused(self, queue: str, paused: bool) -> JSONDict:
+        async with self._errors():
+            validate_queue(queue)
+            await (self.store.pause_queue if paused else self.store.resume_queue)(queue)
+        return {"queue": queue, "paused": paused}
+
+    async def paused(self) -> set[str]:
+        async with self._errors():
+            return await self.store.paused_queues()
 
     async def ready(self) -> tuple[bool, JSONDict]:
         health = await self.store.health()

@@ -85,13 +85,14 @@ class Execution:
         """
         job, claim = run.job, run.claim
         handler = self.registry.get(job.name)
-        if handler is None:
+        if handler is None:  # handed back for a worker that has it (a rolling deploy), or failed
+            grace = self.settings.unknown_handler_grace_seconds
             error = JobError(
                 "UnknownHandler",
-                f"no handler named {job.name!r} is registered in worker {self.worker_id}"
-                " (is its module listed in BAGBOT_TASKS?)",
+                f"no handler named {job.name!r} is registered in worker {self.worker_id}, nor in any live"
+                f" worker for {grace:g}s (is its module listed in BAGBOT_TASKS?)",
             )
-            return Completion(claim, 0.0, error=error, retryable=False)
+            return Completion(claim, 0.0, error=error, retryable=False, unknown_grace=grace)
         timeout = job.timeout or handler.timeout or self.settings.job_timeout_seconds
         report = self.progress.reporter(run)
         ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, report)

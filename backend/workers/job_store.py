@@ -15,9 +15,11 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Protocol
 
+from backend.workers.bulk import BulkFilter, BulkResult
 from backend.workers.models import (
     Claim,
     Completion,
+    HandlerPolicy,
     HeartbeatReply,
     Job,
     JobError,
@@ -27,6 +29,7 @@ from backend.workers.models import (
     MetricsSnapshot,
     ScheduleInfo,
     StoreHealth,
+    Tidied,
     WorkerInfo,
 )
 
@@ -217,6 +220,13 @@ class JobStore(ABC):
         """Declare per-handler concurrency limits on `queue` (name -> at most N running)."""
 
     @abstractmethod
+    async def advertise_handlers(self, queues: Sequence[str], handlers: Sequence[HandlerPolicy]) -> None:
+        """Say, on the store's clock, that a live worker runs `handlers` on `queues`, with each one's
+        policy for jobs that set none of their own (a job's max_attempts / backoff given at enqueue wins).
+        Workers call it with every heartbeat: a job whose handler its worker lacks is handed back
+        (`Completion.unknown_grace`) until no live worker has advertised that handler for the grace time."""
+
+    @abstractmethod
     async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:
         """Publish the periodic jobs a worker declares, so the API and CLI can list them."""
 
@@ -274,8 +284,41 @@ class JobStore(ABC):
         Raises JobNotFoundError or IllegalTransitionError."""
 
     @abstractmethod
-    async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000) -> int:
-        """Delete terminal jobs that finished more than `older_than` seconds ago."""
+    async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000,
+                    state: JobState | None = None) -> int:
+        """Delete terminal jobs (only those in `state`, one of them, when given) that finished more
+        than `older_than` seconds ago, at most `limit` in all. Returns how many."""
+
+    @abstractmethod
+    async def retry_many(self, selection: BulkFilter) -> BulkResult:
+        """`retry` each job `selection` matches (at most its limit), each by the same atomic step as
+        `retry`: a matched job whose state does not allow it is left as it is (matched, not moved).
+        Raises InvalidJobError for a filter that makes no sense (see bulk.py)."""
+
+    @abstractmethod
+    async def cancel_many(self, selection: BulkFilter) -> BulkResult:
+        """`cancel` each job `selection` matches, as `retry_many` does for `retry`. A running job
+        (selected by id or by state=running) gets a cancel request, as with `cancel`."""
+
+    @abstractmethod
+    async def pause_queue(self, queue: str) -> None:
+        """Stop every worker claiming from `queue` at its next claim (running jobs finish, enqueues
+        are accepted, due jobs are still promoted and expired leases recovered)."""
+
+    @abstractmethod
+    async def resume_queue(self, queue: str) -> None:
+        """Undo `pause_queue`; a worker waiting on the queue is woken at once."""
+
+    @abstractmethod
+    async def paused_queues(self) -> set[str]:
+        """The known queues that are paused now."""
+
+    @abstractmethod
+    async def tidy(self, stale_after: float | None = None) -> Tidied:
+        """Bound what names and queues nobody uses any more cost: a handler name that no live worker
+        registers and that has no job left loses its counters (its metric series stop), and a queue
+        with no job left and no live worker (heartbeat within `stale_after`) leaves `queues()`.
+        Workers run it with the purge. Never drops a name with a job or a registered handler."""
 
     # -- worker registry -------------------------------------------------------
 

@@ -16,9 +16,10 @@ from backend.config import Settings
 from backend.workers.handlers import HandlerRegistry
 from backend.workers.job_store import JobStore
 from backend.workers.logfmt import fmt
-from backend.workers.models import Claim, Job, WorkerInfo
+from backend.workers.models import Claim, HandlerPolicy, Job, WorkerInfo
 from backend.workers.outages import OUTAGE_ERRORS, ReconnectBackoff
 from backend.workers.reporting import Reporter
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS
 from backend.workers.worker_state import WorkerState
 
 log = logging.getLogger("bagbot.worker")
@@ -61,7 +62,9 @@ class Leases:
         backoff = ReconnectBackoff()
         while not state.stop.is_set():
             try:
+                self.info.handlers = self.registry.names()  # tidy keeps the counters of these names
                 await self.store.register_worker(self.info)
+                await self.advertise()
                 break
             except OUTAGE_ERRORS as exc:
                 state.outage.failed("register", exc)
@@ -185,6 +188,13 @@ class Leases:
         for claim in stale:
             self.drop_stale(claim)
         self._log_progress()
+        await self.advertise()  # last: what the heartbeat learnt is acted on whatever this meets
+
+    async def advertise(self) -> None:
+        """Say which handlers this worker runs, with their policies (see JobStore.advertise_handlers)."""
+        policies = [HandlerPolicy(h.name, h.max_attempts or DEFAULT_MAX_ATTEMPTS, h.backoff)
+                    for h in self.registry.handlers()]
+        await self.store.advertise_handlers(self.queues, policies)
 
     def _log_progress(self) -> None:
         """One line per heartbeat with what happened since the last one (nothing when idle)."""
@@ -234,9 +244,16 @@ class Leases:
         recovered = await self.store.recover(self.queues)
         if recovered:
             log.info(fmt("leases_recovered", worker=self.state.worker_id, jobs=recovered))
-        await self.store.list_workers(stale_after=3 * self.lease)  # drops dead workers' entries
+        workers = await self.store.list_workers(stale_after=3 * self.lease)  # drops dead workers' entries
         if time.monotonic() - self._last_purge >= PURGE_EVERY_SECONDS:
             self._last_purge = time.monotonic()
-            purged = await self.store.purge(self.settings.retention_seconds, self.queues)
+            # its own queues, and those no live worker serves (nobody else would purge them)
+            served = {queue for worker in workers for queue in worker.queues}
+            orphans = [queue for queue in await self.store.queues() if queue not in served]
+            purged = await self.store.purge(self.settings.retention_seconds, [*self.queues, *orphans])
             if purged:
                 log.info(fmt("jobs_purged", worker=self.state.worker_id, jobs=purged))
+            tidied = await self.store.tidy(stale_after=3 * self.lease)
+            if tidied.names or tidied.queues:
+                log.info(fmt("store_tidied", worker=self.state.worker_id, names=tidied.names,
+                             queues=",".join(tidied.queues)))

@@ -112,9 +112,10 @@ class JobSpec:
     delay: float | None = None  # seconds from now, on the store's clock
     run_at: float | None = None  # epoch seconds; ignored when delay is given
     priority: int = 0  # higher runs first
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # None: the handler's policy (published by workers, see docs/reliability.md), else DEFAULT_MAX_ATTEMPTS
+    max_attempts: int | None = None
     timeout: float | None = None  # None: the handler's or the worker's default
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff | None = None  # None: the handler's backoff, else Backoff()
     unique_key: str | None = None
     # at most `limit` jobs with this key run at once across all workers (e.g. a customer id)
     limit_key: str | None = None
@@ -223,9 +224,13 @@ class Completion:
     retryable: bool = True
     retry_delay: float | None = None  # None: the backoff below, else the job's own
     cancelled: bool = False  # the run was stopped on request: running -> cancelled, never retried
-    # The handler's retry policy, applied by the store's finish step (the worker decides nothing):
-    max_attempts: int | None = None  # the handler's cap; the lower of it and the job's wins
+    # The handler's retry policy, applied by the store's finish step (the worker decides nothing);
+    # a job's own max_attempts / backoff, given at enqueue, win over these (docs/reliability.md)
+    max_attempts: int | None = None  # the handler's max attempts; None: the job's (or the default)
     backoff: Backoff | None = None  # the handler's backoff; None: the job's own
+    # set: this worker has no handler for the job; the store hands the job back, uncounted, unless no
+    # live worker has advertised the handler for this many seconds (then it fails: UnknownHandler)
+    unknown_grace: float | None = None
 
 
 @dataclass(slots=True)
@@ -276,6 +281,8 @@ class WorkerInfo:
     heartbeat_age: float = 0.0
     running: int = 0
     version: str = ""
+    # the handler names it can run; None: not said (a version before it did), so every name is kept
+    handlers: list[str] | None = None
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -289,7 +296,26 @@ class WorkerInfo:
             "heartbeat_age": self.heartbeat_age,
             "running": self.running,
             "version": self.version,
+            "handlers": self.handlers or [],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Tidied:
+    """What `JobStore.tidy` dropped: how many handler names' counters, and which queues."""
+
+    names: int = 0
+    queues: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerPolicy:
+    """What a worker advertises per handler on each of its queues (refreshed with its heartbeat):
+    that it runs the handler, and the handler's policy for jobs that set none of their own."""
+
+    name: str
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff: Backoff | None = None
 
 
 @dataclass(slots=True)
@@ -316,6 +342,7 @@ class MetricsSnapshot:
     counts: dict[str, dict[str, int]]  # queue -> state -> jobs
     heartbeat_ages: dict[str, float]  # worker id -> seconds since its last heartbeat
     unreadable: int = 0  # stored values this snapshot skipped because they could not be read
+    paused: set[str] = field(default_factory=set)  # queues paused now (bagbot_queue_paused)
 
 
 @dataclass(slots=True)

@@ -31,8 +31,8 @@ from backend.workers.models import (
     JobSpec,
     JobState,
     MetricsSnapshot,
-    ScheduleInfo,
     StoreHealth,
+    Tidied,
     WorkerInfo,
 )
 from backend.workers.redis import script_args as sa
@@ -42,27 +42,39 @@ from backend.workers.redis.codec import (
     job_from_hash,
     new_job,
     queue_metrics,
-    readable_schedules,
     s_to_us,
+    worker_fields,
     worker_from_hash,
 )
 from backend.workers.redis.connect import MAX_BLOCK_SECONDS, connect
+from backend.workers.redis.declarations import Declarations
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
-from backend.workers.redis.per_queue import FirstFailure, QueueWarnings, group_claims, refs, tried_twice
+from backend.workers.redis.operations import QueueOperations
+from backend.workers.redis.per_queue import (
+    FirstFailure,
+    QueueWarnings,
+    extend_each_queue,
+    group_claims,
+    refs,
+    tried_twice,
+)
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
-from backend.workers.rules import dumps, new_job_id
+from backend.workers.redis.tidy import tidy
+from backend.workers.rules import new_job_id
 
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
 HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
+PRECISE_WAIT_BELOW = 1.0  # seconds: shorter waits for work end on a local timer (see wait_for_jobs)
 
 A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
 
 
-class RedisJobStore(JobStore):
-    """JobStore on one Redis server (or cluster slot per queue). Owns its client."""
+class RedisJobStore(QueueOperations, Declarations, JobStore):
+    """JobStore on one Redis server (or cluster slot per queue). Owns its client. Bulk retry/cancel,
+    purge and pause/resume: redis/operations.py; worker declarations: redis/declarations.py."""
 
     backend = "redis"
 
@@ -117,8 +129,9 @@ class RedisJobStore(JobStore):
             raw = await self._scripts[script.name](keys=script.key_values(keys), args=sa.to_argv(args))
         return script.parse(raw, args)
 
-    async def _note_queue(self, queue: str) -> None:
-        if queue not in self._known_queues:
+    async def _note_queue(self, queue: str, fresh: bool = False) -> None:
+        if fresh or queue not in self._known_queues:  # fresh: new, or emptied by tidy (redis/tidy.py)
+            self._known_queues.discard(queue)  # not listed until SADD succeeds: a retried enqueue lists it
             with self._mapped_errors():
                 await self.redis.sadd(self.keys.queues, queue)
             self._known_queues.add(queue)
@@ -151,8 +164,11 @@ class RedisJobStore(JobStore):
         for start in range(0, len(rows), ENQUEUE_BATCH):
             chunk = rows[start : start + ENQUEUE_BATCH]
             replies = await self._call(sc.ENQUEUE, qkeys, sa.EnqueueArgs(queue, [item for _, item in chunk]))
+            if any(reply.fresh for reply in replies):
+                await self._note_queue(queue, fresh=True)
             jobs.extend(job_from_hash(reply.existing) if reply.existing is not None
-                        else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us)
+                        else new_job(spec, item.id, reply.state, reply.created_us, reply.run_at_us,
+                                     reply.max_attempts or item.max_attempts)
                         for (spec, item), reply in zip(chunk, replies, strict=True))
         return jobs
 
@@ -169,14 +185,8 @@ class RedisJobStore(JobStore):
             raise JobNotFoundError(f"no job {job_id}")
         return job.queue
 
-    async def list_jobs(
-        self,
-        queue: str | None = None,
-        state: JobState | None = None,
-        name: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> JobPage:
+    async def list_jobs(self, queue: str | None = None, state: JobState | None = None,
+                        name: str | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
         queues = [queue] if queue is not None else await self.queues()
         return await self._reads.list_jobs(queues, state, name, limit, cursor)
 
@@ -224,18 +234,26 @@ class RedisJobStore(JobStore):
         if timeout <= 0 or not queues:
             return
         keys = [self.keys.queue(queue).wake for queue in queues]
+        # BLPOP's own timeout is only as precise as the server's hz (100 ms at the default 10): a short
+        # wait (a job due soon) is ended by a local timer instead, the server's timeout a backstop.
+        local = timeout if timeout < PRECISE_WAIT_BELOW else None
+        block = timeout + 1.0 if local is not None else timeout
         with self._mapped_errors():
-            if not self.cluster or len(keys) == 1:
-                await self.redis.blpop(keys, timeout=timeout)
+            if local is None and (not self.cluster or len(keys) == 1):
+                await self.redis.blpop(keys, timeout=block)
                 return
             # On a cluster the wake lists live in different slots: one BLPOP each, first one wins.
-            waits = [asyncio.ensure_future(self.redis.blpop([key], timeout=timeout)) for key in keys]
+            groups = [[key] for key in keys] if self.cluster else [keys]
+            waits = [asyncio.ensure_future(self.redis.blpop(group, timeout=block)) for group in groups]
             try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waits, timeout=local, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
+            for wait in done:  # a store that cannot be reached says so here, not at the next claim
+                if (error := wait.exception()) is not None:
+                    raise error
 
     async def next_wakeup(self, queues: Sequence[str]) -> float | None:
         waits = [await self._call(sc.WAKEUP, self.keys.queue(queue), sa.NoArgs()) for queue in queues]
@@ -248,7 +266,7 @@ class RedisJobStore(JobStore):
             by_queue[item.claim.queue].append((index, item))
         results: list[JobState | None] = [None] * len(completions)
         for queue, items in by_queue.items():
-            args = sa.FinishArgs(random.random(), [sa.FinishItem.from_completion(item) for _, item in items])
+            args = sa.FinishArgs.of(self.retention_seconds, [item for _, item in items])
             states = await self._call(sc.FINISH, self.keys.queue(queue), args)
             for (index, _), state in zip(items, states, strict=True):
                 results[index] = state
@@ -259,17 +277,10 @@ class RedisJobStore(JobStore):
 
     async def _extend(self, claims: Sequence[Claim], lease_seconds: float) -> tuple[list[Claim], list[Claim]]:
         """(stale claims, current claims whose job has a cancel request)."""
-        stale: list[Claim] = []
-        cancel: list[Claim] = []
-        failure = FirstFailure()  # every reachable queue's leases are extended, whatever the others do
-        for queue, items in group_claims(claims).items():
-            args = sa.ExtendArgs(s_to_us(lease_seconds), refs(items))
-            with failure.step():
-                reply = await tried_twice(self.cluster, self._call, sc.EXTEND, self.keys.queue(queue), args)
-                stale.extend(claim for i, claim in enumerate(items) if i in reply.stale)
-                cancel.extend(claim for i, claim in enumerate(items) if i in reply.cancel)
-        failure.raise_first()
-        return stale, cancel
+        lease_us = s_to_us(lease_seconds)
+        return await extend_each_queue(claims, lambda queue, items: tried_twice(
+            self.cluster, self._call, sc.EXTEND, self.keys.queue(queue), sa.ExtendArgs(lease_us, refs(items))
+        ))
 
     async def progress(self, claim: Claim, value: float, message: str = "") -> bool:
         args = sa.ProgressArgs(claim.job_id, claim.token, repr(float(value)), message[:500])
@@ -279,25 +290,6 @@ class RedisJobStore(JobStore):
         with self._mapped_errors():
             seconds, micros = await self.redis.time()
         return int(seconds) + int(micros) / 1e6
-
-    async def set_handler_limits(self, queue: str, limits: dict[str, int]) -> None:
-        if not limits:
-            return
-        await self._note_queue(queue)
-        with self._mapped_errors():
-            await self.redis.hset(self.keys.queue(queue).hlimits, mapping=dict(limits))
-
-    async def register_schedules(self, schedules: Sequence[ScheduleInfo]) -> None:
-        if not schedules:
-            return
-        with self._mapped_errors():
-            mapping = {schedule.name: dumps(schedule.to_json()) for schedule in schedules}
-            await self.redis.hset(self.keys.schedules, mapping=mapping)
-
-    async def list_schedules(self) -> list[ScheduleInfo]:
-        with self._mapped_errors():
-            raw = await self.redis.hgetall(self.keys.schedules)
-        return sorted(readable_schedules(raw.values()), key=lambda s: s.name)
 
     def queue_job_events(self, queues: Sequence[str]) -> AsyncGenerator[tuple[str, str, str], None]:
         return self._reads.events({self.keys.queue(queue).events: queue for queue in queues}, self.cluster)
@@ -336,20 +328,13 @@ class RedisJobStore(JobStore):
         data = await self._call(script, self.keys.queue(name), sa.JobArgs(job_id))
         return job_from_hash(data)
 
-    async def purge(self, older_than: float, queues: Sequence[str] | None = None, limit: int = 10_000) -> int:
-        total = 0
-        for queue in await self._queue_names(queues):
-            args = sa.PurgeArgs(s_to_us(older_than), limit)
-            total += await self._call(sc.PURGE, self.keys.queue(queue), args)
-        return total
+    async def tidy(self, stale_after: float | None = None) -> Tidied:
+        return await tidy(self, stale_after)
 
     # -- worker registry -------------------------------------------------------
 
     async def _upsert_worker(self, info: WorkerInfo, register: bool, running: int) -> sc.HeartbeatResult:
-        fields: dict[str, str | int] = {
-            "id": info.id, "host": info.host, "pid": info.pid, "queues": dumps(info.queues),
-            "concurrency": info.concurrency, "version": info.version, "running": running,
-        }
+        fields = worker_fields(info, running)
         args = sa.HeartbeatArgs(info.id, 1 if register else 0, [sa.WorkerField(*kv) for kv in fields.items()])
         return await self._call(sc.HEARTBEAT, self.keys, args)
 
@@ -358,11 +343,18 @@ class RedisJobStore(JobStore):
 
     async def heartbeat(self, info: WorkerInfo, claims: Sequence[Claim], lease_seconds: float
                         ) -> HeartbeatReply:
-        registry = FirstFailure()  # the registry's node down must not let any lease expire
-        with registry.step():
-            upserted = await self._upsert_worker(info, False, len(claims))
-        stale, cancel = await self._extend(claims, lease_seconds) if claims else ([], [])
-        registry.raise_first()
+        # The registry and the leases at once: the registry's node down (seconds of redis-py's retries
+        # on a cluster) must not delay, let alone prevent, any lease extension.
+        upserted, extended = await asyncio.gather(
+            self._upsert_worker(info, False, len(claims)),
+            self._extend(claims, lease_seconds),
+            return_exceptions=True,
+        )
+        if isinstance(extended, BaseException):
+            raise extended
+        if isinstance(upserted, BaseException):
+            raise upserted
+        stale, cancel = extended
         return HeartbeatReply(stale, not upserted.existed, cancel)
 
     async def deregister_worker(self, worker_id: str) -> None:
@@ -389,6 +381,7 @@ class RedisJobStore(JobStore):
             counts=await self.counts(),
             heartbeat_ages={worker.id: worker.heartbeat_age for worker in workers},
             unreadable=sum(skipped for _, skipped in read),
+            paused=await self.paused_queues(),
         )
 
     async def health(self) -> StoreHealth:

@@ -142,6 +142,9 @@ class Reporter:
         elif state is JobState.CANCELLED:
             counters.jobs_cancelled += 1
             log.info(fmt("job_cancelled", **fields, detail="stopped on a cancel request"))
+        elif state is JobState.SCHEDULED:  # no handler here: handed back for a worker that has it
+            log.info(fmt("job_handed_back", **fields, detail="no such handler in this worker; the attempt"
+                         " is not counted and the job waits for a worker that has it"))
         elif state is JobState.RETRY_SCHEDULED:
             counters.jobs_retried += 1
             if self.state.first_time("retry"):

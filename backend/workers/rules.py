@@ -95,7 +95,7 @@ class SpecFields(Protocol):
     args: Any
     kwargs: Any
     priority: int
-    max_attempts: int
+    max_attempts: int | None
     timeout: float | None
     delay: float | None
     unique_key: str | None
@@ -120,7 +120,7 @@ def validate_spec(spec: S) -> S:
     check_json("kwargs", spec.kwargs)
     if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
         raise InvalidJobError(f"priority must be within ±{MAX_PRIORITY}")
-    if spec.max_attempts < 1:
+    if spec.max_attempts is not None and not (isinstance(spec.max_attempts, int) and spec.max_attempts >= 1):
         raise InvalidJobError("max_attempts must be at least 1")
     if spec.timeout is not None and spec.timeout <= 0:
         raise InvalidJobError("timeout must be positive")

@@ -17,6 +17,7 @@ from backend.workers.rules import (
     DURATION_BUCKETS,
     Backoff,
     InvalidJobError,
+    dumps,
     loads,
 )
 
@@ -196,8 +197,10 @@ def _tolerant_job(data: Mapping[str, str], job_id: str) -> Job:
     )
 
 
-def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any) -> Job:
-    """The record enqueue.lua just wrote, rebuilt without reading it back."""
+def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any,
+            max_attempts: int) -> Job:
+    """The record enqueue.lua just wrote, rebuilt without reading it back (`max_attempts`: its
+    effective value, the handler's when the spec set none)."""
     return Job(
         id=job_id,
         name=spec.name,
@@ -205,10 +208,10 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         args=spec.args,
         kwargs=spec.kwargs,
         state=JobState(str(state)),
-        max_attempts=spec.max_attempts,
+        max_attempts=max_attempts,
         priority=spec.priority,
         timeout=spec.timeout,
-        backoff=spec.backoff,
+        backoff=spec.backoff or Backoff(),
         run_at=float(run_at_us) / 1e6,
         created_at=float(created_us) / 1e6,
         unique_key=spec.unique_key,
@@ -235,6 +238,17 @@ def format_cursor(after: tuple[float, str]) -> str:
     return f"{after[0]:.0f}:{after[1]}"
 
 
+def worker_fields(info: WorkerInfo, running: int) -> dict[str, str | int]:
+    """A registry entry's fields (worker_from_hash reads them back)."""
+    fields: dict[str, str | int] = {
+        "id": info.id, "host": info.host, "pid": info.pid, "queues": dumps(info.queues),
+        "concurrency": info.concurrency, "version": info.version, "running": running,
+    }
+    if info.handlers is not None:  # tidy keeps the counters of these names (redis/tidy.py)
+        fields["handlers"] = dumps(info.handlers)
+    return fields
+
+
 def worker_from_hash(worker_id: str, data: dict[str, str], now_us: float) -> WorkerInfo:
     """A registry entry; values that cannot be read show their default."""
     f = _Fields(data)
@@ -250,6 +264,7 @@ def worker_from_hash(worker_id: str, data: dict[str, str], now_us: float) -> Wor
         heartbeat_age=max(0.0, (now_us - last) / 1e6),
         running=f.read("running", _integer, 0),
         version=data.get("version", ""),
+        handlers=_handler_names(data.get("handlers")),
     )
 
 
@@ -268,6 +283,16 @@ def _json_list(raw: str | None) -> list[str]:
     except ValueError:
         return []
     return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def _handler_names(raw: str | None) -> list[str] | None:
+    """A worker's handler names; None when it did not say or what it said cannot be read (then
+    tidy keeps every name: a name must never be dropped because of a value we could not read)."""
+    try:
+        value = loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return [str(item) for item in value] if isinstance(value, list) else None
 
 
 def queue_metrics(stats: dict[str, str]) -> tuple[QueueMetrics, int]:

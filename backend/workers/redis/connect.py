@@ -8,8 +8,17 @@ import redis
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 MAX_BLOCK_SECONDS = 5.0  # BLPOP stays well under the client's socket timeout
+
+
+def cluster_retry() -> Retry:
+    """Fail fast on a cluster: redis-py's default (10 tries, backoff up to 1 s) spent seconds on a dead
+    node and on the slot-map refresh it started, which delayed calls to healthy nodes too: lease
+    extensions ran late. Every caller of the store already retries outages with its own backoff."""
+    return Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), 3)
 
 
 def connect(url: str, cluster: bool | None = None) -> aioredis.Redis | RedisCluster:
@@ -22,7 +31,7 @@ def connect(url: str, cluster: bool | None = None) -> aioredis.Redis | RedisClus
     if cluster is None:
         cluster = is_cluster(url)
     if cluster:
-        return RedisCluster.from_url(url, **options)
+        return RedisCluster.from_url(url, retry=cluster_retry(), **options)
     return aioredis.Redis.from_url(url, health_check_interval=15, **options)
 
 

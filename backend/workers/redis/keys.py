@@ -11,15 +11,19 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
     PREFIX:{queue}:state:<state> zset    per-state index; score = when the job entered it (ms)
     PREFIX:{queue}:jobs          zset    every job; score = created_at (ms)
     PREFIX:{queue}:unique        hash    unique_key -> id of the live job holding it
-    PREFIX:{queue}:stats         hash    metric counters and histogram buckets
+    PREFIX:{queue}:stats         hash    metric counters and histogram buckets (prg|<name>: purged jobs)
     PREFIX:{queue}:wake          list    wake-up tokens that blocked workers BLPOP
     PREFIX:{queue}:seq           string  enqueue sequence (FIFO order)
     PREFIX:{queue}:limit:run:<k> set     running ids holding a slot of concurrency-limit key <k>
     PREFIX:{queue}:limit:wait:<k> zset   ids parked on key <k> (over its limit); score = ready score
     PREFIX:{queue}:parked        zset    every parked id of the queue; score = ready score
     PREFIX:{queue}:hlimits       hash    handler name -> at most N running (declared by workers)
+    PREFIX:{queue}:hpolicy       hash    handler name -> "max_attempts bo_base bo_cap bo_jitter" ('-': none),
+                                         the policy of jobs that set none of their own (workers advertise it)
+    PREFIX:{queue}:handlers      hash    handler name -> when a live worker last advertised it (µs)
     PREFIX:{queue}:events        channel "<id> <state|progress|cancel_requested>" for opted-in jobs
-    PREFIX:queues                set     every queue name ever used
+    PREFIX:{queue}:paused        string  exists while the queue is paused: claim.lua claims nothing
+    PREFIX:queues                set     queues in use (tidy takes off those with no job and no worker)
     PREFIX:epoch                 string  a random marker of this data set (see reset.py)
     PREFIX:schedules             hash    schedule name -> ScheduleInfo JSON (declared by workers)
     PREFIX:{workers}:registry    zset    worker id -> last heartbeat (ms)
@@ -48,6 +52,9 @@ class QueueKeys:
     parked: str
     hlimits: str
     events: str
+    paused: str
+    hpolicy: str
+    handlers: str
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
@@ -90,4 +97,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         parked=base + "parked",
         hlimits=base + "hlimits",
         events=base + "events",
+        paused=base + "paused",
+        hpolicy=base + "hpolicy",
+        handlers=base + "handlers",
     )

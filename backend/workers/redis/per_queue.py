@@ -8,14 +8,17 @@ a node that is gone) is not silent, yet a worker claiming many times a second do
 On a Redis Cluster each queue (and the worker registry) may live on another node: a claim across
 queues keeps what the healthy queues gave, and a heartbeat extends every lease it can reach, even
 when another queue's node or the registry's is down. The first failure is raised afterwards.
+Leases are extended on every queue at once: a call to a dead node can take seconds of redis-py's
+retries, which must delay no other queue's lease.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -23,6 +26,7 @@ from backend.workers.job_store import StoreUnavailableError
 from backend.workers.logfmt import fmt
 from backend.workers.models import Claim
 from backend.workers.redis import script_args as sa
+from backend.workers.redis import scripts as sc
 
 R = TypeVar("R")
 log = logging.getLogger("bagbot.store")
@@ -101,3 +105,22 @@ async def tried_twice(cluster: bool, call: Callable[..., Awaitable[R]], *args: A
         with suppress(StoreUnavailableError):
             return await call(*args)
     return await call(*args)
+
+
+async def extend_each_queue(
+    claims: Sequence[Claim], extend: Callable[[str, list[Claim]], Awaitable[sc.ExtendReply]]
+) -> tuple[list[Claim], list[Claim]]:
+    """(stale claims, current claims whose job has a cancel request), each queue's call made at once."""
+    grouped = list(group_claims(claims).items())
+    calls = (extend(queue, items) for queue, items in grouped)
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    stale: list[Claim] = []
+    cancel: list[Claim] = []
+    for (_, items), reply in zip(grouped, replies, strict=True):
+        if not isinstance(reply, BaseException):
+            stale.extend(claim for i, claim in enumerate(items) if i in reply.stale)
+            cancel.extend(claim for i, claim in enumerate(items) if i in reply.cancel)
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return stale, cancel

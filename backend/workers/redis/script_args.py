@@ -7,12 +7,13 @@ is sent as its count followed by each record's fields; the Lua side reads a reco
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from backend.workers.models import Completion, JobSpec
+from backend.workers.models import Completion, HandlerPolicy, JobSpec, WorkerInfo
 from backend.workers.redis.codec import s_to_us
-from backend.workers.rules import check_json, dumps, new_job_id
+from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, Backoff, check_json, dumps, new_job_id
 
 
 def _float(value: float) -> str:
@@ -39,21 +40,24 @@ class EnqueueItem(NamedTuple):
     limit: int | str  # '' = none
     events: int  # 1 | 0
     trace: str  # the enqueuer's trace context, '' = none
+    ma_def: int  # 1: max_attempts not given (the handler's policy applies), 0: the job's own
+    bo_def: int  # 1: backoff not given (the handler's policy applies), 0: the job's own
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> EnqueueItem:
         """Validate a spec (errors reach the caller now) and turn it into enqueue.lua's fields."""
         spec.validate()
-        bo = spec.backoff
+        bo = spec.backoff or Backoff()
         return cls(
             spec.id or new_job_id(), spec.name, check_json("args", spec.args),
-            check_json("kwargs", spec.kwargs), spec.priority, spec.max_attempts,
+            check_json("kwargs", spec.kwargs), spec.priority, spec.max_attempts or DEFAULT_MAX_ATTEMPTS,
             "" if spec.timeout is None else _float(spec.timeout),
             _float(bo.base), _float(bo.cap), _float(bo.jitter),
             -1 if spec.delay is None else s_to_us(spec.delay),
             -1 if spec.run_at is None else s_to_us(spec.run_at),
             spec.unique_key or "", spec.limit_key or "", "" if spec.limit is None else spec.limit,
             1 if spec.events else 0, spec.trace or "",
+            1 if spec.max_attempts is None else 0, 1 if spec.backoff is None else 0,
         )
 
 
@@ -76,11 +80,12 @@ class FinishItem(NamedTuple):
 
     job_id: str
     token: str
-    ok: int  # 1 success, 0 error, 2 cancelled
+    ok: int  # 1 success, 0 error, 2 cancelled, 3 no handler here: hand back (or fail UnknownHandler)
     payload: bytes  # result JSON | error JSON | b'' when cancelled
     duration: str  # seconds
     # A failure's retry inputs in one field, so a success pays no extra argument: '' unless ok = 0,
-    # else "retryable delay_us max_attempts bo_base bo_cap bo_jitter" ('-' = none: the job's own).
+    # else "retryable delay_us max_attempts bo_base bo_cap bo_jitter" ('-' = none: the job's own);
+    # ok = 3: "grace_us delay_us" (see hand_back in lib.lua).
     policy: str
 
     @classmethod
@@ -90,6 +95,9 @@ class FinishItem(NamedTuple):
             ok, payload = 2, b""
         elif item.error is None:
             ok, payload = 1, check_json("result", item.result)
+        elif item.unknown_grace is not None:
+            ok, payload = 3, dumps(item.error.to_json()).encode()
+            policy = f"{s_to_us(item.unknown_grace)} {s_to_us(hand_back_delay(item.unknown_grace))}"
         else:
             ok, payload, policy = 0, dumps(item.error.to_json()).encode(), _failure_policy(item)
         return cls(item.claim.job_id, item.claim.token, ok, payload, _float(item.duration), policy)
@@ -103,9 +111,38 @@ def _failure_policy(item: Completion) -> str:
     return f"{1 if item.retryable else 0} {delay} {cap} {backoff}"
 
 
+def hand_back_delay(grace: float) -> float:
+    """How long a job handed back for lack of its handler waits before it may be claimed again: short,
+    so a worker that has the handler gets it soon; not zero, so a worker without it does not spin."""
+    return min(2.0, max(0.1, grace / 20))
+
+
+def policy_value(policy: HandlerPolicy) -> str:
+    """A handler's policy as the hpolicy hash holds it (keys.py; read by claim.lua and enqueue.lua)."""
+    bo = policy.backoff
+    backoff = "- - -" if bo is None else f"{_float(bo.base)} {_float(bo.cap)} {_float(bo.jitter)}"
+    return f"{policy.max_attempts} {backoff}"
+
+
+class AdvertiseItem(NamedTuple):
+    name: str
+    policy: str  # policy_value()
+
+
+class AdvertiseArgs(NamedTuple):
+    items: Sequence[AdvertiseItem]
+
+
 class FinishArgs(NamedTuple):
     seed: float
+    retention_us: int  # terminal jobs older than this are purged as runs finish; -1 = none
     items: Sequence[FinishItem]
+
+    @classmethod
+    def of(cls, retention_seconds: float, completions: Sequence[Completion]) -> FinishArgs:
+        """A batch of reports; finish.lua also purges up to 2n + 2 jobs past `retention_seconds`."""
+        reports = [FinishItem.from_completion(item) for item in completions]
+        return cls(random.random(), s_to_us(retention_seconds), reports)
 
 
 class ClaimRef(NamedTuple):
@@ -150,6 +187,34 @@ class SetAsideArgs(NamedTuple):  # the job's claim, the field that could not be 
 class PurgeArgs(NamedTuple):
     older_than_us: int
     limit: int
+    state: str = ""  # one terminal state, '' = all three
+
+
+class BulkArgs(NamedTuple):
+    """retry_many, cancel_many: the ids of one queue."""
+
+    items: Sequence[JobArgs]
+
+
+class PauseArgs(NamedTuple):
+    paused: int  # 1 pause | 0 resume
+
+
+class HandlerName(NamedTuple):
+    name: str
+
+
+class TidyArgs(NamedTuple):
+    served: int  # 1: a live worker serves the queue
+    known: int  # 0: some live worker did not say which handlers it has (keep every name)
+    items: Sequence[HandlerName]  # the handler names live workers register
+
+    @classmethod
+    def of(cls, queue: str, workers: Sequence[WorkerInfo]) -> TidyArgs:
+        names = sorted({name for worker in workers for name in worker.handlers or ()})
+        known = all(worker.handlers is not None for worker in workers)
+        served = any(queue in worker.queues for worker in workers)
+        return cls(int(served), int(known), [HandlerName(name) for name in names])
 
 
 class JobArgs(NamedTuple):

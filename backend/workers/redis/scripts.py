@@ -31,6 +31,9 @@ from backend.workers.models import JobState
 from backend.workers.redis.codec import pairs_to_dict
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.script_args import (
+    AdvertiseArgs,
+    AdvertiseItem,
+    BulkArgs,
     ClaimArgs,
     ClaimRef,
     EnqueueArgs,
@@ -38,15 +41,18 @@ from backend.workers.redis.script_args import (
     ExtendArgs,
     FinishArgs,
     FinishItem,
+    HandlerName,
     HeartbeatArgs,
     JobArgs,
     LimitArgs,
     NoArgs,
+    PauseArgs,
     ProgressArgs,
     PurgeArgs,
     RecoverArgs,
     ReleaseArgs,
     SetAsideArgs,
+    TidyArgs,
     WorkerField,
     WorkersArgs,
 )
@@ -81,7 +87,9 @@ class Enqueued:
     state: str = ""  # created: its state and times (µs)
     created_us: float = 0.0
     run_at_us: float = 0.0
+    max_attempts: int = 0  # created: its effective max attempts (0: not said, a server before it did)
     existing: dict[str, str] | None = None  # not created: the existing job's hash
+    fresh: bool = False  # the queue had no seq: new, or emptied by tidy (list it again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +112,8 @@ class WorkersReply:
 
 
 def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
-    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4])) if int(reply[0]) == 1
+    return [Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]),
+                     int(reply[5]) if len(reply) > 5 else 0, fresh=reply[6:] == [1]) if int(reply[0]) == 1
             else Enqueued(False, existing=pairs_to_dict(reply[1])) for reply in raw]
 
 
@@ -124,6 +133,10 @@ def _extended(raw: Any, args: ExtendArgs) -> ExtendReply:
 
 def _count(raw: Any, args: Any) -> int:
     return int(raw)
+
+
+def _tidied(raw: Any, args: TidyArgs) -> tuple[int, bool]:  # (names dropped, queue emptied)
+    return int(raw[0]), int(raw[1]) == 1
 
 
 def _flag(raw: Any, args: Any) -> bool:
@@ -202,9 +215,11 @@ def prelude(script: Script[Any, Any]) -> str:
 _LEAVE = ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique", "stats", "wake")
 
 ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "jobs", "unique", "stats",
-                             "wake", "seq"), EnqueueArgs, _enqueued, EnqueueItem)
-CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events"), ClaimArgs, _claimed)
-FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events"), FinishArgs, _finished, FinishItem)
+                             "wake", "seq", "hpolicy"), EnqueueArgs, _enqueued, EnqueueItem)
+CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "hpolicy"),
+               ClaimArgs, _claimed)
+FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "handlers"), FinishArgs,
+                _finished, FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
@@ -212,22 +227,31 @@ RECOVER = Script("recover", ("job_prefix", "ready", "waiting", "running", "state
                              "stats", "wake", "limit_prefix", "parked", "events"), RecoverArgs, _count)
 PROMOTE = Script("promote", ("job_prefix", "ready", "waiting", "state_prefix", "wake", "seq"),
                  LimitArgs, _count)
-CANCEL = Script("cancel", ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix",
-                           "parked", "events"), JobArgs, _job_hash("cancel"))
-RETRY = Script("retry", ("job_prefix", "ready", "state_prefix", "unique", "wake", "seq"), JobArgs,
-               _job_hash("retry"))
+_CANCEL_KEYS = ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix", "parked",
+                "events")
+_RETRY_KEYS = ("job_prefix", "ready", "state_prefix", "unique", "wake", "seq")
+CANCEL = Script("cancel", _CANCEL_KEYS, JobArgs, _job_hash("cancel"))
+RETRY = Script("retry", _RETRY_KEYS, JobArgs, _job_hash("retry"))
+# the transitions of CANCEL and RETRY (cancel_job, retry_job in lib.lua) applied to many ids
+CANCEL_MANY = Script("cancel_many", _CANCEL_KEYS, BulkArgs, _count, JobArgs)
+RETRY_MANY = Script("retry_many", _RETRY_KEYS, BulkArgs, _count, JobArgs)
+PAUSE = Script("pause", ("paused", "wake"), PauseArgs, _flag)
 SETASIDE = Script("setaside", (*_LEAVE, "limit_prefix", "parked", "events"), SetAsideArgs, _flag)
-PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs"), PurgeArgs, _count)
+PURGE = Script("purge", ("job_prefix", "state_prefix", "jobs", "unique", "stats"), PurgeArgs, _count)
+TIDY = Script("tidy", ("stats", "jobs", "ready", "waiting", "running", "parked", "seq", "wake", "hlimits",
+                       "state_prefix", "unique", "paused"), TidyArgs, _tidied, HandlerName)
 WAKEUP = Script("wakeup", ("waiting", "running"), NoArgs, _wait_us)
 PROGRESS = Script("progress", ("job_prefix", "events"), ProgressArgs, _flag)
 UNPARK = Script("unpark", ("job_prefix", "ready", "wake", "limit_prefix", "parked", "hlimits"),
                 LimitArgs, _count)
 HEARTBEAT = Script("heartbeat", ("registry", "worker_prefix"), HeartbeatArgs, _heartbeat, WorkerField,
                    registry=True)
+ADVERTISE = Script("advertise", ("handlers", "hpolicy"), AdvertiseArgs, _count, AdvertiseItem)
 WORKERS = Script("workers", ("registry", "worker_prefix"), WorkersArgs, _workers, registry=True)
 
 SCRIPTS: dict[str, Script[Any, Any]] = {
     script.name: script
     for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, SETASIDE, PURGE,
-                   WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS)
+                   TIDY, WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS, CANCEL_MANY, RETRY_MANY, PAUSE,
+                   ADVERTISE)
 }

@@ -4,10 +4,12 @@
 -- Concurrency limits: a job with a limit key (its own limit_key/limit, or its handler's limit
 -- from the handler-limits hash) whose key already has `limit` running jobs is not claimed but
 -- parked (wait:<key> and parked zsets, keeping its ready score) until a slot frees (free_slot).
+-- Handler policy: a job that set no max_attempts / backoff of its own takes its handler's from the
+-- hpolicy hash (advertised by workers) at each claim, so the claim, the API and recovery all see it.
 -- KEYS (scripts.CLAIM; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
 --    KEYS[8] wake  KEYS[9] seq  KEYS[10] limit_prefix  KEYS[11] parked  KEYS[12] hlimits
---    KEYS[13] events
+--    KEYS[13] events  KEYS[14] paused  KEYS[15] hpolicy
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
 -- Returns per claimed job {HGETALL before the claim, the fields the claim changed}.
@@ -15,12 +17,18 @@ local worker, limit, lease_us = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us()
 promote_due(now, tonumber(ARGV[4]))
 recover_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if redis.call('EXISTS', K.paused) == 1 then -- paused (pause.lua): housekeeping only, no wake-up chain
+  redis.call('DEL', K.wake)
+  flush_stats()
+  return {}
+end
 local out = {}
 if limit > 0 then
   -- one call per claim (not per job); empty unless some worker declared a handler limit
   local hl = redis.call('HGETALL', K.hlimits)
   local hlimits = {}
   for j = 1, #hl, 2 do hlimits[hl[j]] = tonumber(hl[j + 1]) end
+  local hpolicy = {} -- handler name -> its hpolicy entry (false: none), read once per call and name
   local lease_until = now + lease_us
   local n = 0
   for _ = 1, 20 do -- parked jobs make room for more pops; bounded so one call stays short
@@ -33,7 +41,7 @@ if limit > 0 then
       local jobkey = K.job_prefix .. id
       local job = redis.call('HGETALL', jobkey)
       local raw_attempts, name, lk, raw_lm, oldlkey, ev, state, ukey = nil, nil, nil, nil, nil, nil, nil, nil
-      local bad, value = nil, nil
+      local bad, value, ma_def, bo_def = nil, nil, nil, nil
       for j = 1, #job, 2 do
         local f = job[j]
         if f == 'priority' or f == 'max_attempts' or f == 'attempts' or f == 'lm' then
@@ -48,7 +56,9 @@ if limit > 0 then
         elseif f == 'lkey' then oldlkey = job[j + 1]
         elseif f == 'ev' then ev = job[j + 1]
         elseif f == 'state' then state = job[j + 1]
-        elseif f == 'unique_key' then ukey = job[j + 1] end
+        elseif f == 'unique_key' then ukey = job[j + 1]
+        elseif f == 'ma_def' then ma_def = job[j + 1]
+        elseif f == 'bo_def' then bo_def = job[j + 1] end
       end
       -- check before the first write for this job (see set_aside in lib.lua)
       local attempts, lm = tonumber(raw_attempts or 0) or 0, tonumber(raw_lm)
@@ -81,6 +91,10 @@ if limit > 0 then
         if lk or oldlkey then
           changes[#changes + 1] = 'lkey'
           changes[#changes + 1] = lk or ''
+        end
+        if ma_def == '1' or bo_def == '1' then
+          if hpolicy[name] == nil then hpolicy[name] = redis.call('HGET', K.hpolicy, name) or false end
+          for _, v in ipairs(policy_fields(hpolicy[name] or nil, ma_def, bo_def)) do changes[#changes + 1] = v end
         end
         redis.call('HSET', jobkey, unpack(changes))
         redis.call('ZADD', K.running, lease_until, id)

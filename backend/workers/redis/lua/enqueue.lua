@@ -2,23 +2,28 @@
 -- an existing id, or a unique_key held by a live job, returns that job unchanged.
 -- KEYS (scripts.ENQUEUE; the script reads them as K.<name>):  KEYS[1] job_prefix  KEYS[2] ready
 --    KEYS[3] waiting  KEYS[4] state_prefix  KEYS[5] jobs  KEYS[6] unique  KEYS[7] stats
---    KEYS[8] wake  KEYS[9] seq
+--    KEYS[8] wake  KEYS[9] seq  KEYS[10] hpolicy
 -- ARGV[1] queue  ARGV[2] n  ARGV[3..] n records of WIDTH fields (scripts.EnqueueItem):
 --   id, name, args json, kwargs json, priority, max_attempts, timeout ('' = none),
 --   backoff base s, cap s, jitter, delay µs (-1 = none), run_at µs (-1 = none), unique_key ('' = none),
 --   limit_key ('' = none), limit ('' = none), events (1|0),
---   trace ('' = none)
--- Returns per job: {1, id, state, created_us, run_at_us} when created, {0, HGETALL of the existing job} when not.
+--   trace ('' = none), ma_def, bo_def (1: not given by the job, its handler's policy in hpolicy applies)
+-- Returns per job: {1, id, state, created_us, run_at_us, max_attempts, fresh} when created (max_attempts:
+-- its effective value; fresh = 1: the queue had no seq (new, or emptied by tidy.lua): the caller lists
+-- the queue again), {0, HGETALL of the existing job} when not.
 local queue, n = ARGV[1], tonumber(ARGV[2])
 local now = now_us()
 local out = {}
 local woke = false
+local policies = {} -- handler name -> its hpolicy entry (false: none), read once per call
 -- One INCRBY reserves sequence numbers for the whole batch (unused ones are harmless gaps).
 local seq = redis.call('INCRBY', K.seq, n) - n
+local fresh = 0
+if seq == 0 then fresh = 1 end
 for i = 0, n - 1 do
   local b = 3 + i * WIDTH
   local id, name, args, kwargs, priority, max_attempts, timeout, bo_base, bo_cap, bo_jitter, delay_us,
-    run_at_us, unique_key, limit_key, limit, events, trace = unpack(ARGV, b, b + WIDTH - 1)
+    run_at_us, unique_key, limit_key, limit, events, trace, ma_def, bo_def = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. id
   local existing = nil
   if redis.call('EXISTS', jobkey) == 1 then
@@ -39,7 +44,14 @@ for i = 0, n - 1 do
     redis.call('HSET', jobkey, 'id', id, 'name', name, 'queue', queue, 'args', args,
       'kwargs', kwargs, 'priority', priority, 'max_attempts', max_attempts, 'timeout', timeout,
       'bo_base', bo_base, 'bo_cap', bo_cap, 'bo_jitter', bo_jitter, 'unique_key', unique_key,
-      'state', state, 'attempts', 0, 'run_at', run_at, 'created_at', now, 'state_at', now, 'seq', seq)
+      'state', state, 'attempts', 0, 'run_at', run_at, 'created_at', now, 'state_at', now, 'seq', seq,
+      'ma_def', ma_def, 'bo_def', bo_def)
+    if ma_def == '1' or bo_def == '1' then
+      if policies[name] == nil then policies[name] = redis.call('HGET', K.hpolicy, name) or false end
+      local pol = policy_fields(policies[name] or nil, ma_def, bo_def)
+      if #pol > 0 then redis.call('HSET', jobkey, unpack(pol)) end
+      if pol[1] == 'max_attempts' then max_attempts = pol[2] end
+    end
     if state == 'enqueued' then
       redis.call('ZADD', K.ready, ready_score(tonumber(priority), seq), id)
       woke = true
@@ -55,7 +67,7 @@ for i = 0, n - 1 do
     redis.call('ZADD', K.jobs, now, id)
     move_state(id, nil, state, now)
     stat('enq|' .. name, 1)
-    out[#out + 1] = {1, id, state, now, run_at}
+    out[#out + 1] = {1, id, state, now, run_at, max_attempts, fresh}
   end
 end
 if woke then wake_one() end

@@ -162,12 +162,22 @@ local function not_numeric(checks)
   return nil
 end
 
+-- The job's max attempts given the handler's (`cap`, nil when none): a job that set its own
+-- (ma_def = '0') keeps it; one that did not (ma_def = '1') takes the handler's; a record written
+-- before ma_def existed (false) keeps the old rule, the lower of the two.
+local function effective_max(max_attempts, cap, ma_def)
+  if not cap or cap < 1 or ma_def == '0' then return max_attempts end
+  if ma_def == '1' then return cap end
+  return math.min(cap, max_attempts)
+end
+
 -- running -> retry_scheduled (attempts left and retryable) or failed: the one retry policy.
 -- delay_us < 0 means "use the backoff": the handler's `bo` when given, else the job's own.
--- cap (optional, >= 1) is the handler's max attempts: the lower of it and the job's wins.
--- outcome nil means retry/failed as it turns out.
+-- cap (optional, >= 1) is the handler's max attempts: see effective_max. A job's own backoff
+-- (bo_def = '0') wins over the handler's `bo`. outcome nil means retry/failed as it turns out.
 local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, r, cap, bo)
-  local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req')
+  local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req',
+    'ma_def', 'bo_def')
   local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
   local bad, value = not_numeric({{'attempts', f[2]}, {'max_attempts', f[3]}})
   if not name or name == '' then bad, value = 'name', '' end
@@ -175,7 +185,8 @@ local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, 
     set_aside(id, jobkey, 'running', now, corrupt_error(bad or 'attempts', value or ''), f[4], f[5])
     return CODE.CORRUPT
   end
-  if cap and cap >= 1 and cap < max_attempts then max_attempts = cap end
+  max_attempts = effective_max(max_attempts, cap, f[7])
+  if f[8] == '0' then bo = nil end
   if retryable and attempts < max_attempts then
     if delay_us < 0 then delay_us = backoff_us(jobkey, attempts, r, bo) end
     local run_at = now + delay_us
@@ -256,4 +267,157 @@ local function recover_expired(now, limit, seed)
     end
   end
   return #ids
+end
+
+-- The manual retry, written once for retry.lua and retry_many.lua: failed / cancelled -> enqueued,
+-- attempts reset, back of its priority; refused while another live job holds its unique_key.
+-- Returns CODE.OK, or an error code and its detail (the current state, or the key's holder).
+local function retry_job(id)
+  local jobkey = K.job_prefix .. id
+  local f = redis.call('HMGET', jobkey, 'state', 'unique_key')
+  local state, key = f[1], f[2]
+  if not state then return CODE.NOT_FOUND end
+  if state ~= 'failed' and state ~= 'cancelled' then return CODE.ILLEGAL, state end
+  if key and key ~= '' then
+    local holder = redis.call('HGET', K.unique, key)
+    if holder and holder ~= id then
+      local held = redis.call('HGET', K.job_prefix .. holder, 'state')
+      if held and held ~= 'done' and held ~= 'failed' and held ~= 'cancelled' then
+        return CODE.CONFLICT, holder
+      end
+    end
+  end
+  local now = now_us()
+  redis.call('HSET', jobkey, 'state', 'enqueued', 'attempts', 0, 'finished_at', '', 'run_at', now,
+    'token', '', 'lease_until', '', 'state_at', now, 'cancel_req', '', 'uh_since', '')
+  push_ready(jobkey, id)
+  if key and key ~= '' then redis.call('HSET', K.unique, key, id) end
+  move_state(id, state, 'enqueued', now)
+  wake_one()
+  return CODE.OK
+end
+
+-- The cancel, written once for cancel.lua and cancel_many.lua: enqueued / scheduled /
+-- retry_scheduled -> cancelled; on a running job only a cancel request (cancel_req = 1) is recorded.
+-- Returns CODE.OK, nil, whether anything changed; or an error code and its detail (the state).
+local function cancel_job(id)
+  local jobkey = K.job_prefix .. id
+  local f = redis.call('HMGET', jobkey, 'state', 'parked', 'ev', 'cancel_req')
+  local state = f[1]
+  if not state then return CODE.NOT_FOUND end
+  if state == 'running' then
+    if f[4] == '1' then return CODE.OK, nil, false end
+    redis.call('HSET', jobkey, 'cancel_req', 1)
+    emit(f[3], id, 'cancel_requested')
+    return CODE.OK, nil, true
+  end
+  if state ~= 'enqueued' and state ~= 'scheduled' and state ~= 'retry_scheduled' then
+    return CODE.ILLEGAL, state
+  end
+  local now = now_us()
+  redis.call('ZREM', K.ready, id)
+  redis.call('ZREM', K.waiting, id)
+  if f[2] and f[2] ~= '' then drop_parked(id, f[2]) end
+  redis.call('HSET', jobkey, 'state', 'cancelled', 'finished_at', now, 'state_at', now)
+  release_unique(jobkey, id)
+  move_state(id, state, 'cancelled', now)
+  emit(f[3], id, 'cancelled')
+  return CODE.OK, nil, true
+end
+
+-- Retention: terminal jobs that entered their state at or before `cutoff` (µs), oldest first, are
+-- deleted with every index entry that names them (their state index, jobs, the unique key if it
+-- still names them). purge.lua runs it on demand; finish.lua runs it for up to 2n + 2 jobs per n
+-- reports, so deleting keeps pace with finishing however fast the workers drain. A terminal index
+-- entry whose hash says the job is live (an inconsistent record) is dropped and the job kept.
+-- Each deletion counts `prg|<name>`: a name whose every enqueued job is gone has enq = prg (tidy.lua).
+-- At most `limit` index entries are looked at, of one terminal state if `only` names one (else all
+-- three); returns how many jobs were deleted.
+local TERMINAL = {'done', 'failed', 'cancelled'}
+local LIVE = {enqueued = true, running = true, scheduled = true, retry_scheduled = true}
+
+local function purge_expired(cutoff, limit, only)
+  local seen, purged = 0, 0
+  local states = TERMINAL
+  if only == 'done' or only == 'failed' or only == 'cancelled' then states = {only} end
+  for _, state in ipairs(states) do
+    if seen >= limit then break end
+    local index = K.state_prefix .. state
+    local ids = redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'LIMIT', 0, limit - seen)
+    seen = seen + #ids
+    for _, id in ipairs(ids) do
+      local jobkey = K.job_prefix .. id
+      local f = redis.call('HMGET', jobkey, 'state', 'name', 'unique_key')
+      redis.call('ZREM', index, id)
+      if not LIVE[f[1]] then
+        if f[1] ~= state then -- another terminal index may hold it too: leave none behind
+          for _, other in ipairs(TERMINAL) do redis.call('ZREM', K.state_prefix .. other, id) end
+        end
+        redis.call('DEL', jobkey)
+        redis.call('ZREM', K.jobs, id)
+        release_unique(jobkey, id, f[3] or '')
+        if f[2] and f[2] ~= '' then stat('prg|' .. f[2], 1) end
+        purged = purged + 1
+      end
+    end
+  end
+  return purged
+end
+
+-- A number a policy may hold: finite and within bounds (a hand-written hpolicy entry is not trusted).
+local function bounded(v, low, high)
+  local x = tonumber(v)
+  if x and x == x and x >= low and x <= high then return x end
+  return nil
+end
+
+-- A handler's policy as the hpolicy hash holds it ("max_attempts bo_base bo_cap bo_jitter", '-' = no
+-- backoff) -> the field, value pairs that make it the job's for what the job did not set itself
+-- (ma_def / bo_def = '1'). Empty when there is no policy, or nothing of it applies or can be read.
+local function policy_fields(policy, ma_def, bo_def)
+  local out = {}
+  if not policy then return out end
+  local p = {}
+  for v in string.gmatch(policy, '%S+') do p[#p + 1] = v end
+  local ma = bounded(p[1], 1, 1000000)
+  if ma_def == '1' and ma then
+    out[1], out[2] = 'max_attempts', string.format('%d', math.floor(ma))
+  end
+  local base, cap, jitter = bounded(p[2], 0, 1e9), bounded(p[3], 0, 1e9), bounded(p[4], 0, 1)
+  if bo_def == '1' and base and cap and jitter then
+    for _, v in ipairs({'bo_base', p[2], 'bo_cap', p[3], 'bo_jitter', p[4]}) do out[#out + 1] = v end
+  end
+  return out
+end
+
+-- A worker without the job's handler hands it back (finish, ok = 3): running -> scheduled at
+-- now + delay_us, the attempt not counted, while a live worker advertised the handler less than
+-- grace_us ago (hash K.handlers) or the job was first handed back less than grace_us ago (a handler
+-- still being deployed); after that, running -> failed with `err` (UnknownHandler). A job with a
+-- cancel request is cancelled. Returns the new state.
+local function hand_back(id, jobkey, name, err, grace_us, delay_us, now, lkey, ev, ukey)
+  local f = redis.call('HMGET', jobkey, 'attempts', 'uh_since', 'cancel_req')
+  if f[3] == '1' then
+    leave_running(id, jobkey, 'cancelled', now, lkey, ev, {'finished_at', now})
+    release_unique(jobkey, id, ukey)
+    return 'cancelled'
+  end
+  local since = bounded(f[2], 0, now) -- unreadable (or from the future): counts from now
+  if not since then
+    since = now
+    redis.call('HSET', jobkey, 'uh_since', now)
+  end
+  local seen = bounded(redis.call('HGET', K.handlers, name), 0, now) or 0 -- unreadable: never seen
+  if now - math.max(seen, since) < grace_us then
+    local run_at = now + math.max(0, delay_us)
+    leave_running(id, jobkey, 'scheduled', now, lkey, ev, {'worker', '', 'started_at', '', 'run_at', run_at,
+      'attempts', math.max(0, (tonumber(f[1]) or 1) - 1)})
+    redis.call('ZADD', K.waiting, run_at, id)
+    wake_one()
+    return 'scheduled'
+  end
+  leave_running(id, jobkey, 'failed', now, lkey, ev, {'finished_at', now, 'last_error', err})
+  stat('run|' .. name .. '|failed', 1)
+  release_unique(jobkey, id, ukey)
+  return 'failed'
 end

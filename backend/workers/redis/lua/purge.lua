@@ -1,19 +1,8 @@
--- purge.lua: delete terminal jobs that finished at least `older_than` µs ago.
+-- purge.lua: delete terminal jobs that finished at least `older_than` µs ago (purge_expired in lib.lua).
 -- KEYS (scripts.PURGE; the script reads them as K.<name>):  KEYS[1] job_prefix
---    KEYS[2] state_prefix  KEYS[3] jobs
--- ARGV[1] older_than µs  ARGV[2] limit
+--    KEYS[2] state_prefix  KEYS[3] jobs  KEYS[4] unique  KEYS[5] stats
+-- ARGV[1] older_than µs  ARGV[2] limit  ARGV[3] only this terminal state ('' = all three)
 -- Returns how many.
-local cutoff = now_us() - tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local purged = 0
-for _, state in ipairs({'done', 'failed', 'cancelled'}) do
-  if purged >= limit then break end
-  local ids = redis.call('ZRANGEBYSCORE', K.state_prefix .. state, '-inf', cutoff, 'LIMIT', 0, limit - purged)
-  for _, id in ipairs(ids) do
-    redis.call('DEL', K.job_prefix .. id)
-    redis.call('ZREM', K.state_prefix .. state, id)
-    redis.call('ZREM', K.jobs, id)
-  end
-  purged = purged + #ids
-end
+local purged = purge_expired(now_us() - tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+flush_stats()
 return purged
