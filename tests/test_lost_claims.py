@@ -182,3 +182,16 @@ async def test_a_hostile_lost_claim_count_or_mark_is_charged(store: JobStore, fi
     failed = await get(store, job.id)
     assert failed.state is JobState.FAILED and failed.attempts == 1
     assert failed.last_error is not None and failed.last_error.type == "LeaseExpired"
+
+
+async def test_a_lost_claim_in_a_paused_queue_waits_there_for_the_resume(store: JobStore) -> None:
+    job = await store.enqueue(JobSpec("t.job", max_attempts=1))
+    await lose_claim(store)
+    await store.pause_queue("default")
+    await asyncio.sleep(PAST_LEASE)
+    assert await store.claim("w", ["default"], 1, 30) == []  # recovers it, claims nothing: paused
+    back = await get(store, job.id)
+    assert back.state is JobState.ENQUEUED and back.attempts == 0
+    await store.resume_queue("default")
+    (again,) = await store.claim("w", ["default"], 1, 30)
+    assert again.id == job.id and again.attempts == 1
