@@ -12,6 +12,8 @@ test's thread.
   client gave up on it).
 - `drop_reply(marker)`: the next request containing `marker` reaches Redis and runs, but its reply
   is thrown away and the connection cut: the client cannot tell whether the command ran.
+- `drop_request(marker)`: the next request containing `marker` never reaches Redis; the connection
+  is cut (a request lost on the way).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class _Conn:
 class _Rule:
     marker: bytes
     remaining: int
+    request: bool = False  # drop the request itself (it never runs), not its reply
 
 
 @dataclass
@@ -49,6 +52,7 @@ class TcpProxy:
     port: int = field(default_factory=free_port)
     dropped: int = 0  # replies thrown away so far
     dropped_replies: list[bytes] = field(default_factory=list)  # their first bytes: b"-" is an error
+    dropped_requests: int = 0  # requests thrown away before reaching the server
     connections: int = 0  # connections accepted so far
 
     def __post_init__(self) -> None:
@@ -105,6 +109,10 @@ class TcpProxy:
         """The next `count` requests that contain `marker` run on Redis, but nobody gets their reply."""
         self._call(lambda: self._rules.append(_Rule(marker, count)))
 
+    def drop_request(self, marker: bytes, count: int = 1) -> None:
+        """The next `count` requests that contain `marker` never reach Redis (their connection is cut)."""
+        self._call(lambda: self._rules.append(_Rule(marker, count, request=True)))
+
     # -- inside the proxy's loop --------------------------------------------------------------------
 
     def _call(self, fn: Callable[[], object]) -> int:
@@ -155,9 +163,11 @@ class TcpProxy:
         try:
             while chunk := await reader.read(65536):
                 await self._event().wait()
-                if upstream:
-                    self._match(chunk, conn)
-                elif conn.drop_next_reply:
+                if upstream and self._match(chunk, conn):
+                    self.dropped_requests += 1
+                    conn.abort()
+                    return
+                if not upstream and conn.drop_next_reply:
                     self.dropped += 1
                     self.dropped_replies.append(chunk[:64])
                     conn.abort()
@@ -169,9 +179,13 @@ class TcpProxy:
         finally:
             conn.abort()
 
-    def _match(self, chunk: bytes, conn: _Conn) -> None:
+    def _match(self, chunk: bytes, conn: _Conn) -> bool:
+        """Apply the first rule `chunk` matches; True when the request itself is to be dropped."""
         for rule in self._rules:
             if rule.remaining > 0 and rule.marker in chunk:
                 rule.remaining -= 1
+                if rule.request:
+                    return True
                 conn.drop_next_reply = True
-                return
+                return False
+        return False

@@ -133,16 +133,25 @@ async def test_a_failed_run_with_a_corrupt_record_is_set_aside_alone(
     await assert_set_aside(store, bad, field)
 
 
-async def test_recovery_of_an_expired_lease_sets_a_corrupt_record_aside(store: JobStore) -> None:
+@pytest.mark.parametrize("confirmed", [True, False], ids=["confirmed", "unconfirmed"])
+async def test_recovery_of_an_expired_lease_sets_a_corrupt_record_aside(
+    store: JobStore, confirmed: bool
+) -> None:
+    """A confirmed claim's expiry is a charged run; an unconfirmed one is given back uncounted, which
+    needs `attempts`: either way the unreadable record is set aside and the rest of the batch goes on."""
     await six(store)
     claimed = await store.claim("w1", ["default"], BATCH, 0.05)
+    if confirmed:
+        await store.extend([Claim(j.queue, j.id, j.token or "") for j in claimed], 0.05)
     bad = claimed[CORRUPT_AT]
-    await corrupt(store, bad, "max_attempts", "lots")
+    field = "max_attempts" if confirmed else "attempts"
+    await corrupt(store, bad, field, "lots")
     await asyncio.sleep(0.2)
     assert await store.recover() == BATCH
-    await assert_set_aside(store, bad, "max_attempts")
+    await assert_set_aside(store, bad, field)
     others = [await store.get(j.id) for j in claimed if j is not bad]
-    assert all(j is not None and j.state is JobState.RETRY_SCHEDULED for j in others)
+    expected = JobState.RETRY_SCHEDULED if confirmed else JobState.ENQUEUED
+    assert all(j is not None and j.state is expected for j in others)
 
 
 async def test_reads_show_a_corrupt_job_and_flag_what_they_cannot_read(store: JobStore) -> None:

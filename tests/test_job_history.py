@@ -84,7 +84,8 @@ async def test_a_failed_job_has_every_attempts_error_and_a_manual_retry_adds_to_
 
 async def test_an_expired_lease_is_an_attempts_error_too(store: JobStore) -> None:
     job = await store.enqueue(JobSpec("t.lost", max_attempts=3))
-    await store.claim("w-gone", ["default"], 1, 0.001)
+    (claimed,) = await store.claim("w-gone", ["default"], 1, 0.001)
+    await store.extend([Claim("default", claimed.id, claimed.token or "")], 0.001)  # confirmed, then died
     redis = redis_of(store)
     await redis.zadd(store.keys.queue("default").running, {job.id: 0})  # type: ignore[attr-defined]
     assert await store.recover(["default"]) == 1

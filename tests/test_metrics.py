@@ -170,7 +170,8 @@ async def test_metrics_reflect_the_store_exactly(store: JobStore) -> None:
 
 async def test_expired_leases_are_counted_as_runs_and_retries(store: JobStore) -> None:
     await store.enqueue(JobSpec("bagbot.sleep", max_attempts=2))
-    await store.claim("w-gone", ["default"], 1, 0.05)
+    claimed = await store.claim("w-gone", ["default"], 1, 0.05)
+    await store.extend([Claim(job.queue, job.id, job.token or "") for job in claimed], 0.05)  # received
     await asyncio.sleep(0.2)
     assert await store.recover() == 1
     async with client_for(store) as client:

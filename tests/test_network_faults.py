@@ -5,7 +5,8 @@
   its late report reaches Redis and is refused, because the fencing token moved on.
 - redis-py retries a command after a connection error, so a script can run twice with its first
   reply lost: enqueue with an id or a unique key never makes a duplicate, and a lost claim reply
-  only delays that job until its lease expires.
+  only delays that job until its lease expires: the claim was never confirmed, so it is given back
+  without using up an attempt (at most LOST_CLAIM_CAP times per job, then charged).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from backend.workers.job_store import StaleClaimError, StoreUnavailableError
-from backend.workers.models import Claim, Job, JobSpec, JobState
+from backend.workers.models import TERMINAL_STATES, Claim, Job, JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
-from backend.workers.rules import Backoff
+from backend.workers.rules import LOST_CLAIM_CAP, Backoff
 from tests.tcp_proxy import TcpProxy
 from tests.worker_procs import WorkerProcess, eventually, read_records, worker_env
 
@@ -195,7 +196,7 @@ async def test_a_lost_claim_reply_only_delays_the_job_until_its_lease_expires(
 ) -> None:
     proxied = proxied_store(proxy, prefix, retries=0)
     try:
-        job = await store.enqueue(JobSpec("bagbot.noop", backoff=Backoff(0.1, jitter=0)))
+        job = await store.enqueue(JobSpec("bagbot.noop", max_attempts=1))
         await arm(proxy, proxied, "claim")
         with pytest.raises(StoreUnavailableError):
             await proxied.claim("lost-worker", ["default"], 1, lease_seconds=1.5)
@@ -211,12 +212,129 @@ async def test_a_lost_claim_reply_only_delays_the_job_until_its_lease_expires(
 
         await eventually(claimable, 30, "job claimable after the lost claim's lease")
         (again,) = claimed
-        assert again.id == job.id and again.attempts == 2
-        assert again.last_error is not None and again.last_error.type == "LeaseExpired"
-        assert again.token is not None
+        assert again.id == job.id and again.attempts == 1, "the lost claim used up no attempt"
+        assert again.last_error is None and again.token is not None
         assert await store.complete(claim_of(again)) is JobState.DONE
+        assert (await store.metrics()).queues["default"].runs == {("bagbot.noop", "done"): 1}
     finally:
         await proxied.close()
+
+
+async def finished(store: RedisJobStore, job_id: str, timeout: float) -> Job:
+    """The job once it reached a terminal state (whichever: the test then says which it wanted)."""
+    async def terminal() -> bool:
+        got = await store.get(job_id)
+        return got is not None and got.state in TERMINAL_STATES
+
+    await eventually(terminal, timeout, f"job {job_id} finished")
+    got = await store.get(job_id)
+    assert got is not None
+    return got
+
+
+async def test_a_worker_whose_claim_reply_is_lost_runs_the_job_once_at_attempt_1(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """Issue 13, item 8: a max_attempts=1 job whose claim reply a real worker never got used to end
+    `failed` (LeaseExpired) without ever running. Now it runs once, when the lease is over."""
+    record = tmp_path / "record.txt"
+    job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
+    await arm(proxy, store, "claim")  # the worker's first claim takes the job; its reply is lost
+    worker = WorkerProcess(tmp_path, "worker", worker_env(proxy.url(), prefix, record))
+    workers.append(worker)
+    got = await finished(store, job.id, 60)
+    assert proxy.dropped == 1 and proxy.dropped_replies[0][:1] == b"*"  # a real claim result was lost
+    assert got.state is JobState.DONE and got.attempts == 1 and got.last_error is None
+    starts = [(ex.job_id, ex.pid, ex.attempt) for ex in read_records(record) if ex.event == "start"]
+    assert starts == [(job.id, worker.pid, 1)], "run exactly once, by the worker that lost the reply"
+    worker.send(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_a_worker_killed_before_its_confirm_is_not_charged_until_the_cap(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """Every confirm (an extend) is lost on the way, so each worker that claims the job holds it
+    unconfirmed, does not start its handler, and is SIGKILLed so. Each expiry is given back uncounted,
+    LOST_CLAIM_CAP times; the next one is charged, so the max_attempts=1 job ends `failed` after
+    LOST_CLAIM_CAP + 1 claims instead of going round for ever, and no handler ever started."""
+    record = tmp_path / "record.txt"
+    job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
+    proxy.drop_request(str(store._scripts["extend"].sha).encode(), count=1_000)
+    claimed_by: list[int] = []
+    while True:
+        worker = WorkerProcess(tmp_path, f"worker-{len(workers)}", worker_env(proxy.url(), prefix, record))
+        workers.append(worker)
+
+        async def claimed_or_finished(pid: int = worker.pid) -> bool:
+            got = await store.get(job.id)
+            mine = got is not None and got.state is JobState.RUNNING and f"-{pid}-" in (got.worker or "")
+            return got is None or got.state in TERMINAL_STATES or mine
+
+        await eventually(claimed_or_finished, 60, "the job claimed by the new worker, or finished")
+        got = await store.get(job.id)
+        if got is None or got.state in TERMINAL_STATES:
+            break
+        assert got.attempts == 1, "a lost claim used up an attempt"
+        claimed_by.append(worker.pid)
+        assert len(claimed_by) <= LOST_CLAIM_CAP + 1, "the job went round more often than the cap allows"
+        await worker.wait_for_log("op=confirm")  # its confirm was lost: it holds the claim unconfirmed
+        worker.send(signal.SIGKILL)
+        assert await worker.wait() == -signal.SIGKILL
+    failed = await finished(store, job.id, 5)
+    assert failed.state is JobState.FAILED and failed.attempts == 1
+    assert failed.last_error is not None and failed.last_error.type == "LeaseExpired"
+    assert f"-{claimed_by[-1]}-" in failed.last_error.message
+    assert len(claimed_by) == LOST_CLAIM_CAP + 1
+    assert read_records(record) == [], "no handler starts on a claim it has not confirmed"
+    assert proxy.dropped_requests >= LOST_CLAIM_CAP + 1
+    assert (await store.metrics()).queues["default"].runs == {("tests.record", "expired"): 1}
+    workers[-1].send(signal.SIGTERM)
+    assert await workers[-1].wait() == 0
+
+
+async def test_a_confirm_lost_on_the_way_is_sent_again_before_the_handler_starts(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """The first confirms never reach Redis: the worker holds the job (its handler not started),
+    re-sends the confirm with backoff, and runs the job once it landed: done, attempt 1, once."""
+    record = tmp_path / "record.txt"
+    job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
+    proxy.drop_request(str(store._scripts["extend"].sha).encode(), count=3)
+    worker = WorkerProcess(tmp_path, "worker", worker_env(proxy.url(), prefix, record))
+    workers.append(worker)
+    got = await finished(store, job.id, 60)
+    assert got.state is JobState.DONE and got.attempts == 1 and got.last_error is None
+    assert proxy.dropped_requests == 3
+    assert "op=confirm" in worker.log() and "event=store_back" in worker.log()
+    assert [(ex.job_id, ex.attempt) for ex in read_records(record) if ex.event == "start"] == [(job.id, 1)]
+    worker.send(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_a_worker_stopped_before_its_confirm_landed_starts_nothing_and_costs_nothing(
+    proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """SIGTERM while the confirm cannot get through: the worker starts nothing and exits 0; the claim
+    stays unconfirmed, so when its lease expires the job goes back uncounted and runs once elsewhere."""
+    record = tmp_path / "record.txt"
+    job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
+    proxy.drop_request(str(store._scripts["extend"].sha).encode(), count=1_000)
+    stuck = WorkerProcess(tmp_path, "stuck", worker_env(proxy.url(), prefix, record))
+    workers.append(stuck)
+    await stuck.wait_for_log("op=confirm")
+    stuck.send(signal.SIGTERM)
+    assert await stuck.wait() == 0
+    assert "event=claims_left_unconfirmed" in stuck.log()
+    held = await store.get(job.id)
+    assert held is not None and held.state is JobState.RUNNING and held.attempts == 1
+    direct = WorkerProcess(tmp_path, "direct", worker_env(store_url(store), prefix, record))
+    workers.append(direct)
+    got = await finished(store, job.id, 60)
+    assert got.state is JobState.DONE and got.attempts == 1 and got.last_error is None
+    assert [(ex.pid, ex.attempt) for ex in read_records(record) if ex.event == "start"] == [(direct.pid, 1)]
+    direct.send(signal.SIGTERM)
+    assert await direct.wait() == 0
 
 
 def claim_of(job: Job) -> Claim:

@@ -320,6 +320,7 @@ async def test_running_jobs_of_a_paused_queue_finish_and_housekeeping_goes_on(st
     expiring = await store.enqueue(JobSpec("t.job", queue="p", max_attempts=1))
     lost = await claim_one(store, "p", lease=0.2)
     assert lost.id == expiring.id
+    assert await store.extend([claim_of(lost)], 0.2) == []  # its worker got it (then died): charged
     due = await store.enqueue(JobSpec("t.job", queue="p", delay=0.2))
     await store.pause_queue("p")
     await asyncio.sleep(0.4)

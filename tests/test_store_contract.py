@@ -37,6 +37,13 @@ async def claim_one(store: JobStore, queue: str = "default", lease: float = 30.0
     return job
 
 
+async def confirmed(store: JobStore, job: Job, lease: float) -> Job:
+    """What a worker does as soon as a claim reaches it: confirm it (an extend), so that its expiry is
+    a charged run; an unconfirmed claim is given back uncounted (tests/test_lost_claims.py)."""
+    assert await store.extend([claim_of(job)], lease) == []
+    return job
+
+
 async def claim_soon(
     store: JobStore, queue: str = "default", lease: float = 30.0, worker: str = "w1", within: float = 5.0
 ) -> Job:
@@ -338,7 +345,7 @@ async def assert_stale(store: JobStore, old: Claim) -> None:
 
 async def test_stale_token_after_lease_expiry_changes_nothing(store: JobStore) -> None:
     await store.enqueue(JobSpec("t.job", max_attempts=3, backoff=NO_WAIT))
-    first = await claim_one(store, lease=0.2, worker="slow")
+    first = await confirmed(store, await claim_one(store, lease=0.2, worker="slow"), 0.2)
     await asyncio.sleep(0.5)
     second = await claim_soon(store, lease=30, worker="fast")
     assert second.id == first.id and second.attempts == 2 and second.token != first.token
@@ -382,7 +389,7 @@ async def test_a_reused_job_id_gets_fresh_tokens(store: JobStore) -> None:
 
 async def test_expired_leases_count_attempts_then_fail(store: JobStore) -> None:
     job = await store.enqueue(JobSpec("t.job", max_attempts=2, backoff=NO_WAIT))
-    first = await claim_one(store, lease=0.2, worker="dead-1")
+    first = await confirmed(store, await claim_one(store, lease=0.2, worker="dead-1"), 0.2)
     await asyncio.sleep(0.5)
     assert await store.recover() == 1
     waiting = await store.get(job.id)
@@ -390,7 +397,7 @@ async def test_expired_leases_count_attempts_then_fail(store: JobStore) -> None:
     assert waiting.attempts == 1 and waiting.token is None
     assert waiting.last_error is not None and waiting.last_error.type == "LeaseExpired"
     assert "dead-1" in waiting.last_error.message
-    second = await claim_soon(store, lease=0.2, worker="dead-2")
+    second = await confirmed(store, await claim_soon(store, lease=0.2, worker="dead-2"), 0.2)
     assert second.attempts == 2 and second.token != first.token
     await asyncio.sleep(0.5)
     assert await store.recover(["default"]) == 1
@@ -406,7 +413,7 @@ async def test_expired_leases_count_attempts_then_fail(store: JobStore) -> None:
 
 async def test_expired_lease_is_recovered_by_claim(store: JobStore) -> None:
     await store.enqueue(JobSpec("t.job", max_attempts=3, backoff=Backoff(base=0.1, jitter=0)))
-    first = await claim_one(store, lease=0.2)
+    first = await confirmed(store, await claim_one(store, lease=0.2), 0.2)
     await asyncio.sleep(0.5)
     again = await claim_soon(store)
     assert again.id == first.id and again.attempts == 2

@@ -18,7 +18,7 @@ from backend.workers.job_store import JobStore
 from backend.workers.models import Completion, Job, JobSpec, JobState
 from backend.workers.redis_job_store import RedisJobStore
 from backend.workers.rules import InvalidJobError
-from tests.test_store_contract import BOOM, claim_of, claim_one, claim_soon, state_of
+from tests.test_store_contract import BOOM, claim_of, claim_one, claim_soon, confirmed, state_of
 
 
 async def get(store: JobStore, job_id: str) -> Job:
@@ -178,7 +178,7 @@ async def test_bulk_cancel_resolves_dependants(store: JobStore) -> None:
 async def test_a_lease_that_expires_for_good_cancels_dependants(store: JobStore) -> None:
     parent = await store.enqueue(JobSpec("t.parent", max_attempts=1))
     child = await child_of(store, parent.id)
-    await claim_one(store, lease=0.05)
+    await confirmed(store, await claim_one(store, lease=0.05), 0.05)  # its worker got it, then died
     await asyncio.sleep(0.2)
     assert await store.recover() == 1
     assert await state_of(store, parent.id) is JobState.FAILED

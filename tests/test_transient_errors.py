@@ -4,6 +4,8 @@ one queue's (or the registry's) failure costs the other queues' jobs nothing (is
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -17,6 +19,7 @@ from backend.workers.job_store import JobStore, StoreUnavailableError
 from backend.workers.models import Claim, JobSpec, JobState, WorkerInfo
 from backend.workers.orchestration import Worker
 from backend.workers.redis.errors import TRANSIENT_CODES, mapped_errors
+from backend.workers.redis.per_queue import QueueWarnings
 from backend.workers.redis_job_store import RedisJobStore
 from tests.redis_server import RedisServer, start_server
 
@@ -110,6 +113,44 @@ async def test_a_failing_queue_costs_the_others_nothing_in_a_claim(store: JobSto
         await store.complete(Claim(job.queue, job.id, job.token or ""))
     with pytest.raises(Exception, match="WRONGTYPE"):
         await store.claim("w1", ["qa", "qb"], 10, 30.0)
+
+
+async def test_a_queue_that_keeps_failing_is_logged_once_per_queue_not_per_call(
+    store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A claim that gets jobs from a healthy queue used to drop the broken queues' errors silently,
+    so a queue that stays broken (WRONGTYPE) was never reported. Now each broken queue is logged,
+    once per interval: five claims, two broken queues, two warnings."""
+    assert isinstance(store, RedisJobStore)
+    for broken in ("qb", "qc"):
+        await store.redis.set(store.keys.queue(broken).hlimits, "not a hash")
+    with caplog.at_level(logging.WARNING, logger="bagbot.store"):
+        for _ in range(5):
+            await store.enqueue(JobSpec(name="bagbot.noop", queue="qa"))
+            (job,) = await store.claim("w1", ["qb", "qa", "qc"], 10, 30.0)
+            assert await store.complete(Claim(job.queue, job.id, job.token or "")) is JobState.DONE
+    lines = [r.getMessage() for r in caplog.records if "event=queue_call_failed" in r.getMessage()]
+    assert len(lines) == 2, lines
+    for broken, line in zip(("qb", "qc"), lines, strict=True):
+        assert f"queue={broken} " in line and "op=claim" in line and "WRONGTYPE" in line
+
+
+def test_queue_warnings_repeat_after_their_interval_with_what_was_not_logged(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    warnings = QueueWarnings(every=0.3)
+    error = StoreUnavailableError("node down")
+    with caplog.at_level(logging.WARNING, logger="bagbot.store"):
+        for _ in range(3):
+            warnings.warn("claim", "qb", error)
+        warnings.warn("claim", "qc", error)  # another queue has its own interval
+        time.sleep(0.4)
+        warnings.warn("claim", "qb", error)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and all(line.startswith("event=queue_call_failed op=claim") for line in lines)
+    assert "queue=qb" in lines[0] and "not_logged_since" not in lines[0]
+    assert "queue=qc" in lines[1]
+    assert "queue=qb" in lines[2] and "not_logged_since=2 " in lines[2]
 
 
 async def test_leases_are_extended_when_the_registry_fails(store: JobStore) -> None:

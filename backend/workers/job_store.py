@@ -155,12 +155,13 @@ class JobStore(ABC):
         self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[Job]:
         """Claim up to `limit` ready jobs (priority first, then FIFO): each becomes
-        `running`, attempts += 1, with a fresh `token` and a lease until now+lease.
+        `running`, attempts += 1, with a fresh `token` and a lease until now+lease,
+        unconfirmed until an `extend` with its token (see `recover`).
 
         Before claiming, due scheduled jobs are promoted and expired leases
         recovered, so a claim needs no separate housekeeping call.
         One queue failing costs the others nothing: what they gave is returned, and
-        the error is raised only when no queue gave any job.
+        the error is raised only when no queue gave any job (else it is logged).
         """
 
     @abstractmethod
@@ -262,8 +263,9 @@ class JobStore(ABC):
 
     @abstractmethod
     async def extend(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
-        """Push the leases of `claims` to now + lease. Returns the claims that are
-        no longer current (their handlers should stop)."""
+        """Push the leases of `claims` to now + lease, and confirm them: the worker has
+        them, so their expiry is now a charged run. Returns the claims that are no
+        longer current (their handlers should stop)."""
 
     @abstractmethod
     async def release(self, claims: Sequence[Claim]) -> int:
@@ -273,7 +275,9 @@ class JobStore(ABC):
     @abstractmethod
     async def recover(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:
         """Treat running jobs whose lease expired as failed runs (error
-        `LeaseExpired`): retry with backoff or `failed`. Returns how many."""
+        `LeaseExpired`): retry with backoff or `failed`. A claim never confirmed
+        (its worker never got it) is given back instead: `enqueued`, the attempt not
+        counted, at most `rules.LOST_CLAIM_CAP` times per job. Returns how many."""
 
     @abstractmethod
     async def promote(self, queues: Sequence[str] | None = None, limit: int = 1000) -> int:

@@ -16,7 +16,7 @@ from backend.config import Settings
 from backend.workers.handlers import HandlerRegistry
 from backend.workers.job_store import JobStore
 from backend.workers.logfmt import fmt
-from backend.workers.models import Claim, HandlerPolicy, WorkerInfo
+from backend.workers.models import Claim, HandlerPolicy, Job, WorkerInfo
 from backend.workers.outages import OUTAGE_ERRORS, ReconnectBackoff
 from backend.workers.reporting import Reporter
 from backend.workers.rules import DEFAULT_MAX_ATTEMPTS
@@ -135,6 +135,36 @@ class Leases:
             state.expected_again("heartbeat_error")
             backoff.reset()
             delay = interval
+
+    async def confirm(self, jobs: list[Job]) -> list[Job]:
+        """Tell the store these claims arrived, before any of their handlers starts: an expiry is then
+        a charged run (LeaseExpired), while a claim never confirmed (its reply was lost) is given back
+        uncounted. So a handler never starts on an unconfirmed claim: through an outage the confirm
+        (one extend for the batch, which also keeps the leases) is re-sent with backoff until it lands.
+        Returns the jobs to start: not those whose claim is gone meanwhile, none if the worker stops
+        first (their claims stay unconfirmed: they are given back, uncounted, when the leases expire)."""
+        if not jobs:
+            return jobs
+        claims = [Claim(job.queue, job.id, job.token or "") for job in jobs]
+        backoff = ReconnectBackoff(cap=min(5.0, self.settings.heartbeat_seconds))
+        while True:
+            try:
+                stale = set(await self.store.extend(claims, self.lease))
+                break
+            except OUTAGE_ERRORS as exc:
+                self.state.outage.failed("confirm", exc)
+                await self.state.sleep_unless_stopped(backoff.next())
+                if self.state.stop.is_set():
+                    log.info(fmt("claims_left_unconfirmed", worker=self.state.worker_id, jobs=len(jobs),
+                                 action="not started; given back uncounted when their leases expire"))
+                    return []
+            except Exception as exc:  # not an outage: a bug; the claims are ours, so run them
+                self.state.unexpected("confirm_error", exc)
+                return jobs
+        for claim in stale:
+            log.warning(fmt("job_lease_lost", worker=self.state.worker_id, job=claim.job_id,
+                            queue=claim.queue, action="not started: the claim was gone before its confirm"))
+        return [job for job, claim in zip(jobs, claims, strict=True) if claim not in stale]
 
     def claims_held(self) -> list[Claim]:
         """Running claims and those whose outcome is not reported yet: all their leases are kept."""

@@ -206,7 +206,7 @@ class Worker:
             try:
                 claiming = self.store.claim(self.id, self.queues, free, self.lease)
                 jobs = await tracing.store_call("claim", claiming)
-                for job in jobs:
+                for job in await self.leases.confirm(jobs):
                     self._start(job)
                 if len(jobs) < free and not state.stop.is_set():
                     await self._wait_for_work()

@@ -48,7 +48,14 @@ from backend.workers.redis.declarations import Declarations
 from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.operations import QueueOperations
-from backend.workers.redis.per_queue import FirstFailure, extend_each_queue, group_claims, refs, tried_twice
+from backend.workers.redis.per_queue import (
+    FirstFailure,
+    QueueWarnings,
+    extend_each_queue,
+    group_claims,
+    refs,
+    tried_twice,
+)
 from backend.workers.redis.rates import QueueRates
 from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
@@ -90,6 +97,7 @@ class RedisJobStore(QueueOperations, QueueRates, Declarations, JobStore):
         self._reads = Reads(client, self.keys, self._mapped_errors)
         self._known_queues: set[str] = set()
         self._batcher = EnqueueBatcher(self._send_enqueues)
+        self._queue_warnings = QueueWarnings()  # a queue failing while others answer: rate-limited log
 
     @classmethod
     def from_url(
@@ -197,18 +205,17 @@ class RedisJobStore(QueueOperations, QueueRates, Declarations, JobStore):
         self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[Job]:
         claimed: list[Job] = []
-        failure = FirstFailure()
+        failure = FirstFailure(self._queue_warnings, "claim")
         for queue in queues:
             wanted = limit - len(claimed)
             if wanted <= 0:
                 break
             args = sa.ClaimArgs(worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT,
                                 random.random(), new_job_id()[:16])
-            with failure.step():
+            with failure.step(queue):
                 rows = await tried_twice(self.cluster, self._call, sc.CLAIM, self.keys.queue(queue), args)
                 claimed.extend(await self._readable(queue, [job_from_hash(row) for row in rows]))
-        if not claimed:  # else the jobs of healthy queues are returned; see redis/per_queue.py
-            failure.raise_first()
+        failure.settle(bool(claimed))  # healthy queues' jobs are returned, failed queues logged: per_queue.py
         return claimed
 
     async def _readable(self, queue: str, jobs: list[Job]) -> list[Job]:

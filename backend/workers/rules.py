@@ -36,6 +36,10 @@ ERROR_HISTORY = 10
 ERROR_MAX_BYTES = 16_384
 # Each queue keeps per-minute run counts and duration buckets of its last HISTORY_MINUTES minutes.
 HISTORY_MINUTES = 180
+# How often one job's expired claim may be given back uncounted because its worker never confirmed
+# it (a lost claim reply, a worker dead before its first extend); after that such expiries are charged,
+# so a job that kills its worker before the confirm cannot go round for ever.
+LOST_CLAIM_CAP = 3
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

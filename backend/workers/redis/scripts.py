@@ -9,7 +9,7 @@ Arguments are NamedTuples of wire values, in `script_args.py`.
 Each script's source is a generated prelude, then `lib.lua` (per-queue scripts), then its file. The
 prelude holds what Python and Lua share, written once here or in `rules.py`: `K` (the script's keys
 by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY, ERROR_HISTORY,
-ERROR_MAX_BYTES, HISTORY_MINUTES and the codes (`CODE`).
+ERROR_MAX_BYTES, HISTORY_MINUTES, LOST_CLAIM_CAP and the codes (`CODE`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from backend.workers.rules import (
     ERROR_HISTORY,
     ERROR_MAX_BYTES,
     HISTORY_MINUTES,
+    LOST_CLAIM_CAP,
     MAX_PRIORITY,
     PRIORITY_SPAN,
     InvalidJobError,
@@ -240,6 +241,7 @@ def prelude(script: Script[Any, Any]) -> str:
         f"local MAX_PRIORITY = {MAX_PRIORITY}",
         f"local ERROR_HISTORY, ERROR_MAX_BYTES = {ERROR_HISTORY}, {ERROR_MAX_BYTES}",
         f"local HISTORY_MINUTES = {HISTORY_MINUTES}",
+        f"local LOST_CLAIM_CAP = {LOST_CLAIM_CAP}",
         f"local CODE = {{{codes}}}",
         "",
     ])

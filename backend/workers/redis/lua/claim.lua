@@ -1,5 +1,6 @@
 -- claim.lua: promote due jobs, recover expired leases, then claim up to `limit` ready jobs:
--- enqueued -> running, attempts += 1, a fresh token, lease until now + lease.
+-- enqueued -> running, attempts += 1, a fresh token, lease until now + lease, unconfirmed (cf = 0:
+-- the worker confirms it with extend; see give_back_lost in lib.lua).
 -- Concurrency limits: a job with a limit key (its own limit_key/limit, or its handler's limit
 -- from the handler-limits hash) whose key already has `limit` running jobs is not claimed but
 -- parked (wait:<key> and parked zsets, keeping its ready score) until a slot frees (free_slot).
@@ -119,7 +120,7 @@ if limit > 0 then
         n = n + 1
         local token = ARGV[6] .. '.' .. string.format('%d', n)
         local changes = {'state', 'running', 'attempts', attempts + 1, 'started_at', now, 'worker', worker,
-          'token', token, 'lease_until', lease_until, 'state_at', now, 'finished_at', ''}
+          'token', token, 'lease_until', lease_until, 'state_at', now, 'finished_at', '', 'cf', 0}
         if rs and rs ~= '' then
           changes[#changes + 1] = 'rs'
           changes[#changes + 1] = ''

@@ -1,8 +1,8 @@
 -- lib.lua: helpers prepended to every per-queue script (never called alone).
 -- Before it comes the prelude that redis/scripts.py generates for each script: `K` (the script's
 -- own KEYS by name, e.g. K.ready, K.job_prefix; see the script's header), the constants shared
--- with Python (BUCKETS, PRIORITY_SPAN, MAX_PRIORITY from rules.py), the reply codes (CODE), WIDTH and
--- `unpack`. A helper may only be called by a script whose KEYS hold every K.* it reads
+-- with Python (BUCKETS, PRIORITY_SPAN, MAX_PRIORITY, LOST_CLAIM_CAP from rules.py), the reply codes
+-- (CODE), WIDTH and `unpack`. A helper may only be called by a script whose KEYS hold every K.* it reads
 -- (tests/test_scripts.py checks it). All keys share the hash tag {queue}.
 -- Times are microseconds on the server clock (TIME).
 
@@ -364,13 +364,41 @@ local function promote_due(now, limit)
   return #ids
 end
 
--- Running jobs whose lease ran out are failed runs (LeaseExpired). Returns how many.
+-- An expired claim its worker never confirmed (cf = 0: claim.lua wrote it, no extend came; the claim
+-- reply was lost, or the worker died before it could confirm) was never run: running -> enqueued,
+-- the attempt not counted, back in its place in the ready order. At most LOST_CLAIM_CAP times per job
+-- (field lc), so a job that kills its worker before the confirm still ends. A cancel requested
+-- meanwhile cancels it. False: charge it instead.
+local function give_back_lost(id, jobkey, now)
+  local f = redis.call('HMGET', jobkey, 'cf', 'lc', 'attempts', 'priority', 'seq', 'lkey', 'ev',
+    'cancel_req')
+  local lost, attempts = tonumber(f[2] or 0), tonumber(f[3])
+  if f[1] ~= '0' or not lost or lost < 0 or lost >= LOST_CLAIM_CAP or not attempts then return false end
+  local fields = {'worker', '', 'started_at', '', 'attempts', math.max(0, attempts - 1), 'lc', lost + 1,
+    'cf', ''}
+  if f[8] == '1' then
+    fields[#fields + 1] = 'finished_at'
+    fields[#fields + 1] = now
+    leave_running(id, jobkey, 'cancelled', now, f[6], f[7], fields)
+    release_unique(jobkey, id)
+    return true
+  end
+  leave_running(id, jobkey, 'enqueued', now, f[6], f[7], fields)
+  redis.call('ZADD', K.ready, ready_score(tonumber(f[4]) or 0, tonumber(f[5]) or 0), id)
+  wake_one()
+  return true
+end
+
+-- Running jobs whose lease ran out are failed runs (LeaseExpired), unless never confirmed (above).
+-- Returns how many.
 local function recover_expired(now, limit, seed)
   local ids = redis.call('ZRANGEBYSCORE', K.running, '-inf', now, 'LIMIT', 0, limit)
   for i, id in ipairs(ids) do
     local jobkey = K.job_prefix .. id
     local worker = redis.call('HGET', jobkey, 'worker')
-    if worker then
+    if worker and give_back_lost(id, jobkey, now) then
+      -- never received: back to ready, uncounted
+    elseif worker then
       -- worker ids are plain names; drop anything that could break the JSON string
       local who = string.gsub(worker, '[%c"\\]', '')
       local err = '{"type":"LeaseExpired","message":"lease expired: worker ' .. who ..
