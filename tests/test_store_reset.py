@@ -47,7 +47,9 @@ async def test_watcher_sees_a_reset_and_restores_the_queue_index(redis_url: str,
 
         await delete_prefix(redis_url, prefix)  # what a FLUSHALL does to this prefix
         job = await other.enqueue(JobSpec("bagbot.noop", queue="mail"))  # its queue cache is stale
-        assert await store.get(job.id) is None  # the bug a reset causes: jobs nobody can find
+        # A reset once left such jobs unfindable (the queue index gone, the stale cache not re-adding
+        # it); the enqueue now sees the queue has no seq (enqueue.lua's `fresh`) and lists it again.
+        assert await store.get(job.id) is not None
         assert await watcher.check() is True
         assert watcher.resets == 1
         assert await store.get(job.id) is not None  # found again: the queue index is back
