@@ -239,6 +239,12 @@ def test_bulk_retry_pause_resume_and_the_charts_after_a_burst(stack: Stack, page
     expect(page.get_by_test_id("paused-default")).to_have_text("on", timeout=10_000)
     stack.wait_state(held["id"], "done")
 
+    # A queue's rate limit shows beside it, and goes when cleared.
+    assert stack.api.put("/api/queues/default/rate", json={"rate": "50/s"}).status_code == 200
+    expect(page.get_by_test_id("rate-default")).to_have_text("50/s", timeout=10_000)
+    assert stack.api.delete("/api/queues/default/rate").status_code == 200
+    expect(page.get_by_test_id("rate-default")).to_have_text("–", timeout=10_000)
+
     # A burst of jobs, then the charts; a long job shows as running on its worker, with a link.
     burst = [stack.enqueue(name="bagbot.sleep", kwargs={"seconds": 0.05 * (i % 7)})["id"] for i in range(40)]
     for job_id in burst:

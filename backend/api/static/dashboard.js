@@ -115,16 +115,19 @@ function fillBody(table, rows, columns, emptyText) {
 function renderQueues(queues) {
   const table = $("queues");
   const pausable = queues.some((q) => q.paused !== undefined);
+  const rated = queues.some((q) => q.rate !== undefined);  // PUT /api/queues/{q}/rate (features.md)
   const head = el("tr", {}, el("th", { text: "queue" }),
                   ...STATES.map((s) => el("th", { class: "num", text: s.replace("_", " ") })),
-                  el("th", { class: "num", text: "total" }), ...(pausable ? [el("th", { text: "claiming" })] : []));
+                  el("th", { class: "num", text: "total" }), ...(rated ? [el("th", { text: "rate" })] : []),
+                  ...(pausable ? [el("th", { text: "claiming" })] : []));
   table.tHead.replaceChildren(head);
   const rows = queues.map((q) => el("tr", { "data-testid": "queue-" + q.name, "data-queue": q.name },
     el("td", {}, el("a", { href: "/?queue=" + encodeURIComponent(q.name), text: q.name })),
     ...STATES.map((s) => el("td", { class: "num", "data-state": s, text: String(q.counts[s] || 0) })),
     el("td", { class: "num", text: String(q.total) }),
+    ...(rated ? [el("td", { "data-testid": "rate-" + q.name, text: q.rate || "–" })] : []),
     ...(pausable ? [pauseCell(q)] : [])));
-  fillBody(table, rows, STATES.length + 2 + (pausable ? 1 : 0), "no queues yet: enqueue a job");
+  fillBody(table, rows, STATES.length + 2 + (rated ? 1 : 0) + (pausable ? 1 : 0), "no queues yet: enqueue a job");
 }
 
 // Pause / resume (POST /api/queues/{q}/pause|resume), when the API reports `paused`.
