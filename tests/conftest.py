@@ -7,11 +7,13 @@ import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from backend.workers.job_store import JobStore
 from backend.workers.redis_job_store import RedisJobStore
+from tests.feature_workers import Spawner
 from tests.redis_server import RedisServer, delete_keys, delete_prefix, in_ci
 
 
@@ -185,3 +187,17 @@ async def delete_cluster_prefix(url: str, prefix: str) -> int:
         return len(keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def worker_tasks() -> str:
+    """The BAGBOT_TASKS of the workers `spawner` starts; a test module overrides it for its own tasks."""
+    return "tests.tasks_features"
+
+
+@pytest.fixture
+def spawner(tmp_path: Path, redis_url: str, prefix: str, worker_tasks: str) -> Iterator[Spawner]:
+    """Real worker processes on the test server and prefix, all stopped at teardown."""
+    spawn = Spawner(tmp_path, redis_url, prefix, tasks=worker_tasks)
+    yield spawn
+    spawn.stop_all()

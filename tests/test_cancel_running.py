@@ -8,8 +8,6 @@ discarded) and reports running -> cancelled, fenced by its claim token. The job 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,13 +22,6 @@ pytestmark = [pytest.mark.redis_only]
 @pytest.fixture
 def store(redis_store: RedisJobStore) -> RedisJobStore:
     return redis_store
-
-
-@pytest.fixture
-def spawner(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Spawner]:
-    spawn = Spawner(tmp_path, redis_url, prefix)
-    yield spawn
-    spawn.stop_all()
 
 
 def events_of(spawner: Spawner, job_id: str) -> list[str]:

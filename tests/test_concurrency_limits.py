@@ -7,9 +7,6 @@ once across every worker. (tests/test_limits.py is about payload and memory limi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from backend.workers.models import JobSpec
@@ -24,13 +21,6 @@ pytestmark = [pytest.mark.redis_only]
 @pytest.fixture
 def store(redis_store: RedisJobStore) -> RedisJobStore:
     return redis_store
-
-
-@pytest.fixture
-def spawner(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Spawner]:
-    spawn = Spawner(tmp_path, redis_url, prefix)
-    yield spawn
-    spawn.stop_all()
 
 
 async def test_limits_are_never_exceeded_across_workers(

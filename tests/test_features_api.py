@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +90,8 @@ def store(redis_store: RedisJobStore) -> RedisJobStore:
 
 
 @pytest.fixture
-def spawner(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Spawner]:
-    spawn = Spawner(tmp_path, redis_url, prefix, tasks="tests.tasks_features,tests.tasks_periodic")
-    yield spawn
-    spawn.stop_all()
+def worker_tasks() -> str:
+    return "tests.tasks_features,tests.tasks_periodic"
 
 
 def bagbot(redis_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:

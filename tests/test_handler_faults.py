@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -43,10 +41,8 @@ def store(redis_store: RedisJobStore) -> RedisJobStore:
 
 
 @pytest.fixture
-def spawner(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Spawner]:
-    spawn = Spawner(tmp_path, redis_url, prefix, tasks="tests.tasks_faults")
-    yield spawn
-    spawn.stop_all()
+def worker_tasks() -> str:
+    return "tests.tasks_faults"
 
 
 async def heartbeat_of(store: RedisJobStore, worker_pid: int) -> float:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -135,10 +134,8 @@ def store(redis_store: RedisJobStore) -> RedisJobStore:
 
 
 @pytest.fixture
-def spawner(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Spawner]:
-    spawn = Spawner(tmp_path, redis_url, prefix, tasks="tests.tasks_periodic")
-    yield spawn
-    spawn.stop_all()
+def worker_tasks() -> str:
+    return "tests.tasks_periodic"
 
 
 @pytest.mark.redis_only

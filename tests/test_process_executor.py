@@ -8,7 +8,6 @@ takes its children with it; errors, progress and results cross the process bound
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,8 @@ def store(redis_store: RedisJobStore) -> RedisJobStore:
 
 
 @pytest.fixture
-def spawner(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Spawner]:
-    spawn = Spawner(tmp_path, redis_url, prefix, tasks="tests.tasks_faults")
-    yield spawn
-    spawn.stop_all()
+def worker_tasks() -> str:
+    return "tests.tasks_faults"
 
 
 def alive(pid: int) -> bool:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,13 +21,6 @@ pytestmark = [pytest.mark.redis_only]
 @pytest.fixture
 def store(redis_store: RedisJobStore) -> RedisJobStore:
     return redis_store
-
-
-@pytest.fixture
-def spawner(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Spawner]:
-    spawn = Spawner(tmp_path, redis_url, prefix)
-    yield spawn
-    spawn.stop_all()
 
 
 @pytest.mark.parametrize("handler", ["features.progress_async", "features.progress_sync"])

@@ -10,8 +10,6 @@ were not held back.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,13 +26,6 @@ EPS = 0.002
 @pytest.fixture
 def store(redis_store: RedisJobStore) -> RedisJobStore:
     return redis_store
-
-
-@pytest.fixture
-def spawner(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Spawner]:
-    spawn = Spawner(tmp_path, redis_url, prefix)
-    yield spawn
-    spawn.stop_all()
 
 
 def slot(job: Job) -> float:
