@@ -26,7 +26,7 @@ from backend.workers.models import JobSpec
 from backend.workers.redis_job_store import RedisJobStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.redis_server import RedisServer
+from tests.redis_server import given_or_private_redis
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,19 +74,11 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     opts = parser.parse_args()
-    server = None
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        server = RedisServer().start()
-        url = server.url
-    try:
+    with given_or_private_redis() as url:
         for _ in range(opts.runs):
             worker, redis, rate = await one_run(url, opts.jobs, opts.concurrency)
             print(f"worker CPU {worker:.0f} µs/job  Redis CPU {redis:.0f} µs/job  drain {rate:,.0f} jobs/s",
                   flush=True)
-    finally:
-        if server is not None:
-            server.cleanup()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from backend.workers.models import Job, JobSpec  # noqa: E402
 from backend.workers.rates import parse_rate  # noqa: E402
 from backend.workers.redis_job_store import RedisJobStore  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.redis_server import given_or_private_redis  # noqa: E402
 
 
 def start_worker(url: str, prefix: str, concurrency: int) -> subprocess.Popen[bytes]:
@@ -125,21 +125,13 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--modes", default="queue,key,handler")
     opts = parser.parse_args()
-    server = None
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        server = RedisServer().start()
-        url = server.url
-    try:
+    with given_or_private_redis() as url:
         print(f"limit {opts.rate}, {opts.jobs} bagbot.noop jobs as one backlog, {opts.workers} worker "
               f"processes x {opts.concurrency}")
         for mode in opts.modes.split(","):
             result = await run_mode(url, mode, opts.rate, opts.jobs, opts.workers, opts.concurrency)
             print(f"{mode:8s} " + "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in result.items()), flush=True)
-    finally:
-        if server is not None:
-            server.cleanup()
 
 
 if __name__ == "__main__":
