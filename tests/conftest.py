@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -15,6 +16,7 @@ from backend.workers.job_store import JobStore
 from backend.workers.redis_job_store import RedisJobStore
 from tests.feature_workers import Spawner
 from tests.redis_server import RedisServer, delete_keys, delete_prefix, in_ci
+from tests.tcp_proxy import TcpProxy
 
 
 @pytest.fixture(scope="session")
@@ -201,3 +203,12 @@ def spawner(tmp_path: Path, redis_url: str, prefix: str, worker_tasks: str) -> I
     spawn = Spawner(tmp_path, redis_url, prefix, tasks=worker_tasks)
     yield spawn
     spawn.stop_all()
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the test server: a test cuts, stalls or drops its traffic."""
+    target = urlparse(redis_url)
+    p = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    yield p
+    p.close()

@@ -8,9 +8,6 @@ re-sending the command, the re-sent batch finds its jobs already moved and leave
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from urllib.parse import urlparse
-
 import pytest
 
 from backend.workers.bulk import BulkFilter
@@ -21,14 +18,6 @@ from tests.tcp_proxy import TcpProxy
 from tests.test_network_faults import arm, proxied_store
 
 pytestmark = [pytest.mark.redis_only]
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[TcpProxy]:
-    target = urlparse(redis_url)
-    p = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
-    yield p
-    p.close()
 
 
 async def cancelled_jobs(store: RedisJobStore, n: int) -> list[str]:

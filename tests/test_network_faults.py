@@ -16,7 +16,6 @@ import contextlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import redis.asyncio as aioredis
@@ -32,14 +31,6 @@ from tests.tcp_proxy import TcpProxy
 from tests.worker_procs import WorkerProcess, eventually, read_records, worker_env
 
 pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[TcpProxy]:
-    target = urlparse(redis_url)
-    p = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
-    yield p
-    p.close()
 
 
 @pytest.fixture
