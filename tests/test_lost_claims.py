@@ -169,7 +169,7 @@ async def test_a_lost_claim_frees_its_concurrency_slot(store: JobStore) -> None:
     assert then.id == second.id and then.attempts == 1
 
 
-@pytest.mark.parametrize(("field", "value"), [("lc", "-100"), ("lc", "abc"), ("lc", "1e400"), ("cf", "x")])
+@pytest.mark.parametrize(("field", "value"), [("lc", "-100"), ("lc", "abc"), ("lc", "1e400")])
 async def test_a_hostile_lost_claim_count_or_mark_is_charged(store: JobStore, field: str, value: str) -> None:
     """A hand-edited count cannot buy a job endless free rounds: anything but a count in [0, cap) is
     charged, as an expiry was before lost claims were told apart."""
@@ -182,6 +182,57 @@ async def test_a_hostile_lost_claim_count_or_mark_is_charged(store: JobStore, fi
     failed = await get(store, job.id)
     assert failed.state is JobState.FAILED and failed.attempts == 1
     assert failed.last_error is not None and failed.last_error.type == "LeaseExpired"
+
+
+@pytest.mark.parametrize("mark", ["x", "", "0"])
+async def test_a_hostile_unconfirmed_mark_is_charged(store: JobStore, mark: str) -> None:
+    """The claim call's unconfirmed:<nonce> key says '1' (or 'lost' once recovery met one of its claims):
+    any other value is not trusted, and the expiry is charged."""
+    assert isinstance(store, RedisJobStore)
+    job = await store.enqueue(JobSpec("t.job", max_attempts=1))
+    lost = await lose_claim(store)
+    assert lost.token is not None
+    nonce = lost.token.rsplit(".", 1)[0]
+    await store.redis.set(store.keys.queue("default").unconfirmed_prefix + nonce, mark)
+    await asyncio.sleep(PAST_LEASE)
+    assert await store.recover() == 1
+    failed = await get(store, job.id)
+    assert failed.state is JobState.FAILED and failed.attempts == 1
+
+
+async def test_the_batch_confirm_confirms_every_claim_of_the_call(store: JobStore) -> None:
+    """One confirm for a claim call (the worker's: Leases.confirm) and none of its claims is given back."""
+    jobs = [await store.enqueue(JobSpec("t.job", max_attempts=1)) for _ in range(3)]
+    claimed = await store.claim("w", ["default"], 3, LEASE)
+    assert {job.id for job in claimed} == {job.id for job in jobs}
+    assert await store.confirm([claim_of(job) for job in claimed]) == []
+    again = await store.confirm([claim_of(job) for job in claimed])
+    assert again == [], "a re-sent confirm finds them current"
+    await asyncio.sleep(PAST_LEASE)
+    assert await store.recover() == 3
+    for job in jobs:
+        failed = await get(store, job.id)
+        assert failed.state is JobState.FAILED and failed.attempts == 1, "confirmed: charged"
+
+
+async def test_a_confirm_after_one_claim_of_the_call_was_recovered_names_it_stale(store: JobStore) -> None:
+    """Recovery met a claim of the call before the confirm landed: the confirm checks each claim, so the
+    given-back one is stale (its handler never starts) and the others are confirmed."""
+    assert isinstance(store, RedisJobStore)
+    first = await store.enqueue(JobSpec("t.job", max_attempts=1))
+    second = await store.enqueue(JobSpec("t.job", max_attempts=1))
+    claimed = await store.claim("w", ["default"], 2, LEASE)
+    by_id = {job.id: job for job in claimed}
+    # the first's lease is pushed far out by hand: only the second expires
+    await store.redis.zadd(store.keys.queue("default").running, {first.id: 2**52})
+    await asyncio.sleep(PAST_LEASE)
+    assert await store.recover() == 1
+    assert (await get(store, second.id)).state is JobState.ENQUEUED
+    stale = await store.confirm([claim_of(by_id[first.id]), claim_of(by_id[second.id])])
+    assert stale == [claim_of(by_id[second.id])]
+    await store.redis.zadd(store.keys.queue("default").running, {first.id: 0})
+    assert await store.recover() == 1
+    assert (await get(store, first.id)).state is JobState.FAILED, "the first was confirmed: charged"
 
 
 async def test_a_lost_claim_in_a_paused_queue_waits_there_for_the_resume(store: JobStore) -> None:

@@ -245,13 +245,13 @@ async def test_a_worker_whose_claim_reply_is_lost_runs_the_job_once_at_attempt_1
 async def test_a_worker_killed_before_its_confirm_is_not_charged_until_the_cap(
     proxy: TcpProxy, store: RedisJobStore, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
-    """Every confirm (an extend) is lost on the way, so each worker that claims the job holds it
+    """Every confirm (the confirm script) is lost on the way, so each worker that claims the job holds it
     unconfirmed, does not start its handler, and is SIGKILLed so. Each expiry is given back uncounted,
     LOST_CLAIM_CAP times; the next one is charged, so the max_attempts=1 job ends `failed` after
     LOST_CLAIM_CAP + 1 claims instead of going round for ever, and no handler ever started."""
     record = tmp_path / "record.txt"
     job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
-    proxy.drop_request(str(store._scripts["extend"].sha).encode(), count=1_000)
+    proxy.drop_request(str(store._scripts["confirm"].sha).encode(), count=1_000)
     claimed_by: list[int] = []
     while True:
         worker = WorkerProcess(tmp_path, f"worker-{len(workers)}", worker_env(proxy.url(), prefix, record))
@@ -291,7 +291,7 @@ async def test_a_confirm_lost_on_the_way_is_sent_again_before_the_handler_starts
     re-sends the confirm with backoff, and runs the job once it landed: done, attempt 1, once."""
     record = tmp_path / "record.txt"
     job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
-    proxy.drop_request(str(store._scripts["extend"].sha).encode(), count=3)
+    proxy.drop_request(str(store._scripts["confirm"].sha).encode(), count=3)
     worker = WorkerProcess(tmp_path, "worker", worker_env(proxy.url(), prefix, record))
     workers.append(worker)
     got = await finished(store, job.id, 60)
@@ -310,7 +310,7 @@ async def test_a_worker_stopped_before_its_confirm_landed_starts_nothing_and_cos
     stays unconfirmed, so when its lease expires the job goes back uncounted and runs once elsewhere."""
     record = tmp_path / "record.txt"
     job = await store.enqueue(JobSpec("tests.record", max_attempts=1))
-    proxy.drop_request(str(store._scripts["extend"].sha).encode(), count=1_000)
+    proxy.drop_request(str(store._scripts["confirm"].sha).encode(), count=1_000)
     stuck = WorkerProcess(tmp_path, "stuck", worker_env(proxy.url(), prefix, record))
     workers.append(stuck)
     await stuck.wait_for_log("op=confirm")

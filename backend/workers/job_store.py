@@ -268,6 +268,12 @@ class JobStore(ABC):
         longer current (their handlers should stop)."""
 
     @abstractmethod
+    async def confirm(self, claims: Sequence[Claim]) -> list[Claim]:
+        """Say these claims reached their worker (sent before any of their handlers starts): their
+        expiry is then a charged run. Cheaper than `extend`, which confirms too, and fenced the same
+        way. Returns the claims that are no longer current (their handlers must not start)."""
+
+    @abstractmethod
     async def release(self, claims: Sequence[Claim]) -> int:
         """Give running jobs back (worker shutdown): `enqueued` again, the attempt
         not counted. Stale claims are skipped. Returns how many were released."""

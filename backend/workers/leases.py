@@ -140,7 +140,7 @@ class Leases:
         """Tell the store these claims arrived, before any of their handlers starts: an expiry is then
         a charged run (LeaseExpired), while a claim never confirmed (its reply was lost) is given back
         uncounted. So a handler never starts on an unconfirmed claim: through an outage the confirm
-        (one extend for the batch, which also keeps the leases) is re-sent with backoff until it lands.
+        (one call for the batch) is re-sent with backoff until it lands.
         Returns the jobs to start: not those whose claim is gone meanwhile, none if the worker stops
         first (their claims stay unconfirmed: they are given back, uncounted, when the leases expire)."""
         if not jobs:
@@ -149,7 +149,7 @@ class Leases:
         backoff = ReconnectBackoff(cap=min(5.0, self.settings.heartbeat_seconds))
         while True:
             try:
-                stale = set(await self.store.extend(claims, self.lease))
+                stale = set(await self.store.confirm(claims))
                 break
             except OUTAGE_ERRORS as exc:
                 self.state.outage.failed("confirm", exc)

@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -38,6 +38,7 @@ from backend.workers.models import (
 from backend.workers.redis import script_args as sa
 from backend.workers.redis import scripts as sc
 from backend.workers.redis.batching import EnqueueBatcher
+from backend.workers.redis.claiming import Claiming
 from backend.workers.redis.codec import (
     job_from_hash,
     queue_metrics,
@@ -49,7 +50,6 @@ from backend.workers.redis.errors import mapped_errors
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.operations import QueueOperations
 from backend.workers.redis.per_queue import (
-    FirstFailure,
     QueueWarnings,
     extend_each_queue,
     group_claims,
@@ -61,20 +61,18 @@ from backend.workers.redis.reads import Reads
 from backend.workers.redis.reset import ResetWatcher
 from backend.workers.redis.tidy import tidy
 from backend.workers.redis.worker_codec import worker_fields, worker_from_hash
-from backend.workers.rules import new_job_id
 
 ENQUEUE_BATCH = 500  # jobs per enqueue script call: keeps each script short for other clients
-HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
 PRECISE_WAIT_BELOW = 1.0  # seconds: shorter waits for work end on a local timer (see wait_for_jobs)
 
 A = TypeVar("A", bound=tuple[Any, ...])
 R = TypeVar("R")
 
 
-class RedisJobStore(QueueOperations, QueueRates, Declarations, JobStore):
-    """JobStore on one Redis server (or cluster slot per queue). Owns its client. Bulk retry/cancel,
-    purge and pause/resume: redis/operations.py; rate settings: redis/rates.py; worker declarations:
-    redis/declarations.py."""
+class RedisJobStore(Claiming, QueueOperations, QueueRates, Declarations, JobStore):
+    """JobStore on one Redis server (or cluster slot per queue). Owns its client. Claiming and
+    confirming: redis/claiming.py; bulk retry/cancel, purge and pause/resume: redis/operations.py;
+    rate settings: redis/rates.py; worker declarations: redis/declarations.py."""
 
     backend = "redis"
 
@@ -200,34 +198,6 @@ class RedisJobStore(QueueOperations, QueueRates, Declarations, JobStore):
         return sorted(members)
 
     # -- workers' side ---------------------------------------------------------
-
-    async def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
-    ) -> list[Job]:
-        claimed: list[Job] = []
-        failure = FirstFailure(self._queue_warnings, "claim")
-        for queue in queues:
-            wanted = limit - len(claimed)
-            if wanted <= 0:
-                break
-            args = sa.ClaimArgs(worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT,
-                                random.random(), new_job_id()[:16])
-            with failure.step(queue):
-                rows = await tried_twice(self.cluster, self._call, sc.CLAIM, self.keys.queue(queue), args)
-                claimed.extend(await self._readable(queue, [job_from_hash(row) for row in rows]))
-        failure.settle(bool(claimed))  # healthy queues' jobs are returned, failed queues logged: per_queue.py
-        return claimed
-
-    async def _readable(self, queue: str, jobs: list[Job]) -> list[Job]:
-        """The claimed jobs whose records could be read; the others are set aside (failed), so a
-        corrupt record is never run with a changed value and never fails the rest of the batch."""
-        for job in jobs:
-            if job.unreadable:
-                field, value = next(iter(job.unreadable.items()))
-                args = sa.SetAsideArgs(job.id, job.token or "", field, value)
-                with suppress(Exception):  # not set aside now: its lease expires, it is recovered
-                    await self._call(sc.SETASIDE, self.keys.queue(queue), args)
-        return [job for job in jobs if not job.unreadable]
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         timeout = min(timeout, MAX_BLOCK_SECONDS)

@@ -63,6 +63,7 @@ class QueueKeys:
     hpolicy: str
     handlers: str
     deps_prefix: str
+    unconfirmed_prefix: str
     rate_prefix: str
     hrates: str
     qrate: str
@@ -113,6 +114,7 @@ def _queue_keys(prefix: str, queue: str) -> QueueKeys:
         hpolicy=base + "hpolicy",
         handlers=base + "handlers",
         deps_prefix=base + "deps:",
+        unconfirmed_prefix=base + "unconfirmed:",
         rate_prefix=base + "rate:",
         hrates=base + "hrates",
         qrate=base + "qrate",

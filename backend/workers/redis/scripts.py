@@ -28,6 +28,7 @@ from backend.workers.job_store import (
     UniqueKeyHeldError,
 )
 from backend.workers.models import Job, JobSpec, JobState
+from backend.workers.redis.claim_codec import CLAIM_FIELDS, CLAIM_WRITES
 from backend.workers.redis.codec import job_from_hash, new_job, pairs_to_dict
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.script_args import (
@@ -151,8 +152,12 @@ def _one_enqueued(reply: Any) -> Enqueued:
     return Enqueued(False, existing=pairs_to_dict(reply[1]))
 
 
-def _claimed(raw: Any, args: ClaimArgs) -> list[dict[str, str]]:
-    return [pairs_to_dict(before) | pairs_to_dict(changes) for before, changes in raw]
+def _claimed(raw: Any, args: ClaimArgs) -> list[list[Any]]:
+    return list(raw)  # rows of CLAIM_FIELDS values: claim_codec.claimed_job decodes each
+
+
+def _positions(raw: Any, args: Any) -> frozenset[int]:  # 1-based positions -> 0-based
+    return frozenset(int(i) - 1 for i in raw)
 
 
 def _finished(raw: Any, args: FinishArgs) -> list[JobState | None]:  # a set-aside run (CORRUPT) failed
@@ -215,6 +220,8 @@ class Script(Generic[A, R]):
     parse: Callable[[Any, A], R]
     item: type[tuple[Any, ...]] | None = None  # the record type of `args.items`
     registry: bool = False  # keys from RedisKeys, no lib.lua
+    fields: tuple[str, ...] = ()  # hash fields the script reads by position: FIELDS and F (name -> index)
+    unread: int = 0  # how many of the last `fields` it writes without reading (FIELDS_READ: the others)
 
     def key_values(self, holder: QueueKeys | RedisKeys) -> list[str]:
         return [getattr(holder, key) for key in self.keys]
@@ -243,6 +250,9 @@ def prelude(script: Script[Any, Any]) -> str:
         f"local HISTORY_MINUTES = {HISTORY_MINUTES}",
         f"local LOST_CLAIM_CAP = {LOST_CLAIM_CAP}",
         f"local CODE = {{{codes}}}",
+        f"local FIELDS = {{{', '.join(repr(name) for name in script.fields)}}}",
+        f"local F = {{{', '.join(f'{name} = {i}' for i, name in enumerate(script.fields, 1))}}}",
+        f"local FIELDS_READ = {len(script.fields) - script.unread}",
         "",
     ])
 
@@ -254,16 +264,18 @@ ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "
                              "wake", "seq", "hpolicy", "history", "deps_prefix"), EnqueueArgs, _enqueued,
                  EnqueueItem)
 CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "hpolicy",
-                         "history", "deps_prefix", "rate_prefix", "hrates", "qrate"), ClaimArgs, _claimed)
+                         "history", "deps_prefix", "rate_prefix", "hrates", "qrate", "unconfirmed_prefix"),
+               ClaimArgs, _claimed, fields=CLAIM_FIELDS, unread=len(CLAIM_WRITES))
 FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "handlers", "history", "seq",
                            "deps_prefix"),
                 FinishArgs, _finished, FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
+CONFIRM = Script("confirm", ("job_prefix", "unconfirmed_prefix"), ReleaseArgs, _positions, ClaimRef)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
 RECOVER = Script("recover", ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique",
                              "stats", "wake", "limit_prefix", "parked", "events", "history", "seq",
-                             "deps_prefix"), RecoverArgs, _count)
+                             "deps_prefix", "unconfirmed_prefix"), RecoverArgs, _count)
 PROMOTE = Script("promote", ("job_prefix", "ready", "waiting", "state_prefix", "wake", "seq"),
                  LimitArgs, _count)
 _CANCEL_KEYS = ("job_prefix", "ready", "waiting", "state_prefix", "unique", "limit_prefix", "parked",
@@ -292,7 +304,7 @@ WORKERS = Script("workers", ("registry", "worker_prefix"), WorkersArgs, _workers
 
 SCRIPTS: dict[str, Script[Any, Any]] = {
     script.name: script
-    for script in (ENQUEUE, CLAIM, FINISH, EXTEND, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY, SETASIDE, PURGE,
-                   TIDY, WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS, CANCEL_MANY, RETRY_MANY, PAUSE,
-                   ADVERTISE)
+    for script in (ENQUEUE, CLAIM, FINISH, EXTEND, CONFIRM, RELEASE, RECOVER, PROMOTE, CANCEL, RETRY,
+                   SETASIDE, PURGE, TIDY, WAKEUP, PROGRESS, UNPARK, HEARTBEAT, WORKERS, CANCEL_MANY,
+                   RETRY_MANY, PAUSE, ADVERTISE)
 }

@@ -1,6 +1,6 @@
 -- claim.lua: promote due jobs, recover expired leases, then claim up to `limit` ready jobs:
--- enqueued -> running, attempts += 1, a fresh token, lease until now + lease, unconfirmed (cf = 0:
--- the worker confirms it with extend; see give_back_lost in lib.lua).
+-- enqueued -> running, attempts += 1, a fresh token "<nonce>.<n>", lease until now + lease, unconfirmed
+-- (see give_back_lost in lib.lua).
 -- Concurrency limits: a job with a limit key (its own limit_key/limit, or its handler's limit
 -- from the handler-limits hash) whose key already has `limit` running jobs is not claimed but
 -- parked (wait:<key> and parked zsets, keeping its ready score) until a slot frees (free_slot).
@@ -14,10 +14,14 @@
 --    KEYS[3] waiting  KEYS[4] running  KEYS[5] state_prefix  KEYS[6] unique  KEYS[7] stats
 --    KEYS[8] wake  KEYS[9] seq  KEYS[10] limit_prefix  KEYS[11] parked  KEYS[12] hlimits
 --    KEYS[13] events  KEYS[14] paused  KEYS[15] hpolicy  KEYS[16] history  KEYS[17] deps_prefix
---    KEYS[18] rate_prefix  KEYS[19] hrates  KEYS[20] qrate
+--    KEYS[18] rate_prefix  KEYS[19] hrates  KEYS[20] qrate  KEYS[21] unconfirmed_prefix
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
--- Returns per claimed job {HGETALL before the claim, the fields the claim changed}.
+-- Returns per claimed job the values of FIELDS (claim_codec.CLAIM_FIELDS) after the claim, in that order
+-- (one HMGET of all but the fields it writes, CLAIM_WRITES; never the whole hash); a job with parents also gets its
+-- whole hash, after them.
+-- The claim is unconfirmed until the worker says it arrived (confirm.lua): the key
+-- unconfirmed:<nonce> marks this call's claims so (see give_back_lost in lib.lua).
 local worker, limit, lease_us = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us()
 promote_due(now, tonumber(ARGV[4]))
@@ -28,6 +32,8 @@ if redis.call('EXISTS', K.paused) == 1 then -- paused (pause.lua): housekeeping 
   return {}
 end
 local out = {}
+local n = 0 -- jobs claimed
+local NUMERIC = {'priority', 'max_attempts', 'attempts', 'lm', 'rs'}
 if limit > 0 then
   -- one call per claim (not per job); empty unless some worker declared a handler limit
   local hl = redis.call('HGETALL', K.hlimits)
@@ -40,7 +46,6 @@ if limit > 0 then
   for j = 1, #hr, 2 do hrates[hr[j]] = rate_interval(hr[j + 1]) end
   local qrate = rate_interval(redis.call('GET', K.qrate))
   local lease_until = now + lease_us
-  local n = 0
   for _ = 1, 20 do -- parked jobs make room for more pops; bounded so one call stays short
     if #out >= limit then break end
     local wanted = limit - #out
@@ -49,40 +54,23 @@ if limit > 0 then
     for i = 1, #popped, 2 do
       local id = popped[i]
       local jobkey = K.job_prefix .. id
-      local job = redis.call('HGETALL', jobkey)
-      local raw_attempts, name, lk, raw_lm, oldlkey, ev, state, ukey = nil, nil, nil, nil, nil, nil, nil, nil
-      local bad, value, ma_def, bo_def = nil, nil, nil, nil
-      local rk, rr, rs, run_at = nil, nil, nil, nil
-      for j = 1, #job, 2 do
-        local f = job[j]
-        if f == 'priority' or f == 'max_attempts' or f == 'attempts' or f == 'lm' or f == 'rs' then
-          -- numbers this script, finish and release convert: checked before any write for the job
-          local v = job[j + 1]
-          if v ~= '' and tonumber(v) == nil then bad, value = f, v end
-        end
-        if f == 'attempts' then raw_attempts = job[j + 1]
-        elseif f == 'name' then name = job[j + 1]
-        elseif f == 'lk' then lk = job[j + 1]
-        elseif f == 'lm' then raw_lm = job[j + 1]
-        elseif f == 'lkey' then oldlkey = job[j + 1]
-        elseif f == 'ev' then ev = job[j + 1]
-        elseif f == 'state' then state = job[j + 1]
-        elseif f == 'unique_key' then ukey = job[j + 1]
-        elseif f == 'ma_def' then ma_def = job[j + 1]
-        elseif f == 'bo_def' then bo_def = job[j + 1]
-        elseif f == 'rk' then rk = job[j + 1]
-        elseif f == 'rr' then rr = job[j + 1]
-        elseif f == 'rs' then rs = job[j + 1]
-        elseif f == 'run_at' then run_at = job[j + 1] end
+      local f = redis.call('HMGET', jobkey, unpack(FIELDS, 1, FIELDS_READ)) -- not those it writes
+      local name, state, lk, oldlkey, ev, ukey = f[F.name], f[F.state], f[F.lk], f[F.lkey], f[F.ev], f[F.unique_key]
+      local ma_def, bo_def, rk, rr, rs, run_at = f[F.ma_def], f[F.bo_def], f[F.rk], f[F.rr], f[F.rs], f[F.run_at]
+      local bad, value = nil, nil
+      for _, k in ipairs(NUMERIC) do -- numbers this script, finish and release convert
+        local v = f[F[k]]
+        if v and v ~= '' and tonumber(v) == nil then bad, value = k, v end
       end
       if rk == '' then rk = nil end
       if rk and not rate_interval(rr) then bad, value = 'rr', rr or '' end
       -- check before the first write for this job (see set_aside in lib.lua)
-      local attempts, lm = tonumber(raw_attempts or 0) or 0, tonumber(raw_lm)
+      local attempts, lm = tonumber(f[F.attempts] or 0) or 0, tonumber(f[F.lm])
       if not name or name == '' then bad, value = 'name', '' end
       if not state or KNOWN_STATES[state] == nil then bad, value = 'state', state or '' end
-      if #job == 0 then bad = nil end
-      local skip = #job == 0 or (state ~= 'enqueued' and not bad) -- gone, or a stale ready entry
+      local gone = not state and redis.call('EXISTS', jobkey) == 0
+      if gone then bad = nil end
+      local skip = gone or (state ~= 'enqueued' and not bad) -- gone, or a stale ready entry
       if bad or skip then parked_now = parked_now + 1 end -- room for another pop, as for parked jobs
       if bad then set_aside(id, jobkey, state, now, corrupt_error(bad, value), oldlkey, ev, ukey) end
       if (not lk or lk == '') and name and hlimits[name] then lk, lm = 'h:' .. name, hlimits[name] end
@@ -120,7 +108,13 @@ if limit > 0 then
         n = n + 1
         local token = ARGV[6] .. '.' .. string.format('%d', n)
         local changes = {'state', 'running', 'attempts', attempts + 1, 'started_at', now, 'worker', worker,
-          'token', token, 'lease_until', lease_until, 'state_at', now, 'finished_at', '', 'cf', 0}
+          'token', token, 'lease_until', lease_until, 'state_at', now}
+        f[F.id], f[F.state], f[F.attempts], f[F.started_at], f[F.worker], f[F.token], f[F.lease_until] =
+          id, 'running', attempts + 1, now, worker, token, lease_until
+        if f[F.finished_at] and f[F.finished_at] ~= '' then
+          changes[#changes + 1] = 'finished_at'
+          changes[#changes + 1] = ''
+        end
         if rs and rs ~= '' then
           changes[#changes + 1] = 'rs'
           changes[#changes + 1] = ''
@@ -131,12 +125,18 @@ if limit > 0 then
         end
         if ma_def == '1' or bo_def == '1' then
           if hpolicy[name] == nil then hpolicy[name] = redis.call('HGET', K.hpolicy, name) or false end
-          for _, v in ipairs(policy_fields(hpolicy[name] or nil, ma_def, bo_def)) do changes[#changes + 1] = v end
+          local pol = policy_fields(hpolicy[name] or nil, ma_def, bo_def)
+          for j = 1, #pol, 2 do
+            changes[#changes + 1] = pol[j]
+            changes[#changes + 1] = pol[j + 1]
+            f[F[pol[j]]] = pol[j + 1]
+          end
         end
         redis.call('HSET', jobkey, unpack(changes))
         redis.call('ZADD', K.running, lease_until, id)
         emit(ev, id, 'running')
-        out[#out + 1] = {job, changes}
+        if f[F.parents] then f[#FIELDS + 1] = redis.call('HGETALL', jobkey) end -- rare: its parents' outcomes
+        out[#out + 1] = f
       end
     end
     if parked_now == 0 or #popped < 2 * wanted then break end
@@ -147,6 +147,9 @@ if redis.call('ZCARD', K.ready) > 0 then
   if redis.call('LLEN', K.wake) == 0 then redis.call('RPUSH', K.wake, 1) end
 else
   redis.call('DEL', K.wake)
+end
+if n > 0 then -- outlives the leases it covers, so lease recovery can still tell them apart
+  redis.call('SET', K.unconfirmed_prefix .. ARGV[6], '1', 'PX', math.floor(lease_us / 1000) * 2 + 600000)
 end
 flush_stats()
 return out

@@ -364,18 +364,27 @@ local function promote_due(now, limit)
   return #ids
 end
 
--- An expired claim its worker never confirmed (cf = 0: claim.lua wrote it, no extend came; the claim
--- reply was lost, or the worker died before it could confirm) was never run: running -> enqueued,
--- the attempt not counted, back in its place in the ready order. At most LOST_CLAIM_CAP times per job
--- (field lc), so a job that kills its worker before the confirm still ends. A cancel requested
--- meanwhile cancels it. False: charge it instead.
+-- An expired claim its worker never confirmed was never run: running -> enqueued, the attempt not
+-- counted, back in its place in the ready order. A claim is confirmed when its job's cf holds its
+-- token (a per-claim confirm or a heartbeat's extend wrote it) or when the key unconfirmed:<nonce> of
+-- its claim call is gone (confirm.lua deleted it: every claim of the call arrived; or it expired, long
+-- after the lease: then charged, as before lost claims were told apart). The claim reply was lost, or
+-- the worker died before it could confirm. At most LOST_CLAIM_CAP times per job (field lc), so a job
+-- that kills its worker before the confirm still ends. A cancel requested meanwhile cancels it.
+-- Either way the call's key is marked 'lost' (confirm.lua then checks each of its claims). False:
+-- charge it instead.
 local function give_back_lost(id, jobkey, now)
   local f = redis.call('HMGET', jobkey, 'cf', 'lc', 'attempts', 'priority', 'seq', 'lkey', 'ev',
-    'cancel_req')
+    'cancel_req', 'token')
+  local nonce = string.match(f[9] or '', '^(.+)%.%d+$')
+  local mark = nonce and K.unconfirmed_prefix .. nonce
+  local was = mark and redis.call('GET', mark)
+  if was ~= '1' and was ~= 'lost' then return false end -- confirmed, lapsed, or a hand edit: charged
+  redis.call('SET', mark, 'lost', 'KEEPTTL')
+  if f[1] == f[9] then return false end
   local lost, attempts = tonumber(f[2] or 0), tonumber(f[3])
-  if f[1] ~= '0' or not lost or lost < 0 or lost >= LOST_CLAIM_CAP or not attempts then return false end
-  local fields = {'worker', '', 'started_at', '', 'attempts', math.max(0, attempts - 1), 'lc', lost + 1,
-    'cf', ''}
+  if not lost or lost < 0 or lost >= LOST_CLAIM_CAP or not attempts then return false end
+  local fields = {'worker', '', 'started_at', '', 'attempts', math.max(0, attempts - 1), 'lc', lost + 1}
   if f[8] == '1' then
     fields[#fields + 1] = 'finished_at'
     fields[#fields + 1] = now
