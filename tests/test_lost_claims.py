@@ -205,8 +205,8 @@ async def test_the_batch_confirm_confirms_every_claim_of_the_call(store: JobStor
     jobs = [await store.enqueue(JobSpec("t.job", max_attempts=1)) for _ in range(3)]
     claimed = await store.claim("w", ["default"], 3, LEASE)
     assert {job.id for job in claimed} == {job.id for job in jobs}
-    assert await store.confirm([claim_of(job) for job in claimed]) == []
-    again = await store.confirm([claim_of(job) for job in claimed])
+    assert await store.confirm([claim_of(job) for job in claimed], LEASE) == []
+    again = await store.confirm([claim_of(job) for job in claimed], LEASE)
     assert again == [], "a re-sent confirm finds them current"
     await asyncio.sleep(PAST_LEASE)
     assert await store.recover() == 3
@@ -228,7 +228,7 @@ async def test_a_confirm_after_one_claim_of_the_call_was_recovered_names_it_stal
     await asyncio.sleep(PAST_LEASE)
     assert await store.recover() == 1
     assert (await get(store, second.id)).state is JobState.ENQUEUED
-    stale = await store.confirm([claim_of(by_id[first.id]), claim_of(by_id[second.id])])
+    stale = await store.confirm([claim_of(by_id[first.id]), claim_of(by_id[second.id])], LEASE)
     assert stale == [claim_of(by_id[second.id])]
     await store.redis.zadd(store.keys.queue("default").running, {first.id: 0})
     assert await store.recover() == 1

@@ -254,7 +254,7 @@ async def test_a_gone_redis_raises_only_store_unavailable() -> None:
         "next_wakeup": lambda: store.next_wakeup(["default"]),
         "finish": lambda: store.finish([Completion(claim, 0.1)]),
         "extend": lambda: store.extend([claim], 30),
-        "confirm": lambda: store.confirm([claim]),
+        "confirm": lambda: store.confirm([claim], 30),
         "progress": lambda: store.progress(claim, 0.5),
         "server_time": store.server_time,
         "set_handler_limits": lambda: store.set_handler_limits("default", {"x": 1}),

@@ -268,10 +268,11 @@ class JobStore(ABC):
         longer current (their handlers should stop)."""
 
     @abstractmethod
-    async def confirm(self, claims: Sequence[Claim]) -> list[Claim]:
+    async def confirm(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
         """Say these claims reached their worker (sent before any of their handlers starts): their
-        expiry is then a charged run. Cheaper than `extend`, which confirms too, and fenced the same
-        way. Returns the claims that are no longer current (their handlers must not start)."""
+        expiry is then a charged run. Cheaper than `extend`, which confirms too (a store may fall back
+        on it, with `lease_seconds`), and fenced the same way. Returns the claims that are no longer
+        current (their handlers must not start)."""
 
     @abstractmethod
     async def release(self, claims: Sequence[Claim]) -> int:

@@ -149,7 +149,7 @@ class Leases:
         backoff = ReconnectBackoff(cap=min(5.0, self.settings.heartbeat_seconds))
         while True:
             try:
-                stale = set(await self.store.confirm(claims))
+                stale = set(await self.store.confirm(claims, self.lease))
                 break
             except OUTAGE_ERRORS as exc:
                 self.state.outage.failed("confirm", exc)

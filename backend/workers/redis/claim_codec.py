@@ -15,16 +15,18 @@ from typing import Any
 
 from backend.workers.models import Job, JobState
 from backend.workers.redis.codec import job_from_hash, pairs_to_dict
-from backend.workers.rules import Backoff, loads
+from backend.workers.rules import loads
 
 # Order is the wire format between claim.lua (FIELDS / F in its prelude) and `claimed_job`. The
 # script reads every field but the last few (CLAIM_WRITES: it writes those, so it need not read
-# them); the fields from `lkey` to `finished_at` are for its own decisions and not decoded here.
+# them); the fields from `lkey` to `rs` are for its own decisions and not decoded here. The job's own
+# backoff is not read: a worker never uses it (finish.lua reads it from the hash), so a claimed Job
+# shows the default.
 CLAIM_WRITES = ("id", "started_at", "worker", "token", "lease_until")
 CLAIM_FIELDS = (
-    "name", "args", "kwargs", "state", "attempts", "max_attempts", "priority", "timeout", "bo_base", "bo_cap",
-    "bo_jitter", "run_at", "created_at", "unique_key", "lk", "lm", "ev", "tp", "rk", "rr", "parents",
-    "lkey", "ma_def", "bo_def", "rs", "finished_at",
+    "name", "args", "kwargs", "state", "attempts", "max_attempts", "priority", "timeout", "run_at",
+    "created_at", "unique_key", "lk", "lm", "ev", "tp", "rk", "rr", "parents",
+    "lkey", "ma_def", "bo_def", "rs",
     *CLAIM_WRITES,
 )
 _DECODED = CLAIM_FIELDS.index("parents") + 1
@@ -59,25 +61,24 @@ def _us(raw: Any) -> float | None:
 
 
 def _fast_job(row: Sequence[Any], queue: str) -> Job:
-    (name, raw_args, raw_kwargs, state, attempts, max_attempts, priority, timeout, bo_base, bo_cap,
-     bo_jitter, run_at, created_at, unique_key, lk, lm, ev, tp, rk, rr, _parents) = row[:_DECODED]
+    (name, raw_args, raw_kwargs, state, attempts, max_attempts, priority, timeout, run_at, created_at,
+     unique_key, lk, lm, ev, tp, rk, rr, _parents) = row[:_DECODED]
     job_id, started_at, worker, token, lease_until = row[_WRITTEN]
     if not name or state != "running":
         raise ValueError("no name, or not running")
     args, kwargs = loads(raw_args) if raw_args else [], loads(raw_kwargs) if raw_kwargs else {}
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ValueError("args or kwargs of the wrong type")
-    backoff = Backoff(float(bo_base or 1.0), float(bo_cap or 300.0), float(bo_jitter or 0.25))
     seconds = None if timeout is None or timeout == "" else float(timeout)
     job = Job(
         id=str(job_id), name=name, queue=queue, args=args, kwargs=kwargs, state=_RUNNING,
         attempts=int(attempts or 0), max_attempts=int(max_attempts or 1), priority=int(priority or 0),
-        timeout=seconds, backoff=backoff, run_at=_us(run_at), created_at=_us(created_at) or 0.0,
+        timeout=seconds, run_at=_us(run_at), created_at=_us(created_at) or 0.0,
         started_at=_us(started_at), worker=worker or None, token=token or None, lease_until=_us(lease_until),
         unique_key=unique_key or None, limit_key=lk or None, limit=int(lm) if lm else None, events=ev == "1",
         trace=tp or None, rate_key=rk or None, rate=rr or None,
     )
-    total = job.created_at + (job.run_at or 0.0) + (seconds or 0.0) + sum(backoff.bounds(1))
+    total = job.created_at + (job.run_at or 0.0) + (seconds or 0.0)
     if not math.isfinite(total):
         raise ValueError("a number that is not finite")
     return job

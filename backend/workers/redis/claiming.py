@@ -16,7 +16,7 @@ from backend.workers.redis import scripts as sc
 from backend.workers.redis.claim_codec import claimed_job
 from backend.workers.redis.codec import s_to_us
 from backend.workers.redis.keys import RedisKeys
-from backend.workers.redis.per_queue import FirstFailure, QueueWarnings, group_claims, refs, tried_twice
+from backend.workers.redis.per_queue import FirstFailure, QueueWarnings, group_claims, tried_twice
 from backend.workers.rules import new_job_id
 
 HOUSEKEEPING_LIMIT = 100  # due / expired jobs handled per claim call
@@ -60,10 +60,19 @@ class Claiming:
                     await self._call(sc.SETASIDE, self.keys.queue(queue), args)
         return [job for job in jobs if not job.unreadable]
 
-    async def confirm(self, claims: Sequence[Claim]) -> list[Claim]:
+    async def confirm(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
         stale: list[Claim] = []
         for queue, items in group_claims(claims).items():
-            gone = await tried_twice(self.cluster, self._call, sc.CONFIRM, self.keys.queue(queue),
-                                     sa.ReleaseArgs(refs(items)))
-            stale.extend(claim for i, claim in enumerate(items) if i in gone)
+            calls: dict[str, list[Claim]] = {}
+            for claim in items:
+                calls.setdefault(claim.token.rpartition(".")[0], []).append(claim)
+            nonces = list(calls)
+            args = sa.ConfirmArgs([sa.ClaimCall(nonce) for nonce in nonces])
+            left = await tried_twice(self.cluster, self._call, sc.CONFIRM, self.keys.queue(queue), args)
+            if left:  # rare: a claim of the call was recovered, or a re-sent confirm: claim by claim
+                each = [claim for i in sorted(left) for claim in calls[nonces[i]]]
+                stale.extend(await self.extend(each, lease_seconds))
         return stale
+
+    async def extend(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
+        raise NotImplementedError

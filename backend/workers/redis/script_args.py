@@ -209,6 +209,16 @@ class BulkArgs(NamedTuple):
     items: Sequence[JobArgs]
 
 
+class ClaimCall(NamedTuple):
+    nonce: str  # ClaimArgs.nonce: a claim token is "<nonce>.<n>"
+
+
+class ConfirmArgs(NamedTuple):
+    """confirm: the claim calls whose claims arrived."""
+
+    items: Sequence[ClaimCall]
+
+
 class PauseArgs(NamedTuple):
     paused: int  # 1 pause | 0 resume
 

@@ -36,7 +36,9 @@ from backend.workers.redis.script_args import (
     AdvertiseItem,
     BulkArgs,
     ClaimArgs,
+    ClaimCall,
     ClaimRef,
+    ConfirmArgs,
     EnqueueArgs,
     EnqueueItem,
     ExtendArgs,
@@ -270,7 +272,7 @@ FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", 
                            "deps_prefix"),
                 FinishArgs, _finished, FinishItem)
 EXTEND = Script("extend", ("job_prefix", "running"), ExtendArgs, _extended, ClaimRef)
-CONFIRM = Script("confirm", ("job_prefix", "unconfirmed_prefix"), ReleaseArgs, _positions, ClaimRef)
+CONFIRM = Script("confirm", ("unconfirmed_prefix",), ConfirmArgs, _positions, ClaimCall)
 RELEASE = Script("release", ("job_prefix", "ready", "running", "state_prefix", "unique", "wake",
                              "limit_prefix", "parked", "events"), ReleaseArgs, _count, ClaimRef)
 RECOVER = Script("recover", ("job_prefix", "ready", "waiting", "running", "state_prefix", "unique",

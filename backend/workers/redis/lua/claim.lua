@@ -97,7 +97,7 @@ if limit > 0 then
           park = true
           parked_now = parked_now + 1
           local at = string.format('%.0f', slot)
-          redis.call('HSET', jobkey, 'state', 'scheduled', 'run_at', at, 'rs', at, 'state_at', now)
+          redis.call('HSET', jobkey, 'state', 'scheduled', 'run_at', at, 'rs', at)
           redis.call('ZADD', K.waiting, at, id)
           move_state(id, 'enqueued', 'scheduled', now)
           emit(ev, id, 'scheduled')
@@ -108,13 +108,9 @@ if limit > 0 then
         n = n + 1
         local token = ARGV[6] .. '.' .. string.format('%d', n)
         local changes = {'state', 'running', 'attempts', attempts + 1, 'started_at', now, 'worker', worker,
-          'token', token, 'lease_until', lease_until, 'state_at', now}
+          'token', token, 'lease_until', lease_until}
         f[F.id], f[F.state], f[F.attempts], f[F.started_at], f[F.worker], f[F.token], f[F.lease_until] =
           id, 'running', attempts + 1, now, worker, token, lease_until
-        if f[F.finished_at] and f[F.finished_at] ~= '' then
-          changes[#changes + 1] = 'finished_at'
-          changes[#changes + 1] = ''
-        end
         if rs and rs ~= '' then
           changes[#changes + 1] = 'rs'
           changes[#changes + 1] = ''
@@ -129,7 +125,7 @@ if limit > 0 then
           for j = 1, #pol, 2 do
             changes[#changes + 1] = pol[j]
             changes[#changes + 1] = pol[j + 1]
-            f[F[pol[j]]] = pol[j + 1]
+            if F[pol[j]] then f[F[pol[j]]] = pol[j + 1] end -- max_attempts (a backoff is not returned)
           end
         end
         redis.call('HSET', jobkey, unpack(changes))

@@ -15,7 +15,8 @@
 -- Returns per run the new state, CODE.STALE when the claim was stale (nothing changed), or
 -- CODE.CORRUPT when the job's record could not be read: it was set aside (failed, see set_aside). A report
 -- re-sent after its reply was lost (redis-py retries on connection errors) finds its own token in
--- done_token and gets the state that report produced, so it is neither applied twice nor called stale.
+-- its field `done` ("<token> <state>", written by every report that changed the job) and gets the state that
+-- report produced, so it is neither applied twice nor called stale.
 -- A job that ends done, failed or cancelled resolves its dependants in the same step (resolve_kids).
 -- Retention keeps pace with finishing: up to 2n + 2 terminal jobs past the retention are deleted
 -- (purge_expired in lib.lua), so finished jobs cannot pile up faster than they expire.
@@ -26,33 +27,33 @@ for i = 0, n - 1 do
   local b = 4 + i * WIDTH
   local job_id, token, ok, payload, duration, policy = unpack(ARGV, b, b + WIDTH - 1)
   local jobkey = K.job_prefix .. job_id
-  local f = redis.call('HMGET', jobkey, 'state', 'token', 'name', 'unique_key', 'lkey', 'ev', 'done_token',
-    'done_state', 'kids')
+  local f = redis.call('HMGET', jobkey, 'state', 'token', 'name', 'unique_key', 'lkey', 'ev', 'done', 'kids')
   if f[1] ~= 'running' or f[2] ~= token then
-    if f[7] == token and f[8] then out[#out + 1] = f[8] else out[#out + 1] = CODE.STALE end
+    local done_token, done_state = string.match(f[7] or '', '^(%S+) (%S+)$')
+    if done_token == token then out[#out + 1] = done_state else out[#out + 1] = CODE.STALE end
   elseif not f[3] or f[3] == '' then -- no handler name: set aside before anything is written
     set_aside(job_id, jobkey, 'running', now, corrupt_error('name', ''), f[5], f[6], f[4])
-    redis.call('HSET', jobkey, 'done_token', token, 'done_state', CODE.CORRUPT)
+    redis.call('HSET', jobkey, 'done', token .. ' ' .. CODE.CORRUPT)
     out[#out + 1] = CODE.CORRUPT
   elseif ok == '3' then
     local g = {}
     for v in string.gmatch(policy, '%S+') do g[#g + 1] = tonumber(v) end
     local state = hand_back(job_id, jobkey, f[3], payload, g[1] or 0, g[2] or 0, now, f[5], f[6], f[4])
-    if f[9] == '1' and state ~= 'scheduled' then resolve_kids(job_id, state, nil, now) end
-    redis.call('HSET', jobkey, 'done_token', token, 'done_state', state)
+    if f[8] == '1' and state ~= 'scheduled' then resolve_kids(job_id, state, nil, now) end
+    redis.call('HSET', jobkey, 'done', token .. ' ' .. state)
     out[#out + 1] = state
   elseif ok == '1' or ok == '2' then
-    local state, fields = 'done', {'result', payload, 'finished_at', now, 'done_token', token, 'done_state', 'done'}
+    local state, fields = 'done', {'result', payload, 'finished_at', now, 'done', token .. ' done'}
     if ok == '2' then
       -- a cancelled run is neither counted as a run outcome nor observed in the duration histogram
-      state, fields = 'cancelled', {'finished_at', now, 'done_token', token, 'done_state', 'cancelled'}
+      state, fields = 'cancelled', {'finished_at', now, 'done', token .. ' cancelled'}
     else
       observe_duration(f[3], tonumber(duration))
       stat('run|' .. f[3] .. '|done', 1)
     end
     leave_running(job_id, jobkey, state, now, f[5], f[6], fields)
     release_unique(jobkey, job_id, f[4])
-    if f[9] == '1' then resolve_kids(job_id, state, payload, now) end
+    if f[8] == '1' then resolve_kids(job_id, state, payload, now) end
     out[#out + 1] = state
   else
     observe_duration(f[3], tonumber(duration))
@@ -62,7 +63,7 @@ for i = 0, n - 1 do
     if p[4] ~= '-' then bo = {p[4], p[5], p[6]} end
     local state = fail_running(job_id, jobkey, payload, p[1] == '1', tonumber(p[2]),
       now, nil, rand(seed, i), tonumber(p[3]), bo)
-    redis.call('HSET', jobkey, 'done_token', token, 'done_state', state)
+    redis.call('HSET', jobkey, 'done', token .. ' ' .. state)
     out[#out + 1] = state
   end
 end

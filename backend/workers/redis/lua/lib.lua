@@ -144,7 +144,7 @@ end
 -- slot freed, the state index moved and the event emitted. `lkey` and `ev` are the job's fields
 -- (as the caller read them); `fields` are the new state's own field, value pairs for the same HSET.
 local function leave_running(id, jobkey, new, now, lkey, ev, fields)
-  redis.call('HSET', jobkey, 'state', new, 'token', '', 'lease_until', '', 'state_at', now, unpack(fields))
+  redis.call('HSET', jobkey, 'state', new, 'token', '', 'lease_until', '', unpack(fields))
   redis.call('ZREM', K.running, id)
   free_slot(id, lkey)
   move_state(id, 'running', new, now)
@@ -213,7 +213,7 @@ local function resolve_kids(id, outcome, result, now)
         if pout ~= 'done' and f[2] ~= '1' then
           local err = '{"type":"DependencyFailed","message":"parent job ' .. pid .. ' ended ' .. pout ..
             '","traceback":""}'
-          redis.call('HSET', kk, 'state', 'cancelled', 'finished_at', now, 'state_at', now, 'last_error', err)
+          redis.call('HSET', kk, 'state', 'cancelled', 'finished_at', now, 'last_error', err)
           release_unique(kk, kid)
           move_state(kid, 'deferred', 'cancelled', now)
           emit(f[4], kid, 'cancelled')
@@ -222,7 +222,7 @@ local function resolve_kids(id, outcome, result, now)
           local run_at = tonumber(f[3]) or now
           local new = 'enqueued'
           if run_at > now then new = 'scheduled' end
-          redis.call('HSET', kk, 'state', new, 'state_at', now)
+          redis.call('HSET', kk, 'state', new)
           if new == 'scheduled' then redis.call('ZADD', K.waiting, run_at, kid) else push_ready(kk, kid) end
           move_state(kid, 'deferred', new, now)
           emit(f[4], kid, new)
@@ -257,7 +257,7 @@ end
 
 -- `old` is the state the job hash holds; `lkey`, `ev`, `ukey` its fields as the caller read them.
 local function set_aside(id, jobkey, old, now, err, lkey, ev, ukey)
-  redis.call('HSET', jobkey, 'state', 'failed', 'token', '', 'lease_until', '', 'state_at', now,
+  redis.call('HSET', jobkey, 'state', 'failed', 'token', '', 'lease_until', '',
     'finished_at', now, 'last_error', err, 'parked', '')
   redis.call('ZREM', K.ready, id)
   redis.call('ZREM', K.running, id)
@@ -355,7 +355,7 @@ local function promote_due(now, limit)
     redis.call('ZREM', K.waiting, id)
     local old = redis.call('HGET', jobkey, 'state')
     if old then
-      redis.call('HSET', jobkey, 'state', 'enqueued', 'state_at', now)
+      redis.call('HSET', jobkey, 'state', 'enqueued')
       push_ready(jobkey, id)
       move_state(id, old, 'enqueued', now)
     end
@@ -440,7 +440,7 @@ local function retry_job(id)
   end
   local now = now_us()
   redis.call('HSET', jobkey, 'state', 'enqueued', 'attempts', 0, 'finished_at', '', 'run_at', now,
-    'token', '', 'lease_until', '', 'state_at', now, 'cancel_req', '', 'uh_since', '')
+    'token', '', 'lease_until', '', 'cancel_req', '', 'uh_since', '')
   push_ready(jobkey, id)
   if key and key ~= '' then redis.call('HSET', K.unique, key, id) end
   move_state(id, state, 'enqueued', now)
@@ -469,7 +469,7 @@ local function cancel_job(id)
   redis.call('ZREM', K.ready, id)
   redis.call('ZREM', K.waiting, id)
   if f[2] and f[2] ~= '' then drop_parked(id, f[2]) end
-  redis.call('HSET', jobkey, 'state', 'cancelled', 'finished_at', now, 'state_at', now)
+  redis.call('HSET', jobkey, 'state', 'cancelled', 'finished_at', now)
   release_unique(jobkey, id)
   move_state(id, state, 'cancelled', now)
   emit(f[3], id, 'cancelled')

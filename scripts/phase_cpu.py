@@ -1,0 +1,89 @@
+"""Redis CPU per job of each step of a job's life, one script at a time, on a private redis-server.
+
+    .venv/bin/python scripts/phase_cpu.py [--jobs 20000] [--rounds 3]
+
+Enqueues N no-op jobs (enqueue_many, 500 per call), then claims them all (100 per call), confirms
+every claim batch, and finishes them all (100 per call), reading Redis's CPU (`INFO cpu`) around
+each step; prints µs per job for each step, the median of the rounds and each round. Nothing runs
+concurrently, so a step's figure is that script's own cost (a drain interleaves them; see
+scripts/profile_drain.py for the commands inside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from redis.asyncio import Redis  # noqa: E402
+
+from backend.workers.models import Claim, Completion, JobSpec  # noqa: E402
+from backend.workers.redis_job_store import RedisJobStore  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+
+
+async def cpu_seconds(client: Redis) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def one_round(client: Redis, store: RedisJobStore, jobs: int) -> dict[str, float]:
+    await client.flushdb()
+    spent: dict[str, float] = {}
+    started = await cpu_seconds(client)
+
+    def lap(step: str) -> None:
+        nonlocal started
+        spent[step] = (now - started) / jobs * 1e6
+        started = now
+
+    for _ in range(0, jobs, 500):
+        await store.enqueue_many([JobSpec("bench.noop") for _ in range(500)])
+    now = await cpu_seconds(client)
+    lap("enqueue")
+    batches: list[list[Claim]] = []
+    for _ in range(0, jobs, 100):
+        claimed = await store.claim("phase", ["default"], 100, 30)
+        batches.append([Claim(job.queue, job.id, job.token or "") for job in claimed])
+    now = await cpu_seconds(client)
+    lap("claim")
+    for batch in batches:
+        await store.confirm(batch, 30)
+    now = await cpu_seconds(client)
+    lap("confirm")
+    for batch in batches:
+        await store.finish([Completion(claim, 0.001, result=None) for claim in batch])
+    now = await cpu_seconds(client)
+    lap("finish")
+    return spent
+
+
+async def main(jobs: int, rounds: int) -> None:
+    server = RedisServer().start()  # always a private one: each round empties it
+    try:
+        client = Redis.from_url(server.url)
+        store = RedisJobStore.from_url(server.url, prefix="phase")
+        results = [await one_round(client, store, jobs) for _ in range(rounds)]
+        await store.close()
+        await client.aclose()
+    finally:
+        server.cleanup()
+    print(f"Redis CPU per job, {jobs:,} jobs, median of {rounds} rounds (each round)")
+    for step in results[0]:
+        each = [round(result[step], 1) for result in results]
+        print(f"{step:8s} {statistics.median(each):6.1f} µs  {each}")
+    total = [sum(result.values()) for result in results]
+    print(f"{'total':8s} {statistics.median(total):6.1f} µs")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    options = parser.parse_args()
+    asyncio.run(main(options.jobs, options.rounds))
