@@ -4,7 +4,8 @@
 
 Enqueues N no-op jobs (enqueue_many, 500 per call), then claims them all (100 per call), confirms
 every claim batch, and finishes them all (100 per call), reading Redis's CPU (`INFO cpu`) around
-each step; prints µs per job for each step, the median of the rounds and each round. Nothing runs
+each step; prints µs per job for each step (and of it, by `INFO commandstats`, the time in Lua itself
+rather than in the commands the script ran), the median of the rounds and each round. Nothing runs
 concurrently, so a step's figure is that script's own cost (a drain interleaves them; see
 scripts/profile_drain.py for the commands inside).
 """
@@ -32,34 +33,45 @@ async def cpu_seconds(client: Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+async def script_split(client: Redis) -> tuple[float, float]:
+    """(µs in EVALSHA, µs in the commands scripts ran) so far, by `INFO commandstats` (wall clock)."""
+    stats = await client.info("commandstats")
+    evalsha = sum(float(v["usec"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+    inside = sum(float(v["usec"]) for k, v in stats.items() if k not in ("cmdstat_evalsha", "cmdstat_eval"))
+    return evalsha, inside
+
+
 async def one_round(client: Redis, store: RedisJobStore, jobs: int) -> dict[str, float]:
     await client.flushdb()
     spent: dict[str, float] = {}
     started = await cpu_seconds(client)
+    split = await script_split(client)
 
-    def lap(step: str) -> None:
-        nonlocal started
+    async def lap(step: str) -> None:
+        nonlocal started, split
         spent[step] = (now - started) / jobs * 1e6
-        started = now
+        after = await script_split(client)
+        spent[step + " (Lua itself)"] = ((after[0] - split[0]) - (after[1] - split[1])) / jobs
+        started, split = await cpu_seconds(client), await script_split(client)
 
     for _ in range(0, jobs, 500):
         await store.enqueue_many([JobSpec("bench.noop") for _ in range(500)])
     now = await cpu_seconds(client)
-    lap("enqueue")
+    await lap("enqueue")
     batches: list[list[Claim]] = []
     for _ in range(0, jobs, 100):
         claimed = await store.claim("phase", ["default"], 100, 30)
         batches.append([Claim(job.queue, job.id, job.token or "") for job in claimed])
     now = await cpu_seconds(client)
-    lap("claim")
+    await lap("claim")
     for batch in batches:
         await store.confirm(batch, 30)
     now = await cpu_seconds(client)
-    lap("confirm")
+    await lap("confirm")
     for batch in batches:
         await store.finish([Completion(claim, 0.001, result=None) for claim in batch])
     now = await cpu_seconds(client)
-    lap("finish")
+    await lap("finish")
     return spent
 
 
@@ -76,9 +88,9 @@ async def main(jobs: int, rounds: int) -> None:
     print(f"Redis CPU per job, {jobs:,} jobs, median of {rounds} rounds (each round)")
     for step in results[0]:
         each = [round(result[step], 1) for result in results]
-        print(f"{step:8s} {statistics.median(each):6.1f} µs  {each}")
-    total = [sum(result.values()) for result in results]
-    print(f"{'total':8s} {statistics.median(total):6.1f} µs")
+        print(f"{step:22s} {statistics.median(each):6.1f} µs  {each}")
+    total = [sum(v for k, v in result.items() if "(" not in k) for result in results]
+    print(f"{'total':22s} {statistics.median(total):6.1f} µs")
 
 
 if __name__ == "__main__":

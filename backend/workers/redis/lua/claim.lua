@@ -46,6 +46,7 @@ if limit > 0 then
   for j = 1, #hr, 2 do hrates[hr[j]] = rate_interval(hr[j + 1]) end
   local qrate = rate_interval(redis.call('GET', K.qrate))
   local lease_until = now + lease_us
+  local batch = new_batch() -- the running-set entries, one ZADD when the loop ends
   for _ = 1, 20 do -- parked jobs make room for more pops; bounded so one call stays short
     if #out >= limit then break end
     local wanted = limit - #out
@@ -129,7 +130,7 @@ if limit > 0 then
           end
         end
         redis.call('HSET', jobkey, unpack(changes))
-        redis.call('ZADD', K.running, lease_until, id)
+        batch_zadd(batch, K.running, lease_until, id)
         emit(ev, id, 'running')
         if f[F.parents] then f[#FIELDS + 1] = redis.call('HGETALL', jobkey) end -- rare: its parents' outcomes
         out[#out + 1] = f
@@ -137,6 +138,7 @@ if limit > 0 then
     end
     if parked_now == 0 or #popped < 2 * wanted then break end
   end
+  send_batch(batch)
 end
 -- Chain wake-ups while work remains; drop stale tokens once the queue is empty.
 if redis.call('ZCARD', K.ready) > 0 then

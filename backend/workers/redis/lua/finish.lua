@@ -23,6 +23,7 @@
 local seed, retention_us, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us()
 local out = {}
+local batch = new_batch() -- the successes' running-set and state-index writes, one call per key
 for i = 0, n - 1 do
   local b = 4 + i * WIDTH
   local job_id, token, ok, payload, duration, policy = unpack(ARGV, b, b + WIDTH - 1)
@@ -51,7 +52,7 @@ for i = 0, n - 1 do
       observe_duration(f[3], tonumber(duration))
       stat('run|' .. f[3] .. '|done', 1)
     end
-    leave_running(job_id, jobkey, state, now, f[5], f[6], fields)
+    leave_running(job_id, jobkey, state, now, f[5], f[6], fields, batch)
     release_unique(jobkey, job_id, f[4])
     if f[8] == '1' then resolve_kids(job_id, state, payload, now) end
     out[#out + 1] = state
@@ -67,6 +68,7 @@ for i = 0, n - 1 do
     out[#out + 1] = state
   end
 end
+send_batch(batch)
 if retention_us >= 0 then purge_expired(now - retention_us, 2 * n + 2) end
 flush_stats()
 return out

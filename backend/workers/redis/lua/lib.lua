@@ -140,14 +140,60 @@ local function free_slot(id, lkey)
   end
 end
 
+-- Sorted-set writes of a batch step (claim, finish), sent as one ZADD / ZREM per key when the step
+-- ends (send_batch) instead of one call per job: the script stays one atomic step either way, and
+-- nothing the script reads afterwards before sending them depends on them.
+local function new_batch()
+  return {adds = {}, rems = {}, order = {}}
+end
+
+local function batch_list(batch, kind, key)
+  local lists = batch[kind]
+  if not lists[key] then
+    lists[key] = {}
+    batch.order[#batch.order + 1] = {kind, key}
+  end
+  return lists[key]
+end
+
+local function batch_zadd(batch, key, score, id)
+  local list = batch_list(batch, 'adds', key)
+  list[#list + 1] = score
+  list[#list + 1] = id
+end
+
+local function batch_zrem(batch, key, id)
+  local list = batch_list(batch, 'rems', key)
+  list[#list + 1] = id
+end
+
+local function send_batch(batch)
+  for _, entry in ipairs(batch.order) do
+    local kind, key = entry[1], entry[2]
+    local list = batch[kind][key]
+    for start = 1, #list, 4000 do -- unpack stays well within Lua's stack
+      local last = math.min(#list, start + 3999)
+      if kind == 'adds' then redis.call('ZADD', key, unpack(list, start, last))
+      else redis.call('ZREM', key, unpack(list, start, last)) end
+    end
+  end
+  batch.adds, batch.rems, batch.order = {}, {}, {}
+end
+
 -- The one way out of `running`: state `new`, no token or lease, off the running set, its limit
 -- slot freed, the state index moved and the event emitted. `lkey` and `ev` are the job's fields
 -- (as the caller read them); `fields` are the new state's own field, value pairs for the same HSET.
-local function leave_running(id, jobkey, new, now, lkey, ev, fields)
+-- With `batch` (new_batch), the running set and state index writes wait for send_batch.
+local function leave_running(id, jobkey, new, now, lkey, ev, fields, batch)
   redis.call('HSET', jobkey, 'state', new, 'token', '', 'lease_until', '', unpack(fields))
-  redis.call('ZREM', K.running, id)
+  if batch then
+    batch_zrem(batch, K.running, id)
+    if INDEXED[new] then batch_zadd(batch, K.state_prefix .. new, now, id) end
+  else
+    redis.call('ZREM', K.running, id)
+  end
   free_slot(id, lkey)
-  move_state(id, 'running', new, now)
+  if not batch then move_state(id, 'running', new, now) end
   emit(ev, id, new)
 end
 
