@@ -13,7 +13,7 @@ from typing import Any
 from backend.workers.models import Claim, Job
 from backend.workers.redis import script_args as sa
 from backend.workers.redis import scripts as sc
-from backend.workers.redis.claim_codec import claimed_job
+from backend.workers.redis.claim_codec import claimed_jobs
 from backend.workers.redis.codec import s_to_us
 from backend.workers.redis.keys import RedisKeys
 from backend.workers.redis.per_queue import FirstFailure, QueueWarnings, group_claims, tried_twice
@@ -44,8 +44,8 @@ class Claiming:
             args = sa.ClaimArgs(worker_id, wanted, s_to_us(lease_seconds), HOUSEKEEPING_LIMIT,
                                 random.random(), new_job_id()[:16])
             with failure.step(queue):
-                rows = await tried_twice(self.cluster, self._call, sc.CLAIM, self.keys.queue(queue), args)
-                claimed.extend(await self._readable(queue, [claimed_job(row, queue) for row in rows]))
+                reply = await tried_twice(self.cluster, self._call, sc.CLAIM, self.keys.queue(queue), args)
+                claimed.extend(await self._readable(queue, claimed_jobs(reply, queue, worker_id)))
         failure.settle(bool(claimed))  # healthy queues' jobs are returned, failed queues logged: per_queue.py
         return claimed
 

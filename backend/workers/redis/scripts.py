@@ -28,7 +28,7 @@ from backend.workers.job_store import (
     UniqueKeyHeldError,
 )
 from backend.workers.models import Job, JobSpec, JobState
-from backend.workers.redis.claim_codec import CLAIM_FIELDS, CLAIM_WRITES
+from backend.workers.redis.claim_codec import CLAIM_FIELDS
 from backend.workers.redis.codec import job_from_hash, new_job, pairs_to_dict
 from backend.workers.redis.keys import QueueKeys, RedisKeys
 from backend.workers.redis.script_args import (
@@ -154,8 +154,8 @@ def _one_enqueued(reply: Any) -> Enqueued:
     return Enqueued(False, existing=pairs_to_dict(reply[1]))
 
 
-def _claimed(raw: Any, args: ClaimArgs) -> list[list[Any]]:
-    return list(raw)  # rows of CLAIM_FIELDS values: claim_codec.claimed_job decodes each
+def _claimed(raw: Any, args: ClaimArgs) -> list[Any]:
+    return list(raw)  # {start, lease until, rows...}: claim_codec.claimed_jobs decodes it
 
 
 def _positions(raw: Any, args: Any) -> frozenset[int]:  # 1-based positions -> 0-based
@@ -223,7 +223,6 @@ class Script(Generic[A, R]):
     item: type[tuple[Any, ...]] | None = None  # the record type of `args.items`
     registry: bool = False  # keys from RedisKeys, no lib.lua
     fields: tuple[str, ...] = ()  # hash fields the script reads by position: FIELDS and F (name -> index)
-    unread: int = 0  # how many of the last `fields` it writes without reading (FIELDS_READ: the others)
 
     def key_values(self, holder: QueueKeys | RedisKeys) -> list[str]:
         return [getattr(holder, key) for key in self.keys]
@@ -254,7 +253,6 @@ def prelude(script: Script[Any, Any]) -> str:
         f"local CODE = {{{codes}}}",
         f"local FIELDS = {{{', '.join(repr(name) for name in script.fields)}}}",
         f"local F = {{{', '.join(f'{name} = {i}' for i, name in enumerate(script.fields, 1))}}}",
-        f"local FIELDS_READ = {len(script.fields) - script.unread}",
         "",
     ])
 
@@ -267,7 +265,7 @@ ENQUEUE = Script("enqueue", ("job_prefix", "ready", "waiting", "state_prefix", "
                  EnqueueItem)
 CLAIM = Script("claim", (*_LEAVE, "seq", "limit_prefix", "parked", "hlimits", "events", "paused", "hpolicy",
                          "history", "deps_prefix", "rate_prefix", "hrates", "qrate", "unconfirmed_prefix"),
-               ClaimArgs, _claimed, fields=CLAIM_FIELDS, unread=len(CLAIM_WRITES))
+               ClaimArgs, _claimed, fields=CLAIM_FIELDS)
 FINISH = Script("finish", (*_LEAVE, "limit_prefix", "parked", "events", "jobs", "handlers", "history", "seq",
                            "deps_prefix"),
                 FinishArgs, _finished, FinishItem)

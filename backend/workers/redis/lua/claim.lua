@@ -17,9 +17,9 @@
 --    KEYS[18] rate_prefix  KEYS[19] hrates  KEYS[20] qrate  KEYS[21] unconfirmed_prefix
 -- ARGV[1] worker id  ARGV[2] limit  ARGV[3] lease µs  ARGV[4] housekeeping limit  ARGV[5] random seed
 -- ARGV[6] a random nonce, unique per call: tokens must never repeat, even for a re-used job id
--- Returns per claimed job the values of FIELDS (claim_codec.CLAIM_FIELDS) after the claim, in that order
--- (one HMGET of all but the fields it writes, CLAIM_WRITES; never the whole hash); a job with parents also gets its
--- whole hash, after them.
+-- Returns {start µs, lease until µs, then per claimed job a row}: the values of the fields before
+-- `state` in FIELDS (claim_codec.CLAIM_FIELDS, read with one HMGET, never the whole hash) after the
+-- claim, then its id and claim token; a job with parents also gets its whole hash, after them.
 -- The claim is unconfirmed until the worker says it arrived (confirm.lua): the key
 -- unconfirmed:<nonce> marks this call's claims so (see give_back_lost in lib.lua).
 local worker, limit, lease_us = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -31,7 +31,8 @@ if redis.call('EXISTS', K.paused) == 1 then -- paused (pause.lua): housekeeping 
   flush_stats()
   return {}
 end
-local out = {}
+local lease_until = now + lease_us
+local out = {now, lease_until} -- the claims' start and lease, then one row per job
 local n = 0 -- jobs claimed
 local NUMERIC = {'priority', 'max_attempts', 'attempts', 'lm', 'rs'}
 if limit > 0 then
@@ -45,17 +46,16 @@ if limit > 0 then
   local hrates = {}
   for j = 1, #hr, 2 do hrates[hr[j]] = rate_interval(hr[j + 1]) end
   local qrate = rate_interval(redis.call('GET', K.qrate))
-  local lease_until = now + lease_us
   local batch = new_batch() -- the running-set entries, one ZADD when the loop ends
   for _ = 1, 20 do -- parked jobs make room for more pops; bounded so one call stays short
-    if #out >= limit then break end
-    local wanted = limit - #out
+    if n >= limit then break end
+    local wanted = limit - n
     local popped = redis.call('ZPOPMIN', K.ready, wanted)
     local parked_now = 0
     for i = 1, #popped, 2 do
       local id = popped[i]
       local jobkey = K.job_prefix .. id
-      local f = redis.call('HMGET', jobkey, unpack(FIELDS, 1, FIELDS_READ)) -- not those it writes
+      local f = redis.call('HMGET', jobkey, unpack(FIELDS))
       local name, state, lk, oldlkey, ev, ukey = f[F.name], f[F.state], f[F.lk], f[F.lkey], f[F.ev], f[F.unique_key]
       local ma_def, bo_def, rk, rr, rs, run_at = f[F.ma_def], f[F.bo_def], f[F.rk], f[F.rr], f[F.rs], f[F.run_at]
       local bad, value = nil, nil
@@ -110,8 +110,7 @@ if limit > 0 then
         local token = ARGV[6] .. '.' .. string.format('%d', n)
         local changes = {'state', 'running', 'attempts', attempts + 1, 'started_at', now, 'worker', worker,
           'token', token, 'lease_until', lease_until}
-        f[F.id], f[F.state], f[F.attempts], f[F.started_at], f[F.worker], f[F.token], f[F.lease_until] =
-          id, 'running', attempts + 1, now, worker, token, lease_until
+        f[F.attempts] = attempts + 1
         if rs and rs ~= '' then
           changes[#changes + 1] = 'rs'
           changes[#changes + 1] = ''
@@ -126,13 +125,16 @@ if limit > 0 then
           for j = 1, #pol, 2 do
             changes[#changes + 1] = pol[j]
             changes[#changes + 1] = pol[j + 1]
-            if F[pol[j]] then f[F[pol[j]]] = pol[j + 1] end -- max_attempts (a backoff is not returned)
+            if pol[j] == 'max_attempts' then f[F.max_attempts] = pol[j + 1] end -- a backoff is not returned
           end
         end
         redis.call('HSET', jobkey, unpack(changes))
         batch_zadd(batch, K.running, lease_until, id)
         emit(ev, id, 'running')
-        if f[F.parents] then f[#FIELDS + 1] = redis.call('HGETALL', jobkey) end -- rare: its parents' outcomes
+        -- the reply row (claim_codec.CLAIM_REPLY): the decoded fields (those before `state`), id, token
+        f[F.state], f[F.state + 1] = id, token
+        for j = #FIELDS, F.state + 2, -1 do f[j] = nil end
+        if f[F.parents] then f[F.state + 2] = redis.call('HGETALL', jobkey) end -- rare: its parents' outcomes
         out[#out + 1] = f
       end
     end
