@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -73,7 +73,7 @@ class Execution:
         self._executor: ThreadPoolExecutor | None = None
         self.deadlines = Deadlines()  # every run's timeout, on one timer
 
-    def execute(self, run: Run) -> Awaitable[Completion]:
+    def execute(self, run: Run) -> Coroutine[Any, Any, Completion]:
         """Run `run`'s handler (awaited in the task that runs the job); with tracing on, in a span."""
         if tracing.enabled():
             return self._traced(run)
@@ -156,7 +156,8 @@ class Execution:
             waiter.add_done_callback(_retrieved)  # whatever the thread ends with, the outcome is the timeout
             await asyncio.wait([waiter])  # a cancel request still cancels this wait
         error = JobError("JobTimeout", f"{job.name} did not finish within its timeout ({timeout:g}s)")
-        return self._failure(run, handler, error, retryable=True, duration=asyncio.get_running_loop().time() - started)
+        duration = asyncio.get_running_loop().time() - started
+        return self._failure(run, handler, error, retryable=True, duration=duration)
 
     def _hold_slot(self, thread: Future[Any]) -> None:
         """The run ended but its thread did not: that thread keeps a slot until it returns."""

@@ -4,7 +4,6 @@ latest value is written at most once per PROGRESS_INTERVAL per job, never blocki
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -25,12 +24,17 @@ class ProgressWriter:
         self.store = store
         self.worker_id = worker_id
 
-    def reporter(self, run: Run, loop: asyncio.AbstractEventLoop | None = None) -> Callable[[float, str], None]:
-        """The callable a handler's JobContext carries, `report(value, message)`: safe from any
-        thread (sync handlers run in a pool), it hands the value to `note` on `loop` (default: the
-        running one)."""
+    def reporter(
+        self, run: Run, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Callable[[float, str], None]:
+        """The callable a handler's JobContext carries; safe from any thread (it hands the value to
+        `note` on `loop`, by default the running one)."""
         loop = loop or asyncio.get_running_loop()
-        return functools.partial(loop.call_soon_threadsafe, self.note, run)
+
+        def report(value: float, message: str) -> None:  # any thread: sync handlers run in a pool
+            loop.call_soon_threadsafe(self.note, run, value, message)
+
+        return report
 
     def note(self, run: Run, value: float, message: str) -> None:
         run.progress = (value, message)
