@@ -12,14 +12,14 @@ import contextvars
 import functools
 import inspect
 import logging
-import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from backend.config import Settings
 from backend.workers import tracing
+from backend.workers.deadlines import Deadlines
 from backend.workers.handlers import Handler, HandlerRegistry, JobContext, reset_current_job, set_current_job
 from backend.workers.logfmt import fmt
 from backend.workers.models import Completion, JobError
@@ -71,9 +71,16 @@ class Execution:
         self.runaway_threads = 0  # pool threads still running a handler whose run has ended
         self._slot_freed = slot_freed
         self._executor: ThreadPoolExecutor | None = None
+        self.deadlines = Deadlines()  # every run's timeout, on one timer
 
-    async def execute(self, run: Run) -> Completion:
-        with tracing.run_span(run.job) as span:  # a no-op unless tracing is on (tracing.py)
+    def execute(self, run: Run) -> Coroutine[Any, Any, Completion]:
+        """Run `run`'s handler (awaited in the task that runs the job); with tracing on, in a span."""
+        if tracing.enabled():
+            return self._traced(run)
+        return self._execute(run)  # no span, no `with`: the usual path pays nothing for tracing
+
+    async def _traced(self, run: Run) -> Completion:
+        with tracing.run_span(run.job) as span:
             return tracing.outcome(span, await self._execute(run))
 
     async def _execute(self, run: Run) -> Completion:
@@ -83,7 +90,7 @@ class Execution:
         CancelledError of its own), fails this job only. A CancelledError is passed on only when
         the worker itself cancelled the run (stale claim, cancel request, shutdown).
         """
-        job, claim = run.job, run.claim
+        job = run.job
         handler = self.registry.get(job.name)
         if handler is None:  # handed back for a worker that has it (a rolling deploy), or failed
             grace = self.settings.unknown_handler_grace_seconds
@@ -92,22 +99,21 @@ class Execution:
                 f"no handler named {job.name!r} is registered in worker {self.worker_id}, nor in any live"
                 f" worker for {grace:g}s (is its module listed in BAGBOT_TASKS?)",
             )
-            return Completion(claim, 0.0, error=error, retryable=False, unknown_grace=grace)
+            return Completion(run.claim, 0.0, error=error, retryable=False, unknown_grace=grace)
         timeout = job.timeout or handler.timeout or self.settings.job_timeout_seconds
-        report = self.progress.reporter(run)
-        ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, report,
-                         job.parent_states, job.parent_results)
-        token = set_current_job(ctx)
-        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        token = set_current_job(functools.partial(self._context, run, loop))  # made if asked for
+        started = loop.time()
+        self.deadlines.arm(run, started + timeout, loop)
         try:
-            async with asyncio.timeout(timeout) as scope:
-                result = await self._invoke(handler, run, ctx)
+            result = await self._invoke(handler, run, loop)
         except BaseException as exc:
+            self.deadlines.disarm(run)
+            if run.timed_out and _timeout_ended(run, exc):
+                return await self._timed_out(run, handler, timeout, started)
             if isinstance(exc, asyncio.CancelledError) and _cancelled_by_worker(run):
                 raise
-            if isinstance(exc, TimeoutError) and scope.expired():
-                return await self._timed_out(run, handler, timeout, started)
-            duration = time.perf_counter() - started
+            duration = loop.time() - started
             if isinstance(exc, ChildError):  # the handler's own error, from its child process
                 return self._failure(run, handler, exc.error, exc.retryable, duration)
             error = JobError.from_exception(exc, _traceback_text())
@@ -116,13 +122,27 @@ class Execution:
             reset_current_job(token)
             if run.thread is not None and not run.thread.done():
                 self._hold_slot(run.thread)
-        duration = time.perf_counter() - started
+        self.deadlines.disarm(run)
+        if run.timed_out:  # it expired, but the handler swallowed the cancellation and returned
+            _timeout_ended(run, None)
+        duration = loop.time() - started
         try:
             return self._checked(run, handler, result, duration)
         except BaseException as exc:  # the result's own code raised (a __repr__ while naming a bad key)
             error = JobError("NonJsonResult", f"{job.name} returned a value that cannot be checked: "
                              f"{JobError.from_exception(exc).message}")
             return self._failure(run, handler, error, retryable=False, duration=duration)
+
+    def _context(self, run: Run, loop: asyncio.AbstractEventLoop) -> JobContext:
+        """The run's JobContext, made on its first `current_job()` (from any thread) and kept."""
+        ctx = run.context
+        if ctx is None:
+            job = run.job
+            ctx = run.context = JobContext(
+                job.id, job.name, job.queue, job.attempts, job.max_attempts,
+                self.progress.reporter(run, loop), job.parent_states, job.parent_results,
+            )
+        return ctx
 
     async def _timed_out(self, run: Run, handler: Handler, timeout: float, started: float) -> Completion:
         """JobTimeout. A sync handler's thread runs on: the job keeps its claim (and its lease, and
@@ -136,7 +156,8 @@ class Execution:
             waiter.add_done_callback(_retrieved)  # whatever the thread ends with, the outcome is the timeout
             await asyncio.wait([waiter])  # a cancel request still cancels this wait
         error = JobError("JobTimeout", f"{job.name} did not finish within its timeout ({timeout:g}s)")
-        return self._failure(run, handler, error, retryable=True, duration=time.perf_counter() - started)
+        duration = asyncio.get_running_loop().time() - started
+        return self._failure(run, handler, error, retryable=True, duration=duration)
 
     def _hold_slot(self, thread: Future[Any]) -> None:
         """The run ended but its thread did not: that thread keeps a slot until it returns."""
@@ -150,6 +171,8 @@ class Execution:
 
     def _checked(self, run: Run, handler: Handler, result: Any, duration: float) -> Completion:
         """A result must be JSON, and one too large to store whole is stored as a marker."""
+        if result is None and self.max_result_bytes >= 4:  # `null`: nothing to check
+            return Completion(run.claim, duration)
         job = run.job
         try:
             encoded = check_json("result", result)
@@ -168,10 +191,10 @@ class Execution:
         return Completion(run.claim, duration, error=error, retryable=retryable,
                           max_attempts=handler.max_attempts, backoff=handler.backoff)
 
-    async def _invoke(self, handler: Handler, run: Run, ctx: JobContext) -> Any:
+    async def _invoke(self, handler: Handler, run: Run, loop: asyncio.AbstractEventLoop) -> Any:
         job = run.job
         if handler.executor == "process":
-            return await run_in_process(handler, job, ctx)
+            return await run_in_process(handler, job, self._context(run, loop))
         if handler.is_async:
             return await handler.fn(*job.args, **job.kwargs)
         call = functools.partial(handler.fn, *job.args, **job.kwargs)
@@ -194,6 +217,18 @@ class Execution:
         (its job was released and runs again elsewhere)."""
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _timeout_ended(run: Run, exc: BaseException | None) -> bool:
+    """The run's deadline expired (its task was cancelled for it): take that cancellation back,
+    and say whether `exc` is how the timeout ended the handler. As asyncio.timeout does: the
+    timeout's own CancelledError (no other cancel pending), or a TimeoutError the handler raised
+    instead; any other outcome stands (a handler that swallowed the cancellation keeps its result)."""
+    task = asyncio.current_task()
+    pending = task.uncancel() if task is not None and task.cancelling() > 0 else 0
+    if isinstance(exc, asyncio.CancelledError):
+        return pending == 0 and run.cancel_reason is None
+    return isinstance(exc, TimeoutError)
 
 
 def _cancelled_by_worker(run: Run) -> bool:

@@ -51,7 +51,10 @@ class JobContext:
         return counts
 
 
-_current: ContextVar[JobContext | None] = ContextVar("bagbot_current_job", default=None)
+# A JobContext, or what makes one on first use: most handlers never ask, so the worker binds a
+# maker (one partial) rather than building a JobContext and a progress reporter for every job.
+CurrentJob = JobContext | Callable[[], JobContext]
+_current: ContextVar[CurrentJob | None] = ContextVar("bagbot_current_job", default=None)
 
 
 def current_job() -> JobContext:
@@ -62,7 +65,7 @@ def current_job() -> JobContext:
     ctx = _current.get()
     if ctx is None:
         raise LookupError("current_job() called outside a running job")
-    return ctx
+    return ctx if isinstance(ctx, JobContext) else ctx()
 
 
 def report_progress(value: float, message: str = "") -> None:
@@ -76,12 +79,13 @@ def report_progress(value: float, message: str = "") -> None:
         ctx.reporter(float(value), str(message)[:500])
 
 
-def set_current_job(ctx: JobContext | None) -> Token[JobContext | None]:
-    """Bind `ctx` for the current task; returns a token for `reset_current_job`."""
+def set_current_job(ctx: CurrentJob | None) -> Token[CurrentJob | None]:
+    """Bind `ctx` (or a callable that makes it, called by each `current_job()`: it should cache)
+    for the current task; returns a token for `reset_current_job`."""
     return _current.set(ctx)
 
 
-def reset_current_job(token: Token[JobContext | None]) -> None:
+def reset_current_job(token: Token[CurrentJob | None]) -> None:
     _current.reset(token)
 
 

@@ -24,9 +24,12 @@ class ProgressWriter:
         self.store = store
         self.worker_id = worker_id
 
-    def reporter(self, run: Run) -> Callable[[float, str], None]:
-        """The callable a handler's JobContext carries; safe from any thread."""
-        loop = asyncio.get_running_loop()
+    def reporter(
+        self, run: Run, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Callable[[float, str], None]:
+        """The callable a handler's JobContext carries; safe from any thread (it hands the value to
+        `note` on `loop`, by default the running one)."""
+        loop = loop or asyncio.get_running_loop()
 
         def report(value: float, message: str) -> None:  # any thread: sync handlers run in a pool
             loop.call_soon_threadsafe(self.note, run, value, message)

@@ -24,6 +24,11 @@ MAX_REPORT_BATCH = 500
 # report): one round trip then carries many jobs. An idle worker claims at once, so start latency
 # does not pay it.
 COALESCE_SECONDS = 0.001
+# Loop turns the reporter lets pass before it sends a batch (no timer: the worker is not idle). The
+# slots these outcomes freed wake the claim loop a few turns later (its wait is an asyncio.wait), and
+# its claim, which the worker waits for, then reaches Redis before the finish, which nothing waits
+# for: Redis runs the claim while the worker packs the finish. No-op drain: ~15% more jobs/s.
+CLAIM_FIRST_TURNS = 3
 
 
 class Reporter:
@@ -95,8 +100,11 @@ class Reporter:
                 self._added.clear()
                 await self._added.wait()
                 continue
-            if len(self.pending) < MAX_REPORT_BATCH and state.runs and not state.closing:
-                await asyncio.sleep(COALESCE_SECONDS)  # let results that finish meanwhile share the call
+            if len(self.pending) < MAX_REPORT_BATCH and not state.closing:
+                if state.runs:
+                    await asyncio.sleep(COALESCE_SECONDS)  # let results that finish meanwhile share the call
+                for _ in range(CLAIM_FIRST_TURNS):
+                    await asyncio.sleep(0)
             batch = self.pending[:MAX_REPORT_BATCH]
             del self.pending[: len(batch)]
             self.reporting = batch
@@ -117,15 +125,24 @@ class Reporter:
                 self.reporting = []
             state.outage.recovered()
             backoff.reset()
-            for item, new_state in zip(batch, states, strict=True):
+            self._outcomes(batch, states)
+
+    def _outcomes(self, batch: list[Outcome], states: list[JobState | None]) -> None:
+        """Count a reported batch, and log what is worth a line (successes only at DEBUG: they are
+        summed up in the `progress` line of each heartbeat)."""
+        quiet = not log.isEnabledFor(logging.DEBUG)
+        done = 0
+        for item, new_state in zip(batch, states, strict=True):
+            if new_state is JobState.DONE and quiet:
+                done += 1
+            else:
                 self._log_outcome(item, new_state)
+        self.state.counters.jobs_done += done
 
     def _log_outcome(self, item: Outcome, state: JobState | None) -> None:
         counters = self.state.counters
         if state is JobState.DONE:
             counters.jobs_done += 1
-            if not log.isEnabledFor(logging.DEBUG):
-                return  # successes are summed up in the `progress` line of each heartbeat
         job, c = item.job, item.completion
         fields: dict[str, object] = {
             "worker": self.state.worker_id, "job": job.id, "queue": job.queue, "name": job.name,

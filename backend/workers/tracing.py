@@ -57,6 +57,11 @@ def _active() -> Any:
     return _tracer
 
 
+def enabled() -> bool:
+    """Whether spans are recorded: callers skip a no-op `with` on their per-job paths."""
+    return _active() is not None
+
+
 def enqueue_span(spec: JobSpec) -> AbstractContextManager[Any]:
     """PRODUCER span around one enqueue; its context is stored in `spec.trace` for the run to link to."""
     tracer = _active()

@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.workers.handlers import JobContext
 from backend.workers.logfmt import fmt
 from backend.workers.models import Claim, Completion, Job
 from backend.workers.outages import OutageLog
@@ -34,6 +35,9 @@ class Run:
     progress: tuple[float, str] | None = None  # latest value not yet written
     progress_at: float = float("-inf")  # monotonic time of the last write
     progress_task: asyncio.Task[None] | None = None
+    deadline: float | None = None  # loop time its timeout expires at, while armed (deadlines.py)
+    timed_out: bool = False  # its deadline expired: its task was cancelled for the timeout
+    context: JobContext | None = None  # what current_job() returns, made on first use
 
 
 @dataclass(slots=True)

@@ -106,8 +106,8 @@ class FinishItem(NamedTuple):
         policy = ""
         if item.cancelled:
             ok, payload = 2, b""
-        elif item.error is None:
-            ok, payload = 1, check_json("result", item.result)
+        elif item.error is None:  # a handler that returns nothing (the common case) is not encoded
+            ok, payload = 1, b"null" if item.result is None else check_json("result", item.result)
         elif item.unknown_grace is not None:
             ok, payload = 3, dumps(item.error.to_json()).encode()
             policy = f"{s_to_us(item.unknown_grace)} {s_to_us(hand_back_delay(item.unknown_grace))}"
