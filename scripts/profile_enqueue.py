@@ -41,8 +41,10 @@ async def stats(client: Redis) -> tuple[dict[str, tuple[int, float]], float]:
     return cmds, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
-def delta(before: tuple[dict[str, tuple[int, float]], float], after: tuple[dict[str, tuple[int, float]], float]
-          ) -> tuple[dict[str, tuple[int, float]], float]:
+Stats = tuple[dict[str, tuple[int, float]], float]
+
+
+def delta(before: Stats, after: Stats) -> Stats:
     cmds = {name: (calls - before[0].get(name, (0, 0.0))[0], usec - before[0].get(name, (0, 0.0))[1])
             for name, (calls, usec) in after[0].items()}
     return {n: d for n, d in cmds.items() if d[0] > 0 and n != "info"}, after[1] - before[1]
