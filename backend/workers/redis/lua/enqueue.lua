@@ -25,7 +25,9 @@ local OPTION_FIELDS = {'priority', 'max_attempts', 'timeout', 'bo_base', 'bo_cap
   'lk', 'lm', 'ev', 'tp', 'rk', 'rr'}
 local NONE = {}
 local now = now_us()
+local now_s = string.format('%d', now) -- converted once, not per field and job
 local out = {now, 0}
+local enqueued, names = {}, {} -- handler name -> jobs created, names in first-seen order (one stat each)
 local woke = false
 local policies = {} -- handler name -> its hpolicy entry (false: none), read once per call
 -- One INCRBY reserves sequence numbers for the whole batch (unused ones are harmless gaps).
@@ -91,14 +93,13 @@ for i = 0, n - 1 do
     seq = seq + 1
     made[id] = true
     local ma_def, bo_def = '1', '1'
-    local h = {'id', id, 'name', name, 'queue', queue, 'state', state, 'run_at', run_at, 'created_at', now,
-      'seq', seq}
-    if o.max_attempts then ma_def = '0' else h[#h + 1] = 'max_attempts' h[#h + 1] = DEFAULT_MAX_ATTEMPTS end
-    if o.bo_base then bo_def = '0' else h[#h + 1] = 'bo_jitter' h[#h + 1] = DEFAULT_JITTER end
-    h[#h + 1] = 'ma_def'
-    h[#h + 1] = ma_def
-    h[#h + 1] = 'bo_def'
-    h[#h + 1] = bo_def
+    if o.max_attempts then ma_def = '0' end
+    if o.bo_base then bo_def = '0' end
+    -- the defaults first: an option (below) or the handler's policy (after it) sets its own value
+    local h = {'id', id, 'name', name, 'queue', queue, 'state', state, 'run_at', now_s, 'created_at', now_s,
+      'seq', seq, 'max_attempts', DEFAULT_MAX_ATTEMPTS, 'bo_jitter', DEFAULT_JITTER, 'ma_def', ma_def,
+      'bo_def', bo_def}
+    if run_at ~= now then h[10] = run_at end
     if args ~= '' then h[#h + 1] = 'args' h[#h + 1] = args end
     if kwargs ~= '' then h[#h + 1] = 'kwargs' h[#h + 1] = kwargs end
     if o ~= NONE then
@@ -109,9 +110,11 @@ for i = 0, n - 1 do
     local max_attempts = o.max_attempts or DEFAULT_MAX_ATTEMPTS
     if ma_def == '1' or bo_def == '1' then -- later pairs of one HSET win: the policy's values
       if policies[name] == nil then policies[name] = redis.call('HGET', K.hpolicy, name) or false end
-      local pol = policy_fields(policies[name] or nil, ma_def, bo_def)
-      for _, v in ipairs(pol) do h[#h + 1] = v end
-      if pol[1] == 'max_attempts' then max_attempts = pol[2] end
+      if policies[name] then
+        local pol = policy_fields(policies[name], ma_def, bo_def)
+        for _, v in ipairs(pol) do h[#h + 1] = v end
+        if pol[1] == 'max_attempts' then max_attempts = pol[2] end
+      end
     end
     redis.call('HSET', jobkey, unpack(h))
     if state == 'enqueued' then
@@ -142,9 +145,17 @@ for i = 0, n - 1 do
           '"parent job ' .. parents[bad] .. ' ended ' .. pstates[bad] .. '","traceback":""}')
       end
     end
-    zadd(K.jobs, now, id)
-    if state == 'scheduled' then zadd(K.state_prefix .. state, now, id) else move_state(id, nil, state, now) end
-    stat('enq|' .. name, 1)
+    zadd(K.jobs, now_s, id)
+    if state == 'scheduled' then
+      zadd(K.state_prefix .. state, now_s, id)
+    elseif state ~= 'enqueued' then
+      move_state(id, nil, state, now)
+    end
+    if not enqueued[name] then
+      enqueued[name] = 0
+      names[#names + 1] = name
+    end
+    enqueued[name] = enqueued[name] + 1
     max_attempts = tonumber(max_attempts)
     if parents then
       out[#out + 1] = {1, state, run_at, max_attempts, redis.call('HGETALL', jobkey)}
@@ -159,6 +170,7 @@ for _, key in ipairs(zkeys) do -- in slices: unpack has a stack limit
   local list = zadds[key]
   for s = 1, #list, 400 do redis.call('ZADD', key, unpack(list, s, math.min(s + 399, #list))) end
 end
+for _, name in ipairs(names) do stat('enq|' .. name, enqueued[name]) end
 if woke then wake_one() end
 flush_stats()
 return out
