@@ -35,9 +35,11 @@ local seq = redis.call('INCRBY', K.seq, n) - n
 if seq == 0 then out[2] = 1 end
 -- One EXISTS for the batch: when none of its ids exists yet (the usual case) no job needs its own;
 -- ids created by this call are tracked in `made` (an id sent twice).
-local keys = {}
+local keys, any_exist = {}, false
 for i = 0, n - 1 do keys[i + 1] = K.job_prefix .. ARGV[3 + i * WIDTH] end
-local any_exist = n > 0 and redis.call('EXISTS', unpack(keys)) > 0
+for s = 1, n, 400 do -- in slices: unpack has a stack limit
+  if redis.call('EXISTS', unpack(keys, s, math.min(s + 399, n))) > 0 then any_exist = true break end
+end
 local made = {}
 -- Sorted-set entries are added once per call and key (ZADD with many members) after the loop:
 -- nothing below reads those sets. zadds[key] = {score, member, ...}; zkeys keeps the first-use order.
