@@ -28,7 +28,7 @@ from redis.asyncio import Redis  # noqa: E402
 
 from backend.workers.models import JobSpec  # noqa: E402
 from backend.workers.redis_job_store import RedisJobStore  # noqa: E402
-from tests.redis_server import given_or_private_redis  # noqa: E402
+from tests.redis_server import delete_keys, given_or_private_redis  # noqa: E402
 
 TOP_LEVEL = {"evalsha", "eval", "info", "ping", "sadd", "smembers", "hello", "client", "select", "script",
              "config", "memory", "scan", "hlen"}
@@ -90,8 +90,7 @@ async def one_mode(admin: Redis, url: str, mode: str, jobs: int, prof: cProfile.
     scripts = sum(u for n, (_, u) in cmds.items() if n in ("evalsha", "eval"))
     inner = sum(u for n, (_, u) in cmds.items() if n not in TOP_LEVEL)
     await store.close()
-    await admin.eval("for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('UNLINK', k) end", 0,
-                     f"{prefix}:*")
+    await delete_keys(admin, prefix)  # exactly this run's keys (SCAN, then DEL)
     return {"rate": jobs / wall, "client_us": cpu * 1e6 / jobs, "redis_us": redis_cpu * 1e6 / jobs,
             "lua_us": (scripts - inner) / jobs, "inner_cmds": sum(c for n, (c, _) in cmds.items()
                                                                  if n not in TOP_LEVEL) / jobs,
