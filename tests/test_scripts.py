@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -157,8 +158,10 @@ def test_to_argv_sends_scalars_then_the_count_then_each_record() -> None:
 
 def test_records_build_the_wire_values() -> None:
     item = sa.EnqueueItem.from_spec(JobSpec("bagbot.noop", id="j1", priority=3, delay=1.5, events=True))
-    assert (item.id, item.priority, item.delay_us, item.run_at_us, item.timeout, item.events) == (
-        "j1", 3, 1_500_000, -1, "", 1)
+    assert (item.id, item.args, item.kwargs) == ("j1", b"", b"")  # defaults are not sent, nor stored
+    assert orjson.loads(item.opts) == {"priority": "3", "delay": "1500000", "ev": "1"}
+    plain = sa.EnqueueItem.from_spec(JobSpec("bagbot.noop", args=[1], kwargs={"a": None}))
+    assert (len(plain.id), plain.args, plain.kwargs, plain.opts) == (32, b"[1]", b'{"a":null}', b"")
     claim = Claim("default", "j1", "tok")
     assert sa.FinishItem.from_completion(Completion(claim, 0.5, result={"x": 1})).payload == b'{"x":1}'
     cancelled = sa.FinishItem.from_completion(Completion(claim, 0.5, cancelled=True))

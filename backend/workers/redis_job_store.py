@@ -163,11 +163,11 @@ class RedisJobStore(Claiming, QueueOperations, QueueRates, Declarations, JobStor
         jobs: list[Job] = []
         for start in range(0, len(rows), ENQUEUE_BATCH):
             chunk = rows[start : start + ENQUEUE_BATCH]
-            replies = await self._call(sc.ENQUEUE, qkeys, sa.EnqueueArgs(queue, [item for _, item in chunk]))
-            if any(reply.fresh for reply in replies):
+            items = [item for _, item in chunk]
+            reply = await self._call(sc.ENQUEUE, qkeys, sa.EnqueueArgs(queue, items))
+            if reply.fresh:
                 await self._note_queue(queue, fresh=True)
-            jobs.extend(reply.job(spec, item.id, item.max_attempts)
-                        for (spec, item), reply in zip(chunk, replies, strict=True))
+            jobs.extend(reply.jobs([spec for spec, _ in chunk], items))
         return jobs
 
     # -- reading -------------------------------------------------------------

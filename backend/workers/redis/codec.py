@@ -246,7 +246,10 @@ def attempt_errors(raw: str | None) -> list[AttemptError]:
     return found
 
 
-def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: Any,
+_DEFAULT_BACKOFF = Backoff()  # frozen: every job that set none can share it
+
+
+def new_job(spec: JobSpec, job_id: str, state: JobState, created_us: int, run_at_us: int,
             max_attempts: int) -> Job:
     """The record enqueue.lua just wrote, rebuilt without reading it back (`max_attempts`: its
     effective value, the handler's when the spec set none)."""
@@ -256,13 +259,13 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         queue=spec.queue,
         args=spec.args,
         kwargs=spec.kwargs,
-        state=JobState(str(state)),
+        state=state,
         max_attempts=max_attempts,
         priority=spec.priority,
         timeout=spec.timeout,
-        backoff=spec.backoff or Backoff(),
-        run_at=float(run_at_us) / 1e6,
-        created_at=float(created_us) / 1e6,
+        backoff=spec.backoff or _DEFAULT_BACKOFF,
+        run_at=run_at_us / 1e6,
+        created_at=created_us / 1e6,
         unique_key=spec.unique_key,
         limit_key=spec.limit_key,
         limit=spec.limit,
@@ -271,7 +274,6 @@ def new_job(spec: JobSpec, job_id: str, state: str, created_us: Any, run_at_us: 
         rate_key=spec.rate_key,
         rate=canonical_rate(spec.rate) if spec.rate is not None else None,
     )
-
 
 
 def parse_cursor(cursor: str | None) -> tuple[float, str] | None:

@@ -11,10 +11,13 @@ import random
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import orjson
+from redis.exceptions import DataError
+
 from backend.workers.models import Completion, HandlerPolicy, JobSpec, WorkerInfo
 from backend.workers.rates import canonical_rate
 from backend.workers.redis.codec import s_to_us
-from backend.workers.rules import DEFAULT_MAX_ATTEMPTS, Backoff, check_json, dumps, new_job_id
+from backend.workers.rules import InvalidJobError, check_json, dumps, encode_spec, new_job_id
 
 
 def _float(value: float) -> str:
@@ -22,49 +25,89 @@ def _float(value: float) -> str:
 
 
 class EnqueueItem(NamedTuple):
-    """One new job, as enqueue.lua reads it."""
+    """One new job, as enqueue.lua reads it: what every job has, then the options it sets in one
+    field, so a plain job costs five arguments and a hash of the fields its readers need."""
 
     id: str
     name: str
-    args: bytes  # JSON
-    kwargs: bytes  # JSON
-    priority: int
-    max_attempts: int
-    timeout: str  # seconds, '' = none
-    bo_base: str
-    bo_cap: str
-    bo_jitter: str
-    delay_us: int  # -1 = none
-    run_at_us: int  # -1 = none
-    unique_key: str  # '' = none
-    limit_key: str  # '' = none
-    limit: int | str  # '' = none
-    events: int  # 1 | 0
-    trace: str  # the enqueuer's trace context, '' = none
-    ma_def: int  # 1: max_attempts not given (the handler's policy applies), 0: the job's own
-    bo_def: int  # 1: backoff not given (the handler's policy applies), 0: the job's own
-    deps: str  # '' = none, else "<run_on_failure 1|0> <parent id> ..." (lua/lib.lua resolve_kids)
-    rate_key: str  # '' = none
-    rate: str  # canonical (rates.py), '' = none
+    args: bytes  # JSON; b'' = [] (not stored)
+    kwargs: bytes  # JSON; b'' = {} (not stored)
+    opts: bytes  # b'' = none set, else a JSON object of strings (see options())
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> EnqueueItem:
         """Validate a spec (errors reach the caller now) and turn it into enqueue.lua's fields."""
-        spec.validate()
-        bo = spec.backoff or Backoff()
-        return cls(
-            spec.id or new_job_id(), spec.name, check_json("args", spec.args),
-            check_json("kwargs", spec.kwargs), spec.priority, spec.max_attempts or DEFAULT_MAX_ATTEMPTS,
-            "" if spec.timeout is None else _float(spec.timeout),
-            _float(bo.base), _float(bo.cap), _float(bo.jitter),
-            -1 if spec.delay is None else s_to_us(spec.delay),
-            -1 if spec.run_at is None else s_to_us(spec.run_at),
-            spec.unique_key or "", spec.limit_key or "", "" if spec.limit is None else spec.limit,
-            1 if spec.events else 0, spec.trace or "",
-            1 if spec.max_attempts is None else 0, 1 if spec.backoff is None else 0,
-            _deps(spec),
-            spec.rate_key or "", "" if spec.rate is None else canonical_rate(spec.rate),
-        )
+        args, kwargs = encode_spec(spec)
+        return cls(spec.id or new_job_id(), spec.name, b"" if args == b"[]" else args,
+                   b"" if kwargs == b"{}" else kwargs, options(spec))
+
+
+def options(spec: JobSpec) -> bytes:
+    """enqueue.lua's opts: the options the spec sets, by the hash field that stores each (a default
+    is left out: its readers default it), plus delay / at (µs) and deps."""
+    opts = _run_options(spec) | _key_options(spec)
+    if not opts:
+        return b""
+    try:
+        return orjson.dumps(opts)
+    except TypeError as exc:  # a lone surrogate: not text Redis can hold
+        bad = next((key for key, value in opts.items() if not _is_text(value)), "an option")
+        raise InvalidJobError(f"{_OPTION_NAMES.get(bad, bad)} must be valid text: {exc}") from None
+
+
+def _run_options(spec: JobSpec) -> dict[str, str]:
+    """How and when it runs: priority, max_attempts, timeout, backoff, delay or run_at."""
+    opts: dict[str, str] = {}
+    if spec.priority:
+        opts["priority"] = _number(spec.priority)
+    if spec.max_attempts is not None:
+        opts["max_attempts"] = _number(spec.max_attempts)
+    if spec.timeout is not None:
+        opts["timeout"] = _float(spec.timeout)
+    if spec.backoff is not None:
+        bo = spec.backoff
+        opts.update(bo_base=_float(bo.base), bo_cap=_float(bo.cap), bo_jitter=_float(bo.jitter))
+    if spec.delay is not None:
+        opts["delay"] = str(s_to_us(spec.delay))
+    elif spec.run_at is not None:
+        opts["at"] = str(s_to_us(spec.run_at))
+    return opts
+
+
+def _key_options(spec: JobSpec) -> dict[str, str]:
+    """What it is tied to: unique, limit and rate keys, events, trace context, parents."""
+    opts: dict[str, str] = {}
+    if spec.unique_key:
+        opts["unique_key"] = spec.unique_key
+    if spec.limit_key:
+        opts.update(lk=spec.limit_key, lm=_number(spec.limit if spec.limit is not None else ""))
+    if spec.events:
+        opts["ev"] = "1"
+    if spec.trace:
+        opts["tp"] = spec.trace
+    if spec.depends_on:
+        opts["deps"] = _deps(spec)
+    if spec.rate_key:
+        opts.update(rk=spec.rate_key, rr="" if spec.rate is None else canonical_rate(spec.rate))
+    return opts
+
+
+_OPTION_NAMES = {"lk": "limit_key", "tp": "trace", "rk": "rate_key", "deps": "depends_on"}
+
+
+def _is_text(value: object) -> bool:
+    try:
+        str(value).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _number(value: int | str) -> str:
+    """A number as redis-py sent it when it was an argument of its own (a bool is refused the same way)."""
+    if isinstance(value, bool):
+        raise DataError("Invalid input of type: 'bool'. Convert to a bytes, string, int or float first.")
+    return value if isinstance(value, str) else repr(value)
 
 
 def _deps(spec: JobSpec) -> str:

@@ -9,12 +9,13 @@ Arguments are NamedTuples of wire values, in `script_args.py`.
 Each script's source is a generated prelude, then `lib.lua` (per-queue scripts), then its file. The
 prelude holds what Python and Lua share, written once here or in `rules.py`: `K` (the script's keys
 by name), `WIDTH` (fields per record), BUCKETS, PRIORITY_SPAN, MAX_PRIORITY, ERROR_HISTORY,
-ERROR_MAX_BYTES, HISTORY_MINUTES, LOST_CLAIM_CAP and the codes (`CODE`).
+ERROR_MAX_BYTES, HISTORY_MINUTES, LOST_CLAIM_CAP, DEFAULT_MAX_ATTEMPTS, DEFAULT_JITTER (the default
+backoff's) and the codes (`CODE`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -60,6 +61,7 @@ from backend.workers.redis.script_args import (
     WorkersArgs,
 )
 from backend.workers.rules import (
+    DEFAULT_MAX_ATTEMPTS,
     DURATION_BUCKETS,
     ERROR_HISTORY,
     ERROR_MAX_BYTES,
@@ -67,6 +69,7 @@ from backend.workers.rules import (
     LOST_CLAIM_CAP,
     MAX_PRIORITY,
     PRIORITY_SPAN,
+    Backoff,
     InvalidJobError,
 )
 
@@ -94,25 +97,30 @@ ERRORS: dict[Code, Callable[[str, str, str], JobStoreError]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Enqueued:
-    created: bool
-    state: str = ""  # created: its state and times (µs)
-    created_us: float = 0.0
-    run_at_us: float = 0.0
-    max_attempts: int = 0  # created: its effective max attempts (0: not said, a server before it did)
-    existing: dict[str, str] | None = None  # not created: the existing job's hash
-    missing_parent: str = ""  # not created: this depends_on id is no job of the queue
+class EnqueueReply:
+    """One enqueue call's reply: the server time its jobs were created at (µs), whether the queue was
+    new (or emptied by tidy: list it again), and per job what enqueue.lua returned for it."""
 
-    fresh: bool = False  # the queue had no seq: new, or emptied by tidy (list it again)
+    now_us: int
+    fresh: bool
+    rows: list[Any]
 
-    def job(self, spec: JobSpec, job_id: str, max_attempts: int) -> Job:
-        """The job this reply stands for: the one created from `spec` (read from its hash when the
-        script sent it: a job with parents, whose state the script decided), or the existing one.
-        `max_attempts`: the spec's as sent, for a server that did not say the effective value."""
-        if self.existing is not None:
-            return job_from_hash(self.existing, job_id)
-        return new_job(spec, job_id, self.state, self.created_us, self.run_at_us,
-                       self.max_attempts or max_attempts)
+    def jobs(self, specs: Sequence[JobSpec], items: Sequence[EnqueueItem]) -> list[Job]:
+        """The jobs the rows stand for, in order: each created one built from its spec (read from its
+        hash when the script sent it: a job with parents, whose state the script decided), each
+        existing one from its hash."""
+        now = self.now_us
+        jobs = []
+        for spec, item, row in zip(specs, items, self.rows, strict=True):
+            if type(row) is int:  # created, enqueued, due now: its effective max_attempts
+                jobs.append(new_job(spec, item.id, JobState.ENQUEUED, now, now, row))
+            elif int(row[0]) == 0:
+                jobs.append(job_from_hash(pairs_to_dict(row[1]), item.id))
+            elif len(row) > 4:
+                jobs.append(job_from_hash(pairs_to_dict(row[4]), item.id))
+            else:
+                jobs.append(new_job(spec, item.id, JobState(str(row[1])), now, int(row[2]), int(row[3])))
+        return jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,24 +142,13 @@ class WorkersReply:
     workers: list[tuple[str, dict[str, str]]]
 
 
-def _enqueued(raw: Any, args: EnqueueArgs) -> list[Enqueued]:
-    replies = [_one_enqueued(reply) for reply in raw]
-    for reply in replies:
-        if reply.missing_parent:
-            raise InvalidJobError(f"depends_on: no job {reply.missing_parent} in queue {args.queue} "
+def _enqueued(raw: Any, args: EnqueueArgs) -> EnqueueReply:
+    rows = raw[2:]
+    for row in rows:
+        if type(row) is not int and int(row[0]) == 2:
+            raise InvalidJobError(f"depends_on: no job {row[1]} in queue {args.queue} "
                                   "(a job depends only on jobs of its own queue)")
-    return replies
-
-
-def _one_enqueued(reply: Any) -> Enqueued:
-    kind = int(reply[0])
-    if kind == 1:  # created; a job with parents comes with its whole hash (its state may be any)
-        full = pairs_to_dict(reply[7]) if len(reply) > 7 else None
-        return Enqueued(True, str(reply[2]), float(reply[3]), float(reply[4]), int(reply[5]), existing=full,
-                        fresh=reply[6:7] == [1])
-    if kind == 2:
-        return Enqueued(False, missing_parent=str(reply[1]))
-    return Enqueued(False, existing=pairs_to_dict(reply[1]))
+    return EnqueueReply(int(raw[0]), int(raw[1]) == 1, rows)
 
 
 def _claimed(raw: Any, args: ClaimArgs) -> list[Any]:
@@ -250,6 +247,7 @@ def prelude(script: Script[Any, Any]) -> str:
         f"local ERROR_HISTORY, ERROR_MAX_BYTES = {ERROR_HISTORY}, {ERROR_MAX_BYTES}",
         f"local HISTORY_MINUTES = {HISTORY_MINUTES}",
         f"local LOST_CLAIM_CAP = {LOST_CLAIM_CAP}",
+        f"local DEFAULT_MAX_ATTEMPTS, DEFAULT_JITTER = {DEFAULT_MAX_ATTEMPTS}, '{Backoff().jitter!r}'",
         f"local CODE = {{{codes}}}",
         f"local FIELDS = {{{', '.join(repr(name) for name in script.fields)}}}",
         f"local F = {{{', '.join(f'{name} = {i}' for i, name in enumerate(script.fields, 1))}}}",
