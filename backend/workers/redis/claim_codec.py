@@ -16,16 +16,16 @@ from typing import Any
 
 from backend.workers.models import Job, JobState
 from backend.workers.redis.codec import job_from_hash, pairs_to_dict
-from backend.workers.rules import loads
+from backend.workers.rules import Backoff, loads
 
 # The wire format between claim.lua (FIELDS / F in its prelude) and `claimed_job`. The script reads
 # CLAIM_FIELDS and returns, per job, the decoded ones (with the values the claim wrote: attempts,
-# max_attempts from the handler's policy), then the job's id and its claim token; the last few
-# fields it read are for its own decisions only. The job's own backoff is not read: a worker never
-# uses it (finish.lua reads it from the hash), so a claimed Job shows the default.
+# max_attempts and backoff from the handler's policy), then the job's id and its claim token; the
+# last few fields it read are for its own decisions only. A field left out of the hash (enqueue.lua
+# writes no default) reads as its default, as in `job_from_hash`.
 CLAIM_DECODED = (
-    "name", "args", "kwargs", "attempts", "max_attempts", "priority", "timeout", "run_at", "created_at",
-    "unique_key", "lk", "lm", "ev", "tp", "rk", "rr", "parents",
+    "name", "args", "kwargs", "attempts", "max_attempts", "priority", "timeout", "bo_base", "bo_cap",
+    "bo_jitter", "run_at", "created_at", "unique_key", "lk", "lm", "ev", "tp", "rk", "rr", "parents",
 )
 CLAIM_FIELDS = (*CLAIM_DECODED, "state", "lkey", "ma_def", "bo_def", "rs")
 CLAIM_REPLY = (*CLAIM_DECODED, "id", "token")
@@ -63,22 +63,23 @@ def _us(raw: Any) -> float | None:
 
 
 def _fast_job(row: Sequence[Any], queue: str, worker: str, started: float, lease_until: float) -> Job:
-    (name, raw_args, raw_kwargs, attempts, max_attempts, priority, timeout, run_at, created_at, unique_key,
-     lk, lm, ev, tp, rk, rr, _parents, job_id, token) = row
+    (name, raw_args, raw_kwargs, attempts, max_attempts, priority, timeout, bo_base, bo_cap, bo_jitter,
+     run_at, created_at, unique_key, lk, lm, ev, tp, rk, rr, _parents, job_id, token) = row
     if not name:
         raise ValueError("no name")
     args, kwargs = loads(raw_args) if raw_args else [], loads(raw_kwargs) if raw_kwargs else {}
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ValueError("args or kwargs of the wrong type")
     seconds = None if timeout is None or timeout == "" else float(timeout)
+    backoff = Backoff(float(bo_base or 1.0), float(bo_cap or 300.0), float(bo_jitter or 0.25))
     job = Job(
         id=str(job_id), name=name, queue=queue, args=args, kwargs=kwargs, state=JobState.RUNNING,
         attempts=int(attempts or 0), max_attempts=int(max_attempts or 1), priority=int(priority or 0),
-        timeout=seconds, run_at=_us(run_at), created_at=_us(created_at) or 0.0, started_at=started,
-        worker=worker, token=token, lease_until=lease_until, unique_key=unique_key or None,
-        limit_key=lk or None, limit=int(lm) if lm else None, events=ev == "1", trace=tp or None,
-        rate_key=rk or None, rate=rr or None,
+        timeout=seconds, backoff=backoff, run_at=_us(run_at), created_at=_us(created_at) or 0.0,
+        started_at=started, worker=worker, token=token, lease_until=lease_until,
+        unique_key=unique_key or None, limit_key=lk or None, limit=int(lm) if lm else None,
+        events=ev == "1", trace=tp or None, rate_key=rk or None, rate=rr or None,
     )
-    if not math.isfinite(job.created_at + (job.run_at or 0.0) + (seconds or 0.0)):
+    if not math.isfinite(job.created_at + (job.run_at or 0.0) + (seconds or 0.0) + sum(backoff.bounds(1))):
         raise ValueError("a number that is not finite")
     return job

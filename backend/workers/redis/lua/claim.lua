@@ -125,7 +125,7 @@ if limit > 0 then
           for j = 1, #pol, 2 do
             changes[#changes + 1] = pol[j]
             changes[#changes + 1] = pol[j + 1]
-            if pol[j] == 'max_attempts' then f[F.max_attempts] = pol[j + 1] end -- a backoff is not returned
+            f[F[pol[j]]] = pol[j + 1] -- max_attempts, bo_*: fields of the reply
           end
         end
         redis.call('HSET', jobkey, unpack(changes))
