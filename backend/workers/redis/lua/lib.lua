@@ -200,7 +200,7 @@ end
 -- `bo` is the handler's {base, cap, jitter} when it has its own backoff, else the job's is read.
 local function backoff_us(jobkey, attempts, r, bo)
   local f = bo or redis.call('HMGET', jobkey, 'bo_base', 'bo_cap', 'bo_jitter')
-  local base, cap, jitter = tonumber(f[1]) or 1, tonumber(f[2]) or 300, tonumber(f[3]) or 0
+  local base, cap, jitter = tonumber(f[1]) or 1, tonumber(f[2]) or 300, tonumber(f[3]) or 0.25 -- rules.Backoff
   local full = math.min(cap, base * 2 ^ math.max(0, attempts - 1))
   return math.floor((full - full * jitter * r) * 1000000)
 end
