@@ -29,6 +29,9 @@ one queue lives in one Redis Cluster slot and each script touches one slot):
                                          time (µs) of its next start; expires then
     PREFIX:{queue}:hrates        hash    handler name -> rate ("100/m", declared by workers)
     PREFIX:{queue}:qrate         string  the queue's rate ("100/s", set by an operator)
+    PREFIX:{queue}:unconfirmed:<nonce> string  '1' while the claims of one claim call (tokens "<nonce>.<n>")
+                                         are unconfirmed, 'lost' once recovery met one; the worker's
+                                         confirm deletes it; expires 2 × lease + 10 min after the claim
     PREFIX:queues                set     queues in use (tidy takes off those with no job and no worker)
     PREFIX:epoch                 string  a random marker of this data set (see reset.py)
     PREFIX:schedules             hash    schedule name -> ScheduleInfo JSON (declared by workers)
