@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from backend.workers.models import Job, JobState
-from backend.workers.redis.codec import job_from_hash, pairs_to_dict
+from backend.workers.redis.codec import job_from_hash, pairs_to_dict, us_to_s
 from backend.workers.rules import Backoff, loads
 
 # The wire format between claim.lua (FIELDS / F in its prelude) and `claimed_job`. The script reads
@@ -56,12 +56,6 @@ def claimed_job(row: Sequence[Any], queue: str, worker: str, started: float, lea
     return job_from_hash(data, str(row[_WIDTH - 2]))
 
 
-def _us(raw: Any) -> float | None:
-    if raw is None or raw == "":
-        return None
-    return float(raw) / 1e6
-
-
 def _fast_job(row: Sequence[Any], queue: str, worker: str, started: float, lease_until: float) -> Job:
     (name, raw_args, raw_kwargs, attempts, max_attempts, priority, timeout, bo_base, bo_cap, bo_jitter,
      run_at, created_at, unique_key, lk, lm, ev, tp, rk, rr, _parents, job_id, token) = row
@@ -75,7 +69,7 @@ def _fast_job(row: Sequence[Any], queue: str, worker: str, started: float, lease
     job = Job(
         id=str(job_id), name=name, queue=queue, args=args, kwargs=kwargs, state=JobState.RUNNING,
         attempts=int(attempts or 0), max_attempts=int(max_attempts or 1), priority=int(priority or 0),
-        timeout=seconds, backoff=backoff, run_at=_us(run_at), created_at=_us(created_at) or 0.0,
+        timeout=seconds, backoff=backoff, run_at=us_to_s(run_at), created_at=us_to_s(created_at) or 0.0,
         started_at=started, worker=worker, token=token, lease_until=lease_until,
         unique_key=unique_key or None, limit_key=lk or None, limit=int(lm) if lm else None,
         events=ev == "1", trace=tp or None, rate_key=rk or None, rate=rr or None,

@@ -40,7 +40,7 @@ def pairs_to_dict(flat: Sequence[Any]) -> dict[str, str]:
     return dict(zip(map(str, flat[::2]), map(str, flat[1::2]), strict=False))
 
 
-def us_to_s(raw: str | None) -> float | None:
+def us_to_s(raw: str | int | None) -> float | None:
     if raw is None or raw == "":
         return None
     return float(raw) / 1e6

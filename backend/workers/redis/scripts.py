@@ -166,7 +166,7 @@ def _finished(raw: Any, args: FinishArgs) -> list[JobState | None]:  # a set-asi
 
 def _extended(raw: Any, args: ExtendArgs) -> ExtendReply:
     stale, cancel = raw
-    return ExtendReply(frozenset(int(i) - 1 for i in stale), frozenset(int(i) - 1 for i in cancel))
+    return ExtendReply(_positions(stale, args), _positions(cancel, args))
 
 
 def _count(raw: Any, args: Any) -> int:

@@ -58,11 +58,7 @@ if limit > 0 then
       local f = redis.call('HMGET', jobkey, unpack(FIELDS))
       local name, state, lk, oldlkey, ev, ukey = f[F.name], f[F.state], f[F.lk], f[F.lkey], f[F.ev], f[F.unique_key]
       local ma_def, bo_def, rk, rr, rs, run_at = f[F.ma_def], f[F.bo_def], f[F.rk], f[F.rr], f[F.rs], f[F.run_at]
-      local bad, value = nil, nil
-      for _, k in ipairs(NUMERIC) do -- numbers this script, finish and release convert
-        local v = f[F[k]]
-        if v and v ~= '' and tonumber(v) == nil then bad, value = k, v end
-      end
+      local bad, value = not_numeric(f, NUMERIC, F) -- numbers this script, finish and release convert
       if rk == '' then rk = nil end
       if rk and not rate_interval(rr) then bad, value = 'rr', rr or '' end
       -- check before the first write for this job (see set_aside in lib.lua)

@@ -41,19 +41,9 @@ for s = 1, n, 400 do -- in slices: unpack has a stack limit
   if redis.call('EXISTS', unpack(keys, s, math.min(s + 399, n))) > 0 then any_exist = true break end
 end
 local made = {}
--- Sorted-set entries are added once per call and key (ZADD with many members) after the loop:
--- nothing below reads those sets. zadds[key] = {score, member, ...}; zkeys keeps the first-use order.
-local zadds, zkeys = {}, {}
-local function zadd(key, score, member)
-  local list = zadds[key]
-  if not list then
-    list = {}
-    zadds[key] = list
-    zkeys[#zkeys + 1] = key
-  end
-  list[#list + 1] = score
-  list[#list + 1] = member
-end
+-- Sorted-set entries are added once per call and key (new_batch in lib.lua) after the loop: nothing
+-- below reads those sets.
+local batch = new_batch()
 for i = 0, n - 1 do
   local b = 3 + i * WIDTH
   local id, name, args, kwargs, opts = unpack(ARGV, b, b + WIDTH - 1)
@@ -120,10 +110,10 @@ for i = 0, n - 1 do
     end
     redis.call('HSET', jobkey, unpack(h))
     if state == 'enqueued' then
-      zadd(K.ready, ready_score(tonumber(o.priority or 0), seq), id)
+      batch_zadd(batch, K.ready, ready_score(tonumber(o.priority or 0), seq), id)
       woke = true
     elseif state == 'scheduled' then
-      zadd(K.waiting, run_at, id)
+      batch_zadd(batch, K.waiting, run_at, id)
       woke = true -- an idle worker waits for the due times it knew of: it must look again
     end
     if o.unique_key and state ~= 'cancelled' then redis.call('HSET', K.unique, o.unique_key, id) end
@@ -147,9 +137,9 @@ for i = 0, n - 1 do
           '"parent job ' .. parents[bad] .. ' ended ' .. pstates[bad] .. '","traceback":""}')
       end
     end
-    zadd(K.jobs, now_s, id)
+    batch_zadd(batch, K.jobs, now_s, id)
     if state == 'scheduled' then
-      zadd(K.state_prefix .. state, now_s, id)
+      batch_zadd(batch, K.state_prefix .. state, now_s, id)
     elseif state ~= 'enqueued' then
       move_state(id, nil, state, now)
     end
@@ -168,10 +158,7 @@ for i = 0, n - 1 do
     end
   end
 end
-for _, key in ipairs(zkeys) do -- in slices: unpack has a stack limit
-  local list = zadds[key]
-  for s = 1, #list, 400 do redis.call('ZADD', key, unpack(list, s, math.min(s + 399, #list))) end
-end
+send_batch(batch)
 for _, name in ipairs(names) do stat('enq|' .. name, enqueued[name]) end
 if woke then wake_one() end
 flush_stats()

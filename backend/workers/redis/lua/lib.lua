@@ -183,18 +183,15 @@ end
 -- The one way out of `running`: state `new`, no token or lease, off the running set, its limit
 -- slot freed, the state index moved and the event emitted. `lkey` and `ev` are the job's fields
 -- (as the caller read them); `fields` are the new state's own field, value pairs for the same HSET.
--- With `batch` (new_batch), the running set and state index writes wait for send_batch.
+-- With `batch` (new_batch), the running set and state index writes wait for the caller's send_batch.
 local function leave_running(id, jobkey, new, now, lkey, ev, fields, batch)
+  local sets = batch or new_batch()
   redis.call('HSET', jobkey, 'state', new, 'token', '', 'lease_until', '', unpack(fields))
-  if batch then
-    batch_zrem(batch, K.running, id)
-    if INDEXED[new] then batch_zadd(batch, K.state_prefix .. new, now, id) end
-  else
-    redis.call('ZREM', K.running, id)
-  end
+  batch_zrem(sets, K.running, id)
+  if INDEXED[new] then batch_zadd(sets, K.state_prefix .. new, now, id) end -- `running` has no index
   free_slot(id, lkey)
-  if not batch then move_state(id, 'running', new, now) end
   emit(ev, id, new)
+  if not batch then send_batch(sets) end
 end
 
 -- `bo` is the handler's {base, cap, jitter} when it has its own backoff, else the job's is read.
@@ -320,10 +317,12 @@ local function set_aside(id, jobkey, old, now, err, lkey, ev, ukey)
   if redis.call('HGET', jobkey, 'kids') == '1' then resolve_kids(id, 'failed', nil, now) end -- rare path
 end
 
--- The first field of `checks` ({field, raw value} pairs) that is set but not a number, or nil.
-local function not_numeric(checks)
-  for _, c in ipairs(checks) do
-    if c[2] and c[2] ~= '' and tonumber(c[2]) == nil then return c[1], c[2] end
+-- The first of `names` whose value (values[index[name]], as HMGET read it) is set but not a number,
+-- and that value; nil when all are numbers or unset.
+local function not_numeric(values, names, index)
+  for _, name in ipairs(names) do
+    local v = values[index[name]]
+    if v and v ~= '' and tonumber(v) == nil then return name, v end
   end
   return nil
 end
@@ -365,7 +364,7 @@ local function fail_running(id, jobkey, err, retryable, delay_us, now, outcome, 
   local f = redis.call('HMGET', jobkey, 'name', 'attempts', 'max_attempts', 'lkey', 'ev', 'cancel_req',
     'ma_def', 'bo_def', 'kids')
   local name, attempts, max_attempts = f[1], tonumber(f[2]), tonumber(f[3])
-  local bad, value = not_numeric({{'attempts', f[2]}, {'max_attempts', f[3]}})
+  local bad, value = not_numeric(f, {'attempts', 'max_attempts'}, {attempts = 2, max_attempts = 3})
   if not name or name == '' then bad, value = 'name', '' end
   if bad or not attempts or not max_attempts then
     set_aside(id, jobkey, 'running', now, corrupt_error(bad or 'attempts', value or ''), f[4], f[5])
