@@ -10,9 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 
+from backend.api.app import create_app
+from backend.config import Settings
 from backend.workers.job_store import JobStore
+from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.redis_job_store import RedisJobStore
 from tests.feature_workers import Spawner
 from tests.redis_server import RedisServer, delete_keys, delete_prefix, in_ci
@@ -212,3 +216,19 @@ def proxy(redis_url: str) -> Iterator[TcpProxy]:
     p = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
     yield p
     p.close()
+
+
+@pytest.fixture
+async def mem() -> AsyncIterator[MemoryJobStore]:
+    """An embedded memory store of the test's own."""
+    store = MemoryJobStore()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def mem_client(mem: MemoryJobStore) -> AsyncIterator[httpx.AsyncClient]:
+    """The API on `mem`, called in-process (ASGI), no server."""
+    app = create_app(Settings(), store=mem)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as c:
+        yield c

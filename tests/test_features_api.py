@@ -9,16 +9,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from backend.api.app import create_app
 from backend.cli import _progress_text
-from backend.config import Settings
 from backend.workers.memory_job_store import MemoryJobStore
 from backend.workers.models import Claim, JobSpec, JobState, ScheduleInfo
 from backend.workers.redis_job_store import RedisJobStore
@@ -27,28 +24,14 @@ from tests.feature_workers import Spawner, wait_state
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-async def mem() -> AsyncIterator[MemoryJobStore]:
-    store = MemoryJobStore()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def client(mem: MemoryJobStore) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(), store=mem)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as c:
-        yield c
-
-
 async def test_schedules_are_listed_with_their_next_fire(
-    client: httpx.AsyncClient, mem: MemoryJobStore
+    mem_client: httpx.AsyncClient, mem: MemoryJobStore
 ) -> None:
-    assert (await client.get("/api/schedules")).json() == {"schedules": []}
+    assert (await mem_client.get("/api/schedules")).json() == {"schedules": []}
     await mem.register_schedules([ScheduleInfo("tick", "t.tick", "default", "every 60s"),
                                   ScheduleInfo("daily", "t.daily", "reports", "0 6 * * *", "Europe/Berlin")])
     before = time.time()
-    listed = (await client.get("/api/schedules")).json()["schedules"]
+    listed = (await mem_client.get("/api/schedules")).json()["schedules"]
     assert [(s["name"], s["expression"], s["timezone"]) for s in listed] == [
         ("daily", "0 6 * * *", "Europe/Berlin"), ("tick", "every 60s", "UTC")]
     daily, tick = listed
@@ -57,21 +40,21 @@ async def test_schedules_are_listed_with_their_next_fire(
 
 
 async def test_limit_events_progress_and_cancel_requests_in_the_job_json(
-    client: httpx.AsyncClient, mem: MemoryJobStore
+    mem_client: httpx.AsyncClient, mem: MemoryJobStore
 ) -> None:
-    created = await client.post("/api/jobs", json={"name": "t.job", "limit_key": "cust-1", "limit": 2,
+    created = await mem_client.post("/api/jobs", json={"name": "t.job", "limit_key": "cust-1", "limit": 2,
                                                    "events": True})
     assert created.status_code == 201, created.text
     body = created.json()
     assert (body["limit_key"], body["limit"], body["events"]) == ("cust-1", 2, True)
     assert body["progress"] is None and body["cancel_requested"] is False
     for bad in ({"limit_key": "k"}, {"limit": 2}, {"limit_key": "k", "limit": 0}):
-        assert (await client.post("/api/jobs", json={"name": "t.job", **bad})).status_code == 422
+        assert (await mem_client.post("/api/jobs", json={"name": "t.job", **bad})).status_code == 422
     (running,) = await mem.claim("w", ["default"], 1, 30)
     assert await mem.progress(Claim(running.queue, running.id, running.token or ""), 0.4, "four tenths")
-    shown = (await client.get(f"/api/jobs/{running.id}")).json()
+    shown = (await mem_client.get(f"/api/jobs/{running.id}")).json()
     assert (shown["progress"], shown["progress_message"]) == (0.4, "four tenths")
-    asked = (await client.post(f"/api/jobs/{running.id}/cancel")).json()
+    asked = (await mem_client.post(f"/api/jobs/{running.id}/cancel")).json()
     assert asked["state"] == "running" and asked["cancel_requested"] is True
 
 
@@ -133,7 +116,7 @@ async def test_cli_wait_follows_progress_and_lists_schedules(
 
 
 async def test_job_events_stream_as_server_sent_events(
-    client: httpx.AsyncClient, mem: MemoryJobStore
+    mem_client: httpx.AsyncClient, mem: MemoryJobStore
 ) -> None:
     import asyncio
 
@@ -148,11 +131,11 @@ async def test_job_events_stream_as_server_sent_events(
 
     await mem.enqueue(JobSpec("t.job", id="first"))  # the queue exists before the stream starts
     producer = asyncio.create_task(produce())
-    response = await client.get("/api/events", params={"max_seconds": 1.5})
+    response = await mem_client.get("/api/events", params={"max_seconds": 1.5})
     await producer
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     lines = response.text.splitlines()
     data = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
     assert {"id": "loud", "event": "running"} in data and {"id": "loud", "event": "done"} in data
     assert all(item["id"] == "loud" for item in data)
-    assert (await client.get("/api/events", params={"queue": "bad queue!"})).status_code == 422
+    assert (await mem_client.get("/api/events", params={"queue": "bad queue!"})).status_code == 422

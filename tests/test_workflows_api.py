@@ -14,11 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.api.app import create_app
 from backend.client.client import Client
 from backend.client.tasks import task
 from backend.client.workflows import Call
-from backend.config import Settings
 from backend.workers.bulk import BulkFilter
 from backend.workers.handlers import HandlerRegistry
 from backend.workers.job_store import JobStore
@@ -42,20 +40,6 @@ async def total() -> int:
     return 0
 
 
-@pytest.fixture
-async def mem() -> AsyncIterator[MemoryJobStore]:
-    store = MemoryJobStore()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def api(mem: MemoryJobStore) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(), store=mem)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as c:
-        yield c
-
-
 async def finish_next(store: JobStore, ok: bool = True, result: object = None) -> str:
     (job,) = await store.claim("w1", ["default"], 1, 30.0)
     if ok:
@@ -65,57 +49,59 @@ async def finish_next(store: JobStore, ok: bool = True, result: object = None) -
     return job.id
 
 
-async def test_api_enqueue_with_depends_on(api: httpx.AsyncClient, mem: MemoryJobStore) -> None:
-    parent = (await api.post("/api/jobs", json={"name": "bagbot.noop"})).json()
-    reply = await api.post("/api/jobs", json={"name": "bagbot.echo", "depends_on": [parent["id"]]})
+async def test_api_enqueue_with_depends_on(mem_client: httpx.AsyncClient, mem: MemoryJobStore) -> None:
+    parent = (await mem_client.post("/api/jobs", json={"name": "bagbot.noop"})).json()
+    reply = await mem_client.post("/api/jobs", json={"name": "bagbot.echo", "depends_on": [parent["id"]]})
     assert reply.status_code == 201, reply.text
     child = reply.json()
     assert child["state"] == "deferred" and child["depends_on"] == [parent["id"]]
-    queues = (await api.get("/api/queues")).json()["queues"]
+    queues = (await mem_client.get("/api/queues")).json()["queues"]
     assert queues[0]["counts"]["deferred"] == 1
-    assert 'bagbot_jobs{queue="default",state="deferred"} 1.0' in (await api.get("/api/metrics")).text
-    assert [j["id"] for j in (await api.get("/api/jobs?state=deferred")).json()["jobs"]] == [child["id"]]
+    assert 'bagbot_jobs{queue="default",state="deferred"} 1.0' in (await mem_client.get("/api/metrics")).text
+    deferred = (await mem_client.get("/api/jobs?state=deferred")).json()["jobs"]
+    assert [j["id"] for j in deferred] == [child["id"]]
     await finish_next(mem)
-    child = (await api.get(f"/api/jobs/{child['id']}")).json()
+    child = (await mem_client.get(f"/api/jobs/{child['id']}")).json()
     assert child["state"] == "enqueued" and child["parent_states"] == {parent["id"]: "done"}
 
 
 @pytest.mark.parametrize("parents", [["nosuchjob"], ["bad id"], ["x"] * 10_001])
 async def test_api_refuses_unknown_or_invalid_parents_with_422(
-    api: httpx.AsyncClient, parents: list[str]
+    mem_client: httpx.AsyncClient, parents: list[str]
 ) -> None:
-    reply = await api.post("/api/jobs", json={"name": "bagbot.noop", "depends_on": parents})
+    reply = await mem_client.post("/api/jobs", json={"name": "bagbot.noop", "depends_on": parents})
     assert reply.status_code == 422, reply.text
 
 
-async def test_api_refuses_a_parent_of_another_queue(api: httpx.AsyncClient) -> None:
-    other = (await api.post("/api/jobs", json={"name": "bagbot.noop", "queue": "q2"})).json()
-    reply = await api.post("/api/jobs", json={"name": "bagbot.noop", "depends_on": [other["id"]]})
+async def test_api_refuses_a_parent_of_another_queue(mem_client: httpx.AsyncClient) -> None:
+    other = (await mem_client.post("/api/jobs", json={"name": "bagbot.noop", "queue": "q2"})).json()
+    reply = await mem_client.post("/api/jobs", json={"name": "bagbot.noop", "depends_on": [other["id"]]})
     assert reply.status_code == 422 and "its own queue" in reply.json()["detail"]
 
 
-async def test_api_batch_and_its_status(api: httpx.AsyncClient, mem: MemoryJobStore) -> None:
+async def test_api_batch_and_its_status(mem_client: httpx.AsyncClient, mem: MemoryJobStore) -> None:
     body = {"id": "b1", "jobs": [{"name": "bagbot.echo", "args": [i]} for i in range(3)],
             "callback": {"name": "bagbot.echo", "args": ["all ended"]}}
-    reply = await api.post("/api/batches", json=body)
+    reply = await mem_client.post("/api/batches", json=body)
     assert reply.status_code == 201, reply.text
     batch = reply.json()
     assert batch["jobs"] == ["b1-0", "b1-1", "b1-2"] and batch["pending"] == 3 and not batch["finished"]
-    assert (await api.post("/api/batches", json=body)).json()["jobs"] == batch["jobs"]  # a repeat: no-op
+    repeat = (await mem_client.post("/api/batches", json=body)).json()  # a repeat: no-op
+    assert repeat["jobs"] == batch["jobs"]
     await finish_next(mem, result=0)
     await finish_next(mem, ok=False)
-    status = (await api.get("/api/batches/b1")).json()
+    status = (await mem_client.get("/api/batches/b1")).json()
     assert (status["done"], status["failed"], status["pending"]) == (1, 1, 1)
     assert status["callback_state"] == "deferred"
     await finish_next(mem, result=2)
-    status = (await api.get("/api/batches/b1?queue=default")).json()
+    status = (await mem_client.get("/api/batches/b1?queue=default")).json()
     assert status["finished"] and status["callback_state"] == "enqueued"
     assert status["results"] == {"b1-0": 0, "b1-2": 2}
     assert await finish_next(mem) == "b1"  # the callback runs
-    assert (await api.get("/api/batches/nosuch")).status_code == 404
+    assert (await mem_client.get("/api/batches/nosuch")).status_code == 404
     mixed = {"jobs": [{"name": "bagbot.noop"}, {"name": "bagbot.noop", "queue": "q2"}]}
-    assert (await api.post("/api/batches", json=mixed)).status_code == 422
-    assert (await api.post("/api/batches", json={"jobs": []})).status_code == 422
+    assert (await mem_client.post("/api/batches", json=mixed)).status_code == 422
+    assert (await mem_client.post("/api/batches", json={"jobs": []})).status_code == 422
 
 
 @pytest.fixture
